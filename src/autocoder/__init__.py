@@ -1,0 +1,1 @@
+"""Autocoder: a reproducible pipeline that trains code-completion language models."""

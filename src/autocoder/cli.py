@@ -1,0 +1,81 @@
+"""`autocoder`: run one pipeline stage by hand, or use a trained model.
+
+`dvc repro` runs the stages through stages/*.py; `autocoder <stage>` runs the same library code
+for debugging one stage. Heavy imports (torch, transformers, mlflow) happen inside each command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from autocoder.errors import UserError
+from autocoder.params import DEFAULT_PARAMS, load_params
+
+# stage name -> module whose run(params) implements it
+STAGES = {
+    "clone": "autocoder.sources",
+    "segment": "autocoder.segment",
+    "split": "autocoder.split",
+    "finetune": "autocoder.train.launch",
+    "evaluate": "autocoder.evaluate",
+}
+
+
+def run_stage(name: str, params_path: str = str(DEFAULT_PARAMS)) -> None:
+    params = load_params(params_path)
+    importlib.import_module(STAGES[name]).run(params)
+
+
+def stage_main(name: str) -> None:
+    """Entry point of stages/<name>.py: run the stage, one clear line on a user error."""
+    try:
+        run_stage(name)
+    except UserError as e:
+        print(f"autocoder {name}: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autocoder", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file (default: params.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in STAGES:
+        sub.add_parser(name, help=f"run the {name} stage alone (as `dvc repro` would)")
+
+    def add_model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", help="model folder or Hub id (default: the registry's champion)")
+        p.add_argument("--max-new-tokens", type=int, default=128)
+        p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+        p.add_argument("--top-p", type=float, default=1.0)
+
+    comp = sub.add_parser("complete", help="complete code from a prompt")
+    comp.add_argument("prompt", help="the code context to complete")
+    comp.add_argument("--lang", required=True, help="language (a key of params.yaml languages)")
+    add_model_args(comp)
+    comp.add_argument("--num", type=int, default=1, help="number of completions (sampling when > 1)")
+    comp.add_argument("--json", action="store_true", help="print completions with their confidence as JSON")
+
+    inter = sub.add_parser("interact", help="a REPL: type code, get completions (change_lang, exit)")
+    inter.add_argument("--lang", default=None, help="start in this language")
+    add_model_args(inter)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _build_parser().parse_args(argv)
+    try:
+        if args.command in STAGES:
+            run_stage(args.command, args.params)
+        else:
+            from autocoder import complete
+
+            getattr(complete, f"{args.command}_command")(args)
+    except UserError as e:
+        print(f"autocoder {args.command}: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

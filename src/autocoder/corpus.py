@@ -1,0 +1,191 @@
+"""The on-disk format that the segment stage writes and every later stage reads.
+
+`<segments_dir>/` holds
+- `tokens.bin`: the token ids of every kept file, concatenated (no control tokens, no eos), raw
+  little-endian integers of `meta.json`'s `dtype`, read through a memory map;
+- `files.parquet`: one row per kept file: file_id, source, path, language, sha256, n_bytes,
+  token_offset, n_tokens;
+- `meta.json`: tokenizer name, segment_len, stride, dtype, control token ids, eos and pad ids;
+- `tokenizer/`: the tokenizer with its added tokens, so later stages use exactly these ids.
+
+Windows are never materialised: window k of a file is `tokens[start_k : start_k + segment_len]` with
+`start_k = k * stride`, plus one last window that ends at the file's end when the stride does not
+land there. A window costs 0 bytes on disk (the seed stored each one: 25x the corpus at stride 10).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+TOKENS_FILE = "tokens.bin"
+FILES_FILE = "files.parquet"
+META_FILE = "meta.json"
+TOKENIZER_DIR = "tokenizer"
+SPLIT_FILE = "split.parquet"  # in the split stage's folder: file_id, split
+
+
+def window_starts(n_tokens: int, segment_len: int, stride: int) -> np.ndarray:
+    """Start offsets of the windows of one file of `n_tokens` tokens.
+
+    Every token is covered; a file shorter than `segment_len` is one window. Unlike the seed
+    (`range(len // stride)` windows, the last ones ever shorter), no window is a fragment of the
+    window before it.
+    """
+    if n_tokens <= 0:
+        return np.zeros(0, dtype=np.int64)
+    last = max(n_tokens - segment_len, 0)
+    starts = np.arange(0, last + 1, stride, dtype=np.int64)
+    if starts[-1] != last:
+        starts = np.append(starts, last)
+    return starts
+
+
+def window_counts(n_tokens: np.ndarray, segment_len: int, stride: int) -> np.ndarray:
+    """Vectorised len(window_starts(n, ...)) for an array of file lengths."""
+    n_tokens = np.asarray(n_tokens, dtype=np.int64)
+    last = np.maximum(n_tokens - segment_len, 0)
+    counts = last // stride + 1
+    counts += (last % stride != 0).astype(np.int64)
+    return np.where(n_tokens > 0, counts, 0)
+
+
+@dataclass(frozen=True)
+class Meta:
+    tokenizer: str
+    segment_len: int
+    stride: int
+    dtype: str
+    control_token_ids: dict[str, int]  # language -> id
+    eos_id: int
+    pad_id: int
+    vocab_size: int  # len(tokenizer), added tokens included
+
+    @classmethod
+    def read(cls, segments_dir: Path) -> "Meta":
+        return cls(**json.loads((Path(segments_dir) / META_FILE).read_text()))
+
+    def write(self, segments_dir: Path) -> None:
+        (Path(segments_dir) / META_FILE).write_text(json.dumps(self.__dict__, indent=2, sort_keys=True) + "\n")
+
+
+class Corpus:
+    """Read-only view of a segment stage output: files, their tokens, their windows."""
+
+    def __init__(self, segments_dir: str | Path):
+        self.dir = Path(segments_dir)
+        if not (self.dir / META_FILE).exists():
+            raise FileNotFoundError(f"{self.dir}: no {META_FILE}; run the segment stage first")
+        self.meta = Meta.read(self.dir)
+        table = pq.read_table(self.dir / FILES_FILE)
+        self.files = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+
+    @cached_property
+    def tokens(self) -> np.ndarray:
+        path = self.dir / TOKENS_FILE
+        if path.stat().st_size == 0:
+            return np.zeros(0, dtype=self.meta.dtype)
+        return np.memmap(path, dtype=np.dtype(self.meta.dtype).newbyteorder("<"), mode="r")
+
+    def __len__(self) -> int:
+        return len(self.files["file_id"])
+
+    def file_tokens(self, row: int) -> np.ndarray:
+        off = int(self.files["token_offset"][row])
+        return self.tokens[off : off + int(self.files["n_tokens"][row])]
+
+    def windows(self, rows: np.ndarray, segment_len: int | None = None, stride: int | None = None) -> "Windows":
+        """The windows of the files at `rows` (row positions in files.parquet, not file ids)."""
+        return Windows(self, np.asarray(rows, dtype=np.int64), segment_len or self.meta.segment_len,
+                       stride or self.meta.stride)
+
+
+def read_split(split_dir: str | Path) -> dict[int, str]:
+    table = pq.read_table(Path(split_dir) / SPLIT_FILE)
+    return dict(zip(table.column("file_id").to_pylist(), table.column("split").to_pylist()))
+
+
+def split_rows(corpus: Corpus, split_dir: str | Path, split: str) -> np.ndarray:
+    """Row positions of corpus files assigned to `split` ('train', 'dev' or 'test')."""
+    assignment = read_split(split_dir)
+    ids = corpus.files["file_id"]
+    return np.array([i for i, fid in enumerate(ids) if assignment.get(int(fid)) == split], dtype=np.int64)
+
+
+class Windows:
+    """Index of windows over a set of files, in O(files) memory: window i is found by binary search
+    on the cumulative window counts, so a corpus of millions of windows needs no per-window array."""
+
+    def __init__(self, corpus: Corpus, rows: np.ndarray, segment_len: int, stride: int):
+        self.corpus, self.rows, self.segment_len, self.stride = corpus, rows, segment_len, stride
+        counts = window_counts(corpus.files["n_tokens"][rows], segment_len, stride)
+        self.cum = np.concatenate([[0], np.cumsum(counts)])
+        self.control_ids = np.array(
+            [corpus.meta.control_token_ids[lang] for lang in corpus.files["language"][rows]], dtype=np.int64
+        )
+
+    def __len__(self) -> int:
+        return int(self.cum[-1])
+
+    def locate(self, i: int) -> tuple[int, int, int]:
+        """(index into rows, start token within the file, length) of window i."""
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        j = int(np.searchsorted(self.cum, i, side="right") - 1)
+        n = int(self.corpus.files["n_tokens"][self.rows[j]])
+        k = i - int(self.cum[j])
+        last = max(n - self.segment_len, 0)
+        start = min(k * self.stride, last)
+        return j, start, min(self.segment_len, n - start)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        """Window i as model input: control token, the segment, eos."""
+        j, start, length = self.locate(i)
+        toks = self.corpus.file_tokens(int(self.rows[j]))[start : start + length]
+        out = np.empty(length + 2, dtype=np.int64)
+        out[0] = self.control_ids[j]
+        out[1:-1] = toks
+        out[-1] = self.corpus.meta.eos_id
+        return out
+
+    def language(self, i: int) -> str:
+        j, _, _ = self.locate(i)
+        return str(self.corpus.files["language"][self.rows[j]])
+
+
+class CorpusWriter:
+    """Streams kept files into `<out_dir>/tokens.bin` and `files.parquet`, in call order.
+
+    Memory stays flat: tokens go straight to disk; only one small row per file is held.
+    """
+
+    def __init__(self, out_dir: str | Path, dtype: str):
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+        self._tokens = open(self.dir / TOKENS_FILE, "wb")
+        self._offset = 0
+        self.rows: dict[str, list] = {k: [] for k in
+                                      ("file_id", "source", "path", "language", "sha256", "n_bytes",
+                                       "token_offset", "n_tokens")}
+
+    def add(self, source: str, path: str, language: str, sha256: str, n_bytes: int, ids) -> int:
+        ids = np.asarray(ids, dtype=self.dtype)
+        file_id = len(self.rows["file_id"])
+        self._tokens.write(ids.tobytes())
+        for key, value in zip(self.rows, (file_id, source, path, language, sha256, n_bytes, self._offset, len(ids))):
+            self.rows[key].append(value)
+        self._offset += len(ids)
+        return file_id
+
+    def close(self, meta: Meta) -> None:
+        import pyarrow as pa
+
+        self._tokens.close()
+        pq.write_table(pa.table(self.rows), self.dir / FILES_FILE)
+        meta.write(self.dir)

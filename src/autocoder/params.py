@@ -1,0 +1,222 @@
+"""The one typed schema of params.yaml.
+
+Every stage calls `load_params()` first, so a typo, a wrong type or an impossible combination fails
+before any work starts, with a message naming the key (`segment.stride: ...`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from autocoder.errors import UserError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ParamsError(UserError):
+    """params.yaml is missing, malformed or inconsistent; the message names the key."""
+
+
+class _Strict(BaseModel):
+    # extra="forbid": an unknown key is an error, not silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Language(_Strict):
+    extensions: list[str] = Field(min_length=1)
+    control_token: Optional[str] = None  # default "<name>", as the seed's <python>, <java>
+
+    @field_validator("extensions")
+    @classmethod
+    def _dotted(cls, exts: list[str]) -> list[str]:
+        for ext in exts:
+            if not ext.startswith("."):
+                raise ValueError(f"extension {ext!r} must start with a dot")
+        return exts
+
+
+class Source(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    # Exactly one of `git` (URL or local repo path) and `path` (directory or zip/tar archive).
+    git: Optional[str] = None
+    rev: Optional[str] = None  # commit, tag or branch; required for git sources
+    path: Optional[str] = None  # "{python_stdlib}" expands to the running interpreter's stdlib
+    languages: list[str] = Field(min_length=1)
+    include: list[str] = Field(default_factory=list)  # glob patterns on relative paths; empty = all
+    exclude: list[str] = Field(default_factory=list)
+    license: Optional[str] = None  # licence file outside the tree (e.g. a JDK's legal/ folder)
+    sha256: Optional[str] = None  # pinned content hash for path sources
+
+    @model_validator(mode="after")
+    def _one_location(self) -> "Source":
+        if (self.git is None) == (self.path is None):
+            raise ValueError(f"source {self.name!r}: give exactly one of 'git' and 'path'")
+        if self.git is not None and not self.rev:
+            raise ValueError(f"source {self.name!r}: a git source needs a pinned 'rev'")
+        if self.path is not None and self.rev is not None:
+            raise ValueError(f"source {self.name!r}: 'rev' only applies to git sources")
+        return self
+
+
+class CloneParams(_Strict):
+    sources: list[Source] = Field(min_length=1)
+    out_dir: str = "data/raw"
+
+
+class NearDedup(_Strict):
+    enabled: bool = False
+    threshold: float = Field(0.85, gt=0, le=1)  # estimated Jaccard similarity of 5-line shingles
+    num_perm: int = Field(128, ge=16)
+
+
+class SegmentParams(_Strict):
+    tokenizer: str = "gpt2"  # "gpt2", a Hub id, or a local folder
+    segment_len: int = Field(254, gt=0)  # tokens per window, before the control token and eos
+    stride: int = Field(10, gt=0)
+    workers: int = Field(0, ge=0)  # 0 = all cores
+    files_per_batch: int = Field(64, gt=0)
+    max_file_bytes: int = Field(1_000_000, gt=0)
+    max_line_chars: int = Field(1000, gt=0)  # a longer line marks a generated or minified file
+    near_dedup: NearDedup = NearDedup()
+    out_dir: str = "data/segments"
+
+
+class SplitParams(_Strict):
+    dev_ratio: float = Field(0.1, ge=0, lt=1)
+    test_ratio: float = Field(0.0, ge=0, lt=1)
+    seed: int = 42
+    contamination_ngram: int = Field(50, gt=0)
+    out_dir: str = "data/split"
+
+    @model_validator(mode="after")
+    def _ratios(self) -> "SplitParams":
+        if self.dev_ratio + self.test_ratio >= 1:
+            raise ValueError("dev_ratio + test_ratio must be below 1")
+        return self
+
+
+class ScratchModel(_Strict):
+    """A GPT-2 config for training from scratch (no pretrained weights needed)."""
+
+    n_layer: int = Field(2, gt=0)
+    n_embd: int = Field(128, gt=0)
+    n_head: int = Field(4, gt=0)
+    n_positions: int = Field(256, gt=0)
+
+    @model_validator(mode="after")
+    def _heads(self) -> "ScratchModel":
+        if self.n_embd % self.n_head:
+            raise ValueError("n_embd must be a multiple of n_head")
+        return self
+
+
+class FinetuneParams(_Strict):
+    model: str = "scratch"  # "scratch", a Hub id (distilgpt2, gpt2-medium, ...) or a local folder
+    scratch: ScratchModel = ScratchModel()
+    num_processes: int = Field(1, gt=0)  # accelerate processes: GPUs, or CPU processes (gloo)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    learning_rate: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.2, ge=0, le=1)
+    batch_size: int = Field(4, gt=0)  # per device
+    grad_accum: int = Field(1, gt=0)
+    max_length: int = Field(256, gt=2)
+    epochs: int = Field(1, gt=0)
+    max_steps: Optional[int] = Field(None, gt=0)  # optimizer steps; overrides epochs when set
+    eval_every: int = Field(200, gt=0)
+    eval_max_windows: Optional[int] = Field(None, gt=0)  # dev windows per evaluation; None = all
+    early_stopping_patience: Optional[int] = Field(None, gt=0)
+    checkpoint_every: int = Field(100, gt=0)
+    log_every: int = Field(10, gt=0)
+    seed: int = 42
+    out_dir: str = "models/finetune"
+
+
+class EvaluateParams(_Strict):
+    registered_model_name: str = "autocoder"
+    line_completion_files: int = Field(50, ge=0)  # held-out dev files per language
+    line_completion_max_context: int = Field(200, gt=0)  # tokens of left context
+    max_new_tokens: int = Field(64, gt=0)
+    seed: int = 0
+    prompts: dict[str, list[str]] = Field(default_factory=dict)
+    out_dir: str = "models/evaluate"
+
+
+class MlflowParams(_Strict):
+    # MLFLOW_TRACKING_URI, when set, overrides tracking_uri (e.g. a team's `mlflow server`).
+    tracking_uri: str = "sqlite:///mlruns.db"
+    artifact_location: str = "mlartifacts"
+    experiment: str = "autocoder"
+
+
+class Params(_Strict):
+    languages: dict[str, Language]
+    clone: CloneParams
+    segment: SegmentParams = SegmentParams()
+    split: SplitParams = SplitParams()
+    finetune: FinetuneParams = FinetuneParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    mlflow: MlflowParams = MlflowParams()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Params":
+        for source in self.clone.sources:
+            for lang in source.languages:
+                if lang not in self.languages:
+                    raise ValueError(
+                        f"clone.sources[{source.name}].languages: {lang!r} is not in languages "
+                        f"({', '.join(self.languages)})"
+                    )
+        names = [s.name for s in self.clone.sources]
+        if len(set(names)) != len(names):
+            raise ValueError("clone.sources: source names must be unique")
+        window = self.segment.segment_len + 2  # control token + segment + eos
+        if window > self.finetune.max_length:
+            raise ValueError(
+                f"segment.segment_len: {self.segment.segment_len} + 2 (control token, eos) exceeds "
+                f"finetune.max_length {self.finetune.max_length}"
+            )
+        if self.finetune.model == "scratch" and self.finetune.max_length > self.finetune.scratch.n_positions:
+            raise ValueError(
+                f"finetune.max_length: {self.finetune.max_length} exceeds the model's context "
+                f"finetune.scratch.n_positions {self.finetune.scratch.n_positions}"
+            )
+        for lang in self.evaluate.prompts:
+            if lang not in self.languages:
+                raise ValueError(f"evaluate.prompts: {lang!r} is not in languages")
+        return self
+
+    def control_tokens(self) -> dict[str, str]:
+        """Language name -> control token, in params order (which fixes the added token ids)."""
+        return {name: lang.control_token or f"<{name}>" for name, lang in self.languages.items()}
+
+
+def _format_error(err: ValidationError, path: Path) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        msg = re.sub(r"^Value error, ", "", e["msg"])
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{path}: {key}: {msg}" if key else f"{path}: {msg}")
+    return "\n".join(lines)
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found (run from the project root)") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: must be a mapping of sections")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise ParamsError(_format_error(e, path)) from None

@@ -1,0 +1,5 @@
+"""DVC stage 'segment': see dvc.yaml. Reads its section of params.yaml; the work is in src/autocoder."""
+from autocoder.cli import stage_main
+
+if __name__ == "__main__":
+    stage_main("segment")
