@@ -18,7 +18,7 @@ STAGES = {
     "clone": "autocoder.sources",
     "segment": "autocoder.segment",
     "split": "autocoder.split",
-    "finetune": "autocoder.train.launch",
+    "finetune": "autocoder.train",
     "evaluate": "autocoder.evaluate",
 }
 

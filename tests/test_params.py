@@ -1,0 +1,49 @@
+"""The params schema: bad params fail before any work, naming the key."""
+
+import shutil
+
+import pytest
+import yaml
+
+from autocoder.params import ParamsError, load_params
+from conftest import ROOT
+
+
+def _write(tmp_path, mutate):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    mutate(params)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_committed_params_are_valid():
+    params = load_params(ROOT / "params.yaml")
+    assert params.segment.segment_len == 254 and params.segment.stride == 10
+    assert params.control_tokens() == {"python": "<python>", "java": "<java>"}
+
+
+@pytest.mark.parametrize(
+    "mutate, key",
+    [
+        (lambda p: p["segment"].update(strid=3), "segment.strid: unknown key"),
+        (lambda p: p["segment"].update(stride=0), "segment.stride"),
+        (lambda p: p["segment"].update(stride="ten"), "segment.stride"),
+        (lambda p: p["segment"].update(segment_len=1000), "segment.segment_len"),
+        (lambda p: p["finetune"].update(max_length=4096), "finetune.max_length"),
+        (lambda p: p["split"].update(dev_ratio=0.6, test_ratio=0.5), "split"),
+        (lambda p: p["clone"]["sources"][0].update(languages=["cobol"]), "cobol"),
+        (lambda p: p["clone"]["sources"][0].update(git="https://example.org/x.git"), "exactly one of"),
+        (lambda p: p.update(finetun={}), "finetun: unknown key"),
+    ],
+)
+def test_bad_params_name_the_key(tmp_path, mutate, key):
+    with pytest.raises(ParamsError) as err:
+        load_params(_write(tmp_path, mutate))
+    assert key in str(err.value)
+    assert str(tmp_path / "params.yaml") in str(err.value)
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
