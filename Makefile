@@ -3,6 +3,8 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Stage commands in dvc.yaml call `python` and `accelerate`: the venv's, without activating it.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: venv repro test bench clean-venv
 

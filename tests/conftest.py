@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from autocoder.corpus import SPLIT_FILE, TOKENIZER_DIR, CorpusWriter, Meta
 from autocoder.tokenizer import load_tokenizer
@@ -97,3 +101,60 @@ def tiny_model_dir(tmp_path, gpt2_tokenizer):
     GPT2LMHeadModel(config).save_pretrained(out)  # safetensors by default
     gpt2_tokenizer.save_pretrained(out)
     return out
+
+
+# --- A tiny copy of the project, for tests that run dvc / the CLI as a user would ---
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command as a user would in a project copy: the venv on PATH, no Hub, the project's own
+    MLflow store unless `env` names another."""
+    base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    full_env = {**base, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1", **(env or {})}
+    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def copy_project(dest: Path) -> Path:
+    """The project's tracked and untracked-but-not-ignored files, as a fresh git repo."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
+                           capture_output=True, text=True).stdout.split("\n")
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file() and not rel.startswith(("data/", "models/", "metrics/", "plots/")) and rel != "dvc.lock":
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
+
+
+def tiny_params(project: Path, corpus: Path) -> dict:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["clone"]["sources"] = [{"name": "fixture", "path": str(corpus), "languages": ["python", "java"]}]
+    params["segment"].update(segment_len=62, stride=16, workers=1)
+    params["split"].update(dev_ratio=0.25)
+    params["finetune"].update(
+        scratch={"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64}, max_length=64,
+        max_steps=8, eval_every=4, checkpoint_every=4, eval_max_windows=16, learning_rate=1e-3,
+    )
+    params["evaluate"].update(line_completion_files=2, max_new_tokens=8,
+                              prompts={"python": ["def factorial"], "java": ["public static int"]})
+    return params
+
+
+def make_tiny_project(root: Path) -> Path:
+    """A git repo under root/project: this project's files, params shrunk to a tiny corpus of real
+    code (root/corpus) and a tiny scratch model. Nothing is run yet."""
+    corpus = root / "corpus"
+    for rel, (_, text) in real_code_files().items():
+        (corpus / rel).parent.mkdir(parents=True, exist_ok=True)
+        (corpus / rel).write_text(text)
+    project = copy_project(root / "project")
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(project, corpus), sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        run(cmd, project)
+    return project
