@@ -46,10 +46,22 @@ class Source(_Strict):
     rev: Optional[str] = None  # commit, tag or branch; required for git sources
     path: Optional[str] = None  # "{python_stdlib}" expands to the running interpreter's stdlib
     languages: list[str] = Field(min_length=1)
-    include: list[str] = Field(default_factory=list)  # glob patterns on relative paths; empty = all
+    # Globs on relative paths ("**" crosses folders; semantics in sources.py); empty include = all.
+    include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
-    license: Optional[str] = None  # licence file outside the tree (e.g. a JDK's legal/ folder)
-    sha256: Optional[str] = None  # pinned content hash for path sources
+    # Licence file: a path inside the source, or an absolute path on this machine (e.g. a JDK's
+    # legal/ folder); default: LICENSE*, LICENCE*, COPYING* at the source's root.
+    license: Optional[str] = None
+    # Pinned content hash of a path source (what the clone stage prints on a mismatch); git
+    # sources are pinned by rev.
+    sha256: Optional[str] = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name == "sources.json":
+            raise ValueError("'sources.json' is reserved for the clone stage's record")
+        return name
 
     @model_validator(mode="after")
     def _one_location(self) -> "Source":
@@ -59,6 +71,8 @@ class Source(_Strict):
             raise ValueError(f"source {self.name!r}: a git source needs a pinned 'rev'")
         if self.path is not None and self.rev is not None:
             raise ValueError(f"source {self.name!r}: 'rev' only applies to git sources")
+        if self.git is not None and self.sha256 is not None:
+            raise ValueError(f"source {self.name!r}: 'sha256' only applies to path sources (git is pinned by rev)")
         return self
 
 
@@ -86,10 +100,12 @@ class SegmentParams(_Strict):
 
 
 class SplitParams(_Strict):
-    dev_ratio: float = Field(0.1, ge=0, lt=1)
+    # Shares of the corpus' windows; whole files go to one split. Training keeps the best model by
+    # dev perplexity, so dev cannot be empty.
+    dev_ratio: float = Field(0.1, gt=0, lt=1)
     test_ratio: float = Field(0.0, ge=0, lt=1)
     seed: int = 42
-    contamination_ngram: int = Field(50, gt=0)
+    contamination_ngram: int = Field(50, gt=0)  # shared tokens that make a dev window leaked
     out_dir: str = "data/split"
 
     @model_validator(mode="after")
@@ -106,6 +122,7 @@ class ScratchModel(_Strict):
     n_embd: int = Field(128, gt=0)
     n_head: int = Field(4, gt=0)
     n_positions: int = Field(256, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)  # GPT-2's residual, embedding and attention dropout
 
     @model_validator(mode="after")
     def _heads(self) -> "ScratchModel":
@@ -115,34 +132,39 @@ class ScratchModel(_Strict):
 
 
 class FinetuneParams(_Strict):
-    model: str = "scratch"  # "scratch", a Hub id (distilgpt2, gpt2-medium, ...) or a local folder
+    model: str = Field("scratch", min_length=1)  # "scratch", a Hub id (distilgpt2, gpt2-medium, ...) or a local folder
     scratch: ScratchModel = ScratchModel()
     num_processes: int = Field(1, gt=0)  # accelerate processes: GPUs, or CPU processes (gloo)
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 or fp16 on GPUs, no on CPU
     learning_rate: float = Field(5e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.2, ge=0, le=1)
+    max_grad_norm: Optional[float] = Field(1.0, gt=0)  # gradient clipping; None = off
     batch_size: int = Field(4, gt=0)  # per device
     grad_accum: int = Field(1, gt=0)
     max_length: int = Field(256, gt=2)
     epochs: int = Field(1, gt=0)
     max_steps: Optional[int] = Field(None, gt=0)  # optimizer steps; overrides epochs when set
-    eval_every: int = Field(200, gt=0)
+    eval_every: int = Field(200, gt=0)  # optimizer steps between dev evaluations (and after the last step)
     eval_max_windows: Optional[int] = Field(None, gt=0)  # dev windows per evaluation; None = all
-    early_stopping_patience: Optional[int] = Field(None, gt=0)
-    checkpoint_every: int = Field(100, gt=0)
+    early_stopping_patience: Optional[int] = Field(None, gt=0)  # evaluations without improvement
+    checkpoint_every: int = Field(100, gt=0)  # optimizer steps between resumable checkpoints
     log_every: int = Field(10, gt=0)
     seed: int = 42
     out_dir: str = "models/finetune"
+    checkpoint_dir: str = "models/checkpoints"
 
 
 class EvaluateParams(_Strict):
-    registered_model_name: str = "autocoder"
+    registered_model_name: str = Field("autocoder", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    perplexity_max_tokens: Optional[int] = Field(200_000, gt=0)  # dev tokens scored (whole files); None = all
+    batch_size: int = Field(8, gt=0)  # windows per forward pass when scoring perplexity
     line_completion_files: int = Field(50, ge=0)  # held-out dev files per language
     line_completion_max_context: int = Field(200, gt=0)  # tokens of left context
-    max_new_tokens: int = Field(64, gt=0)
+    max_new_tokens: int = Field(64, gt=0)  # per completion (samples, latency, line completion)
+    latency_repeats: int = Field(3, gt=0)  # timed completions of each prompt
     seed: int = 0
-    prompts: dict[str, list[str]] = Field(default_factory=dict)
+    prompts: dict[str, list[str]] = Field(default_factory=dict)  # language -> prompts for samples.md
     out_dir: str = "models/evaluate"
 
 

@@ -1,0 +1,224 @@
+"""Stage 'split': whole files go to train, dev or test, and a report measures what that buys.
+
+The seed shuffled its windows and cut them 9:1, so a dev window was mostly made of the train
+windows 10 tokens to its left and right: dev perplexity measured recall, not completion. Here no
+file feeds two splits, and `metrics/contamination.json` measures the leak that remains (code copied
+between files) next to the leak of the seed's window-level split of the same data.
+
+Ratios count windows (at the corpus' segment_len/stride), as the seed's 9:1 did. Files are ordered
+by a seeded hash of their content sha256 and cut by cumulative window share, so adding or removing a
+file moves only the files next to a cut, never reshuffles the rest.
+
+Contamination is measured with 64-bit hashes of every n-gram (n = contamination_ngram): a dev
+window is contaminated when one of its n-grams occurs inside a train window. Windows never cross
+files, so neither do the n-grams counted. Hashes are 64-bit polynomials over random 64-bit token
+codes: two different n-grams collide with probability about 2^-64, so across 10^7 train and 10^6 dev
+n-grams a false match is a one-in-a-million event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from autocoder.atomic import atomic_dir, write_json
+from autocoder.corpus import SPLIT_FILE, Corpus, window_counts
+from autocoder.errors import UserError
+from autocoder.params import Params, SplitParams
+
+METRICS_FILE = Path("metrics/contamination.json")
+SPLITS = np.array(["train", "dev", "test"], dtype=object)  # split codes 0, 1, 2
+_BASE = 0x100000001B3  # odd multiplier of the polynomial n-gram hash
+
+
+def run(params: Params) -> None:
+    sp = params.split
+    corpus = open_corpus(params.segment.out_dir)
+    split = assign(corpus, sp)
+    report = contamination_report(corpus, split, sp)
+    with atomic_dir(sp.out_dir) as tmp:
+        table = pa.table({"file_id": pa.array(corpus.files["file_id"], pa.int64()),
+                          "split": pa.array(SPLITS[split], pa.string())})
+        pq.write_table(table, tmp / SPLIT_FILE)
+    write_json(METRICS_FILE, report)
+    sizes = ", ".join(f"{name} {report[name]['files']} files" for name in SPLITS if name in report)
+    print(f"split: {sizes}; dev windows with a train {sp.contamination_ngram}-gram: "
+          f"{report['file_split']['dev_windows_with_train_ngram']:.2%} "
+          f"(window-level split: {report['window_split']['dev_windows_with_train_ngram']:.2%})")
+
+
+def open_corpus(segments_dir: str | Path) -> Corpus:
+    try:
+        return Corpus(segments_dir)
+    except FileNotFoundError:
+        raise UserError(f"{segments_dir}: no segment stage output there (segment.out_dir); "
+                        "run the segment stage first") from None
+
+
+def assign(corpus: Corpus, sp: SplitParams) -> np.ndarray:
+    """The split code (an index into SPLITS) of every corpus row, deterministic under sp.seed.
+
+    Files in seeded-hash order fill dev, then test, then train, each file going where the middle
+    of its windows falls. Every split with a non-zero ratio gets at least one file.
+    """
+    n_files, has_test = len(corpus), int(sp.test_ratio > 0)
+    if n_files < 2 + has_test:
+        raise UserError(f"split: the corpus has {n_files} file(s); dev_ratio {sp.dev_ratio} and "
+                        f"test_ratio {sp.test_ratio} need at least {2 + has_test}, one per split")
+    keys = np.array([int.from_bytes(hashlib.sha256(f"{sp.seed}:{sha}".encode()).digest()[:8], "big")
+                     for sha in corpus.files["sha256"]], dtype=np.uint64)
+    order = np.lexsort((corpus.files["file_id"], keys))
+    weight = window_counts(corpus.files["n_tokens"][order], corpus.meta.segment_len, corpus.meta.stride)
+    middle = np.cumsum(weight) - weight / 2
+    cuts = np.searchsorted(middle, np.array([sp.dev_ratio, sp.dev_ratio + sp.test_ratio]) * weight.sum())
+    n_dev = min(max(int(cuts[0]), 1), n_files - 1 - has_test)
+    n_held = min(max(int(cuts[1]), n_dev + has_test), n_files - 1)
+    split = np.zeros(n_files, dtype=np.int8)
+    split[order[:n_dev]] = 1
+    split[order[n_dev:n_held]] = 2
+    return split
+
+
+def corpus_windows(corpus: Corpus) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(file row, start in tokens.bin, length) of every window of the corpus, as training sees them."""
+    n_tokens = corpus.files["n_tokens"].astype(np.int64)
+    counts = window_counts(n_tokens, corpus.meta.segment_len, corpus.meta.stride)
+    row = np.repeat(np.arange(len(n_tokens)), counts)
+    k = np.arange(len(row)) - np.repeat(np.cumsum(counts) - counts, counts)
+    start = np.minimum(k * corpus.meta.stride, np.maximum(n_tokens - corpus.meta.segment_len, 0)[row])
+    length = np.minimum(corpus.meta.segment_len, n_tokens[row] - start)
+    return row, corpus.files["token_offset"].astype(np.int64)[row] + start, length
+
+
+def ngram_hashes(tokens: np.ndarray, n: int, chunk: int = 1 << 20) -> np.ndarray:
+    """64-bit hash of tokens[i:i+n] for every start i: sum_k code(tokens[i+k]) * B^(n-1-k) mod 2^64
+    over random 64-bit token codes. Chunk by chunk: no memory beyond the result's 8 bytes a token."""
+    size = max(len(tokens) - n + 1, 0)
+    hashes = np.empty(size, dtype=np.uint64)
+    for start in range(0, size, chunk):
+        hashes[start : start + chunk] = _chunk_hashes(np.asarray(tokens[start : start + chunk + n - 1]), n)
+    return hashes
+
+
+def _chunk_hashes(tokens: np.ndarray, n: int) -> np.ndarray:
+    """ngram_hashes of one chunk, from the hashes of power-of-two lengths: log2(n) passes, not n."""
+    block = tokens.astype(np.uint64)  # hashes of 1-grams: splitmix64 of the token id
+    for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+        block ^= block >> np.uint64(shift)
+        block *= np.uint64(mult)
+    block ^= block >> np.uint64(31)
+    hashes, length, block_len = None, 0, 1
+    while block_len <= n:
+        if n & block_len:
+            hashes = block if hashes is None else _joined(hashes, length, block, block_len)
+            length += block_len
+        block = _joined(block, block_len, block, block_len) if 2 * block_len <= n else None
+        block_len *= 2
+    return hashes
+
+
+def _joined(left: np.ndarray, left_len: int, right: np.ndarray, right_len: int) -> np.ndarray:
+    """Hashes of (left_len + right_len)-grams from those of left_len-grams and right_len-grams."""
+    size = max(len(left) - right_len, 0)
+    joined = left[:size] * np.uint64(pow(_BASE, right_len, 2**64))
+    joined += right[left_len : left_len + size]
+    return joined
+
+
+def _gram_mask(starts: np.ndarray, lengths: np.ndarray, n: int, size: int) -> np.ndarray:
+    """True at every n-gram start that lies wholly inside one of the windows (a difference array)."""
+    full = lengths >= n
+    diff = np.zeros(size + 1, dtype=np.int32)
+    np.add.at(diff, starts[full], 1)
+    np.add.at(diff, starts[full] + lengths[full] - n + 1, -1)
+    return np.cumsum(diff, out=diff)[:size] > 0
+
+
+def contaminated(hashes: np.ndarray, n: int, train: tuple[np.ndarray, np.ndarray],
+                 held: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """For each held window (starts, lengths): does one of its n-grams occur inside a train window?
+
+    `hashes` are the corpus' ngram_hashes. A held window overlapping a train window by n tokens
+    (the window-level split's case) leaks without a look-up; the n-grams of the other held windows
+    are looked up, in sorted order, among the sorted train n-grams.
+    """
+    in_train = _gram_mask(*train, n, len(hashes))
+    starts, lengths = held
+    ends = np.maximum(starts + lengths - n + 1, starts)  # the window's n-grams start in [starts, ends)
+    leaked = _any_in(in_train, starts, ends)
+    rest = ~leaked
+    positions = np.flatnonzero(_gram_mask(starts[rest], lengths[rest], n, len(hashes)))
+    train_hashes = hashes[in_train]
+    del in_train
+    train_hashes.sort()
+    hit = np.zeros(len(hashes), dtype=bool)
+    hit[positions[_in_sorted(hashes[positions], train_hashes)]] = True
+    leaked[rest] = _any_in(hit, starts[rest], ends[rest])
+    return leaked
+
+
+def _in_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """np.isin(values, sorted_set), fast: values are searched in sorted order, which keeps the binary
+    searches in cache (np.isin itself sorts both arrays together, 100x slower here)."""
+    found = np.zeros(len(values), dtype=bool)
+    if len(sorted_set):
+        order = np.argsort(values)
+        ordered = values[order]
+        at = np.searchsorted(sorted_set, ordered).clip(max=len(sorted_set) - 1)
+        found[order] = sorted_set[at] == ordered
+    return found
+
+
+def _any_in(mask: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """For each range [start, end): is mask true anywhere in it?"""
+    # A running count modulo 2^32: the count inside a range (< 2^32 positions) still shows as a change.
+    true_before = np.zeros(len(mask) + 1, dtype=np.uint32)
+    np.cumsum(mask, dtype=np.uint32, out=true_before[1:])
+    return true_before[ends] != true_before[starts]
+
+
+def _share(flags: np.ndarray) -> float:
+    return round(float(flags.mean()), 6) if len(flags) else 0.0
+
+
+def _leak(corpus: Corpus, hashes: np.ndarray, n: int, windows, window_split: np.ndarray, held: int) -> dict:
+    """The two contamination figures of held-out split `held` against train, windows labelled by split."""
+    row, starts, lengths = windows
+    is_train, is_held = window_split == 0, window_split == held
+    leaked = contaminated(hashes, n, (starts[is_train], lengths[is_train]), (starts[is_held], lengths[is_held]))
+    sha = corpus.files["sha256"]
+    copied = np.isin(sha[np.unique(row[is_held])], sha[np.unique(row[is_train])])
+    return {f"{SPLITS[held]}_windows_with_train_ngram": _share(leaked),
+            f"{SPLITS[held]}_files_in_train": _share(copied)}
+
+
+def contamination_report(corpus: Corpus, split: np.ndarray, sp: SplitParams) -> dict:
+    """metrics/contamination.json: sizes per split, and the leak into held-out data of this file-level
+    split and of the seed's window-level split (windows shuffled with the seed, cut by dev_ratio).
+
+    `*_windows_with_train_ngram`: share of held-out windows containing an n-gram found in a train
+    window. `*_files_in_train`: share of files feeding the held-out split whose content (sha256) also
+    feeds train: an exact copy under the file split, mostly the very same file under the window split.
+    """
+    n = sp.contamination_ngram
+    windows = corpus_windows(corpus)
+    row = windows[0]
+    hashes = ngram_hashes(corpus.tokens, n)
+    report: dict = {"ngram": n, "segment_len": corpus.meta.segment_len, "stride": corpus.meta.stride}
+    n_files = np.bincount(split, minlength=len(SPLITS))
+    n_windows = np.bincount(split[row], minlength=len(SPLITS))
+    n_tokens = np.bincount(split, weights=corpus.files["n_tokens"], minlength=len(SPLITS))
+    present = np.flatnonzero(n_files)
+    for code in present:
+        report[SPLITS[code]] = {"files": int(n_files[code]), "windows": int(n_windows[code]),
+                                "tokens": int(n_tokens[code])}
+    report["file_split"] = {}
+    for held in present[1:]:
+        report["file_split"].update(_leak(corpus, hashes, n, windows, split[row], held))
+    dev_windows = np.random.default_rng(sp.seed).permutation(len(row)) < round(sp.dev_ratio * len(row))
+    report["window_split"] = _leak(corpus, hashes, n, windows, dev_windows.astype(np.int8), 1)
+    return report
