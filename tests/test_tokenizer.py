@@ -1,0 +1,42 @@
+"""The tokenizer: GPT-2's ids offline, control and pad tokens, and the fast encoder's exactness."""
+
+import json
+
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from autocoder.tokenizer import _tiktoken_encoding, fingerprint, load_tokenizer, text_encoder
+from conftest import STDLIB, real_code_files
+
+
+def test_gpt2_ids_offline(gpt2_tokenizer, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert gpt2_tokenizer.encode("def factorial(n):") == [4299, 1109, 5132, 7, 77, 2599]
+    assert gpt2_tokenizer.eos_token_id == 50256
+    assert len(gpt2_tokenizer) == 50257 + 2 + 1  # GPT-2, <python>, <java>, <pad>
+    assert gpt2_tokenizer.convert_tokens_to_ids(["<python>", "<java>", "<pad>"]) == [50257, 50258, 50259]
+
+
+def test_control_token_order_fixes_ids():
+    swapped = load_tokenizer("gpt2", ["<java>", "<python>"])
+    assert swapped.convert_tokens_to_ids(["<java>", "<python>"]) == [50257, 50258]
+    assert fingerprint(swapped) != fingerprint(load_tokenizer("gpt2", ["<python>", "<java>"]))
+
+
+def test_fast_encoder_gives_the_hugging_face_ids_on_real_code(gpt2_tokenizer):
+    spec = gpt2_tokenizer.backend_tokenizer.to_str()
+    assert _tiktoken_encoding(json.loads(spec)) is not None  # GPT-2 takes the fast path
+    texts = [text for _, text in real_code_files().values()]
+    texts += [p.read_text() for p in sorted(STDLIB.glob("[a-h]*.py"))]
+    texts += ["<|endoftext|> <python> literal special tokens", "  \t\n\n   x = 'é' + \"日本\"  \n"]
+    hf = Tokenizer.from_str(spec)
+    hf.encode_special_tokens = True
+    expected = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
+    assert text_encoder(spec)(texts) == expected
+
+
+def test_other_tokenizers_use_the_hugging_face_encoder():
+    word_level = Tokenizer(models.WordLevel({"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
+    spec = word_level.to_str()
+    assert _tiktoken_encoding(json.loads(spec)) is None
+    assert text_encoder(spec)(["a b c"]) == [[0, 1, 2]]
