@@ -78,29 +78,35 @@ def write_corpus(out: Path, tokenizer, files: dict[str, tuple[str, str]], dev: s
     return seg_dir, split_dir
 
 
+TINY_DEV = {"py/heapq.py", "py/shlex.py", "java/Factorial5.java"}
+
+
 @pytest.fixture
 def tiny_corpus(tmp_path, gpt2_tokenizer):
     """(segments_dir, split_dir) of ~16 real files, two Python and one Java file held out as dev."""
     files = real_code_files()
-    return write_corpus(tmp_path / "data", gpt2_tokenizer, files,
-                        dev={"py/heapq.py", "py/shlex.py", "java/Factorial5.java"})
+    return write_corpus(tmp_path / "data", gpt2_tokenizer, files, dev=TINY_DEV)
 
 
-@pytest.fixture
-def tiny_model_dir(tmp_path, gpt2_tokenizer):
-    """A tiny randomly initialised GPT-2 with the control tokens, saved as safetensors + tokenizer."""
+def save_tiny_model(out: Path, tokenizer) -> Path:
+    """Save a tiny randomly initialised GPT-2 (seed 0) with `tokenizer` to `out`, as safetensors + tokenizer."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     import torch
 
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=256, vocab_size=len(gpt2_tokenizer),
-                        eos_token_id=gpt2_tokenizer.eos_token_id, bos_token_id=gpt2_tokenizer.eos_token_id,
-                        pad_token_id=gpt2_tokenizer.pad_token_id)
-    out = tmp_path / "tiny-model"
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=256, vocab_size=len(tokenizer),
+                        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
     GPT2LMHeadModel(config).save_pretrained(out)  # safetensors by default
-    gpt2_tokenizer.save_pretrained(out)
+    tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, gpt2_tokenizer):
+    """A tiny randomly initialised GPT-2 with the control tokens, saved as safetensors + tokenizer."""
+    return save_tiny_model(tmp_path / "tiny-model", gpt2_tokenizer)
 
 
 # --- A tiny copy of the project, for tests that run dvc / the CLI as a user would ---
@@ -158,3 +164,94 @@ def make_tiny_project(root: Path) -> Path:
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
         run(cmd, project)
     return project
+
+
+def finetuned_project(root: Path, segments: Path, split: Path, model_dir: Path, **evaluate):
+    """Make `root` (and the cwd) a project as the finetune stage leaves it: params.yaml pointing at the
+    given data, `models/finetune/best/` (a copy of model_dir), and a real MLflow run in the SQLite
+    store `root/mlruns.db` (created if missing) recorded in `models/finetune/mlflow_run.json`.
+    `evaluate` overrides params' evaluate section; returns the params."""
+    import mlflow
+    from transformers import AutoTokenizer
+
+    from autocoder.atomic import write_json
+    from autocoder.corpus import Corpus, split_rows
+    from autocoder.params import load_params
+    from autocoder.tokenizer import fingerprint
+    from autocoder.tracking import configure
+    from autocoder.train.data import dev_split_hash
+
+    os.chdir(root)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["segment"]["out_dir"], raw["split"]["out_dir"] = str(segments), str(split)
+    raw["evaluate"].update({"line_completion_files": 2, "line_completion_max_context": 64, "max_new_tokens": 8,
+                            "perplexity_max_tokens": 2000, "latency_repeats": 1, **evaluate})
+    raw["mlflow"]["tracking_uri"] = f"sqlite:///{root}/mlruns.db"
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    params = load_params(root / "params.yaml")
+    out = Path(params.finetune.out_dir)
+    shutil.copytree(model_dir, out / "best", dirs_exist_ok=True)
+    corpus = Corpus(segments)
+    dev = split_rows(corpus, split, "dev")
+    uri = configure(params.mlflow)
+    with mlflow.start_run() as run:
+        mlflow.log_metric("dev_perplexity", 100.0, step=1)
+    write_json(out / "mlflow_run.json", {
+        "run_id": run.info.run_id, "tracking_uri": uri, "experiment_id": run.info.experiment_id,
+        "tokenizer_fingerprint": fingerprint(AutoTokenizer.from_pretrained(segments / "tokenizer")),
+        "dev_split": dev_split_hash([str(corpus.files["sha256"][r]) for r in dev], corpus.meta.segment_len)})
+    return params
+
+
+@pytest.fixture
+def finetuned(tmp_path, tiny_corpus, tiny_model_dir, mlflow_db, monkeypatch):
+    """The params of finetuned_project() in tmp_path (the cwd) with the tiny corpus and the tiny model."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return finetuned_project(tmp_path, *tiny_corpus, tiny_model_dir)
+
+
+# --- MLflow stores ---
+
+
+@pytest.fixture(scope="session")
+def _migrated_mlflow_db(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store, created once: creating one runs MLflow's migrations (~10 s)."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlruns.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def mlflow_db(tmp_path, _migrated_mlflow_db) -> Path:
+    """tmp_path/mlruns.db: a real, empty MLflow SQLite store (a copy of a freshly migrated one), where
+    the default params.mlflow.tracking_uri (sqlite:///mlruns.db) finds it when cwd = tmp_path."""
+    path = tmp_path / "mlruns.db"
+    shutil.copyfile(_migrated_mlflow_db, path)
+    return path
+
+
+# --- Processes a test leaves behind ---
+
+
+def kill_processes_in(folder: Path) -> list[int]:
+    """SIGKILL every process whose working directory is inside `folder` (what a test
+    started there and may have left behind: a killed pipeline's children, DVC's detached queue
+    workers and their experiments). Returns their pids."""
+    import psutil
+
+    folder = folder.resolve()
+    killed = []
+    for proc in psutil.process_iter(["pid", "cwd"]):
+        cwd = proc.info["cwd"]
+        if proc.info["pid"] == os.getpid() or not cwd or not Path(cwd).is_relative_to(folder):
+            continue
+        try:
+            proc.kill()
+            killed.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(killed, timeout=10)
+    return [proc.pid for proc in killed]

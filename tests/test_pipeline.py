@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     project = make_tiny_project(tmp_path_factory.mktemp("pipeline"))
-    project.first_repro = run(["dvc", "repro"], project)  # type: ignore[attr-defined]
+    run(["dvc", "repro"], project)
     return project
 
 

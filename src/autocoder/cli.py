@@ -54,7 +54,7 @@ def _build_parser() -> argparse.ArgumentParser:
     comp.add_argument("prompt", help="the code context to complete")
     comp.add_argument("--lang", required=True, help="language (a key of params.yaml languages)")
     add_model_args(comp)
-    comp.add_argument("--num", type=int, default=1, help="number of completions (sampling when > 1)")
+    comp.add_argument("--num", type=int, default=1, help="number of completions (more than 1 needs --temperature > 0)")
     comp.add_argument("--json", action="store_true", help="print completions with their confidence as JSON")
 
     inter = sub.add_parser("interact", help="a REPL: type code, get completions (change_lang, exit)")

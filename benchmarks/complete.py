@@ -1,0 +1,115 @@
+"""Completion latency: `autocoder complete`'s Completer against the seed's way, on the same checkpoint
+and prompts, greedy, with a check that both give the same text.
+
+- seed: `model.generate(prompt, max_length=128)` (greedy: the seed passed temperature=0.7 without
+  do_sample), decode everything, cut at the first blank line;
+- ours: `Completer.complete()` with the same token budget (128 - prompt length): generation stops
+  inside `generate` at the first blank line (StopOnPattern) or eos, under torch.inference_mode.
+Both use the KV cache (transformers' default); the difference is the tokens generated after the
+completion was already done.
+
+Model: models/finetune/best/ when it exists, else --model DIR. Prompts: params.yaml's
+evaluate.prompts. Timed calls alternate between the two ways (after one warm-up call each), so
+load from other processes hits both alike. Writes benchmarks/results/complete.json.
+
+    python benchmarks/complete.py [--model DIR] [--repeats 5] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autocoder.complete import BLANK_LINE, Completer, cut_at
+from autocoder.params import load_params
+
+SEED_MAX_LENGTH = 128
+DEFAULT_MODEL = Path("models/finetune/best")
+RESULTS = Path(__file__).parent / "results" / "complete.json"
+
+
+def seed_complete(completer: Completer, prompt: list[int]) -> tuple[str, int]:
+    """The seed's interact loop: generate to max_length, then cut the text at the first blank line."""
+    input_ids = torch.tensor([prompt], device=completer.device)
+    out = completer.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_length=SEED_MAX_LENGTH,
+                                   do_sample=False, pad_token_id=completer.tokenizer.pad_token_id)
+    generated = out[0, len(prompt):].tolist()
+    text = completer.tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return cut_at(BLANK_LINE, text), len(generated)
+
+
+def ours_complete(completer: Completer, lang: str, context: str, prompt: list[int]) -> tuple[str, int]:
+    [completion] = completer.complete(lang, context, max_new_tokens=SEED_MAX_LENGTH - len(prompt))
+    return completion.text, completion.n_tokens
+
+
+def summary(latencies_ms: list[float], tokens: list[int]) -> dict:
+    seconds = sum(latencies_ms) / 1000
+    return {"p50_ms": float(np.percentile(latencies_ms, 50)), "p95_ms": float(np.percentile(latencies_ms, 95)),
+            "mean_ms": float(np.mean(latencies_ms)), "generated_tokens_per_s": sum(tokens) / seconds,
+            "generated_tokens_per_call": float(np.mean(tokens))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help=f"model folder when {DEFAULT_MODEL} does not exist")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per prompt and way")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's); 1 is steadier on a busy machine")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_dir = DEFAULT_MODEL if DEFAULT_MODEL.exists() else args.model
+    if model_dir is None:
+        parser.error(f"{DEFAULT_MODEL} does not exist: give --model DIR")
+    params = load_params(args.params)
+    completer = Completer.from_pretrained(model_dir, params.control_tokens())
+    prompts = [(lang, text) for lang, texts in params.evaluate.prompts.items() for text in texts]
+
+    timings = {"seed": ([], []), "ours": ([], [])}  # way -> (latencies ms, generated tokens)
+    rows = []
+    for lang, context in prompts:
+        prompt = completer.prompt_ids(lang, context)
+        ways = {"seed": lambda: seed_complete(completer, prompt), "ours": lambda: ours_complete(completer, lang, context, prompt)}
+        results = {way: run() for way, run in ways.items()}  # warm-up, and the texts to compare
+        for _ in range(args.repeats):
+            for way, run in ways.items():
+                start = time.perf_counter()
+                run()
+                timings[way][0].append((time.perf_counter() - start) * 1000)
+                timings[way][1].append(results[way][1])
+        rows.append({"lang": lang, "prompt": context, "completion": results["ours"][0],
+                     "seed_tokens": results["seed"][1], "ours_tokens": results["ours"][1],
+                     "identical": results["seed"][0] == results["ours"][0]})
+        print(f"{lang:6} {context[:40]!r:44} seed {results['seed'][1]:3} tokens, ours {results['ours'][1]:3}, "
+              f"same text: {rows[-1]['identical']}")
+
+    report = {way: summary(*timings[way]) for way in timings}
+    report |= {
+        "speedup_p50": report["seed"]["p50_ms"] / report["ours"]["p50_ms"],
+        "speedup_p95": report["seed"]["p95_ms"] / report["ours"]["p95_ms"],
+        "all_identical": all(r["identical"] for r in rows),
+        "prompts": rows, "model": str(model_dir), "prompt_format": completer.prompt_format,
+        "model_parameters": sum(p.numel() for p in completer.model.parameters()),
+        "device": completer.device, "torch_threads": torch.get_num_threads(), "repeats": args.repeats,
+        "cpu": platform.processor() or platform.machine(), "load_average_1min": os.getloadavg()[0],
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    for way in ("seed", "ours"):
+        r = report[way]
+        print(f"{way}: p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, "
+              f"{r['generated_tokens_per_s']:.0f} generated tokens/s, {r['generated_tokens_per_call']:.1f} tokens/call")
+    print(f"p50 speedup {report['speedup_p50']:.2f}x, p95 {report['speedup_p95']:.2f}x; "
+          f"identical texts: {report['all_identical']}; written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

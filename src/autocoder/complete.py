@@ -1,0 +1,249 @@
+"""Code completion with a trained model: `autocoder complete`, `autocoder interact`, the evaluate stage
+and the registry's pyfunc model all complete through `Completer`.
+
+A completion ends as soon as its stop pattern shows up in the generated text (by default a blank
+line, the seed's convention), at eos, or after max_new_tokens. The check runs inside `generate`
+(`StopOnPattern`), so no token is generated after the completion is done; the seed generated up to
+128 tokens every time and cut the text afterwards.
+
+Prompt formats (config.json key `prompt_format`):
+- "control_ids" (written by our finetune): [control token id] + tokenizer.encode(context), exactly
+  how the segment stage builds training windows;
+- absent: the seed's published checkpoints, prompted with the text "<python> " + context (the
+  space after the control token included, as the seed's interact script did).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, StoppingCriteria,
+                          StoppingCriteriaList)
+
+from autocoder.errors import UserError
+from autocoder.hub import hub_offline
+from autocoder.params import MlflowParams, Params, load_params
+
+BLANK_LINE = re.compile(r"\n[ \t]*\n")  # ends a completion (the seed cut at "\n\n")
+END_OF_LINE = re.compile(r"\n")  # ends a line completion
+PROMPT_FORMAT_KEY = "prompt_format"
+CONTROL_IDS = "control_ids"
+SEED_TEXT = "seed_text"
+HISTORY_FILE = ".autocoder_history"  # in the home folder
+
+
+@dataclass
+class Completion:
+    text: str
+    confidence: float  # mean log-probability (natural log) of the tokens generated up to the stop
+    n_tokens: int  # tokens generated, the one that completed the stop (or eos) included
+    stop: str  # "pattern", "eos" or "length"
+
+
+class StopOnPattern(StoppingCriteria):
+    """Done for a sequence once its generated text matches `pattern`. Checked after every token, so
+    a match always involves the newest token; remembers how many tokens each row had then."""
+
+    def __init__(self, tokenizer, prompt_len: int, pattern: re.Pattern):
+        self.tokenizer, self.prompt_len, self.pattern = tokenizer, prompt_len, pattern
+        self.lengths: dict[int, int] = {}  # row -> generated tokens when the pattern appeared
+
+    def __call__(self, input_ids, scores, **kwargs):
+        for row, ids in enumerate(input_ids[:, self.prompt_len:].tolist()):
+            if row not in self.lengths and self.pattern.search(
+                    self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)):
+                self.lengths[row] = len(ids)
+        return torch.tensor([row in self.lengths for row in range(len(input_ids))], device=input_ids.device)
+
+
+class Completer:
+    """A causal LM and its tokenizer, ready to complete code in the languages it has control tokens for."""
+
+    def __init__(self, model, tokenizer, control_tokens: dict[str, str] | None = None,
+                 prompt_format: str | None = None):
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.prompt_format = prompt_format or getattr(model.config, PROMPT_FORMAT_KEY, None) or SEED_TEXT
+        added = tokenizer.get_added_vocab()
+        if control_tokens is None:  # no params: every added "<name>" token that is not eos/pad/...
+            specials = set(tokenizer.special_tokens_map.values())
+            control_tokens = {m[1]: tok for tok in added if (m := re.fullmatch(r"<(\w+)>", tok)) and tok not in specials}
+        self.languages = {lang: added[tok] for lang, tok in control_tokens.items() if tok in added}
+
+    @classmethod
+    def from_pretrained(cls, name: str | Path, control_tokens: dict[str, str] | None = None,
+                        prompt_format: str | None = None) -> "Completer":
+        """A local model folder or a Hub id (offline: the Hub cache only); safetensors weights only."""
+        local = Path(name).is_dir()
+        try:
+            kwargs = {} if local else {"local_files_only": hub_offline()}
+            tokenizer = AutoTokenizer.from_pretrained(str(name), **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(str(name), use_safetensors=True, **kwargs)
+        except (OSError, ValueError) as e:
+            what = "model folder" if local else "Hub id (not a local folder)"
+            raise UserError(f"model {str(name)!r}: cannot load it as a {what} with safetensors weights "
+                            f"({str(e).strip().splitlines()[0]})") from None
+        return cls(model, tokenizer, control_tokens, prompt_format)
+
+    def prompt_ids(self, lang: str, context: str) -> list[int]:
+        if lang not in self.languages:
+            known = ", ".join(self.languages) or "none"
+            raise UserError(f"language {lang!r}: the model has no control token for it (it knows: {known})")
+        if self.prompt_format == CONTROL_IDS:
+            return [self.languages[lang]] + self.tokenizer.encode(context)
+        return [self.languages[lang]] + self.tokenizer.encode(" " + context)  # = encode("<python> " + context)
+
+    def complete(self, lang: str, context: str, max_new_tokens: int = 64, temperature: float = 0.0,
+                 top_p: float = 1.0, num: int = 1, stop: re.Pattern = BLANK_LINE,
+                 max_context_tokens: int | None = None) -> list[Completion]:
+        """`num` completions of `context`: greedy when temperature is 0, else sampled (top-p)."""
+        _check_generation_args(max_new_tokens, temperature, top_p, num)
+        room = self.model.config.max_position_embeddings - max_new_tokens - 1  # -1: the control token
+        if room <= 0:
+            raise UserError(f"max_new_tokens {max_new_tokens} leaves no room for a context in the model's "
+                            f"{self.model.config.max_position_embeddings} positions")
+        prompt = self.prompt_ids(lang, context)
+        keep = min(room, max_context_tokens or room)
+        prompt = prompt[:1] + prompt[1:][-keep:]  # the control token and the nearest left context
+        sampling = temperature > 0
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=sampling, num_return_sequences=num,
+            temperature=temperature if sampling else None, top_p=top_p if sampling else None, top_k=None,
+            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+            return_dict_in_generate=True, output_logits=True,
+        )
+        stopper = StopOnPattern(self.tokenizer, len(prompt), stop)
+        input_ids = torch.tensor([prompt], device=self.device)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
+                                      stopping_criteria=StoppingCriteriaList([stopper]))
+        generated = out.sequences[:, len(prompt):]
+        token_logprobs = torch.stack([step.float().log_softmax(-1).gather(1, generated[:, t, None])[:, 0]
+                                      for t, step in enumerate(out.logits)], dim=1)
+        return [self._completion(row, generated[row].tolist(), token_logprobs[row], stopper)
+                for row in range(len(generated))]
+
+    def _completion(self, row: int, ids: list[int], token_logprobs, stopper: StopOnPattern) -> Completion:
+        eos = self.tokenizer.eos_token_id
+        n, reason = len(ids), "length"
+        if eos in ids:
+            n, reason = ids.index(eos) + 1, "eos"
+        if stopper.lengths.get(row, n + 1) <= n:
+            n, reason = stopper.lengths[row], "pattern"
+        text = self.tokenizer.decode(ids[:n], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return Completion(cut_at(stopper.pattern, text), float(token_logprobs[:n].mean()), n, reason)
+
+
+def cut_at(pattern: re.Pattern, text: str) -> str:
+    """`text` up to the first match of `pattern` (all of it when there is none)."""
+    match = pattern.search(text)
+    return text[: match.start()] if match else text
+
+
+def _check_generation_args(max_new_tokens: int, temperature: float, top_p: float, num: int) -> None:
+    if max_new_tokens <= 0:
+        raise UserError(f"max_new_tokens: {max_new_tokens} must be positive")
+    if temperature < 0:
+        raise UserError(f"temperature: {temperature} must be >= 0 (0 = greedy)")
+    if not 0 < top_p <= 1:
+        raise UserError(f"top_p: {top_p} must be in (0, 1]")
+    if num < 1:
+        raise UserError(f"num: {num} must be at least 1")
+    if num > 1 and temperature == 0:
+        raise UserError(f"num: {num} completions need sampling: give a temperature > 0 (greedy has one answer)")
+
+
+def load_completer(model: str | None, params: Params | None) -> Completer:
+    """`model`: a folder, a Hub id or a `models:/` URI; None = the registry's champion."""
+    control_tokens = params.control_tokens() if params else None
+    if model is None and params is None:
+        raise UserError("no --model given and no params file to find the registry's champion")
+    if model is None or model.startswith("models:/"):
+        from autocoder.registry import champion_uri
+
+        return _from_registry(model or champion_uri(params.evaluate.registered_model_name), params)
+    return Completer.from_pretrained(model, control_tokens)
+
+
+def _from_registry(uri: str, params: Params | None) -> Completer:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from autocoder.tracking import configure
+
+    store = configure(params.mlflow if params else MlflowParams())
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except MlflowException as e:
+        raise UserError(f"model {uri!r}: not in the registry at {store} ({str(e).splitlines()[0]}); "
+                        "run the pipeline (`dvc repro`) or pass --model DIR") from None
+    return model.unwrap_python_model().completer
+
+
+def _load_params(args) -> Params | None:
+    """The params file; optional when --model names the model (e.g. outside the project)."""
+    if args.model is not None and not Path(args.params).exists():
+        return None
+    return load_params(args.params)
+
+
+def _completer_for(args) -> Completer:
+    from transformers.utils import logging
+
+    _check_generation_args(args.max_new_tokens, args.temperature, args.top_p, getattr(args, "num", 1))
+    logging.disable_progress_bar()  # no "Loading weights" bar around the completion
+    return load_completer(args.model, _load_params(args))
+
+
+def complete_command(args) -> None:
+    completer = _completer_for(args)
+    completions = completer.complete(args.lang, args.prompt, max_new_tokens=args.max_new_tokens,
+                                     temperature=args.temperature, top_p=args.top_p, num=args.num)
+    if args.json:
+        print(json.dumps({"lang": args.lang, "prompt": args.prompt,
+                          "completions": [asdict(c) for c in completions]}, indent=2))
+    else:  # a completion never contains a blank line, so one separates several
+        print("\n\n".join(c.text for c in completions))
+
+
+def _ask_language(completer: Completer) -> str:
+    while True:
+        lang = input(f"language ({', '.join(completer.languages)}): ").strip()
+        if lang in completer.languages:
+            return lang
+        print(f"unknown language {lang!r}")
+
+
+def interact_command(args) -> None:
+    """The seed's REPL: choose a language, type code, read the completion; `change_lang`, `exit`."""
+    import readline
+
+    completer = _completer_for(args)
+    history = Path.home() / HISTORY_FILE
+    if history.exists():
+        readline.read_history_file(history)
+    readline.set_auto_history(False)  # added below, also when the lines come from a pipe
+    if args.lang is not None:
+        completer.prompt_ids(args.lang, "")  # an unknown language fails here, before the REPL
+    lang = args.lang or _ask_language(completer)
+    print("type code to complete it; 'change_lang' switches the language, 'exit' quits")
+    try:
+        while (context := input(f"{lang}>>> ")) != "exit":
+            readline.add_history(context)
+            if context == "change_lang":
+                lang = _ask_language(completer)
+            elif context.strip():
+                [completion] = completer.complete(lang, context, max_new_tokens=args.max_new_tokens,
+                                                  temperature=args.temperature, top_p=args.top_p)
+                print(context + completion.text)
+    except EOFError:
+        print(file=sys.stderr)
+    finally:
+        readline.set_history_length(1000)
+        readline.write_history_file(history)

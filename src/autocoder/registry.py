@@ -1,0 +1,123 @@
+"""The model registry: every evaluated model becomes a version of `evaluate.registered_model_name`,
+and the alias `champion` names the best one.
+
+A new version takes the alias only when its dev perplexity is lower than the champion's and both were
+measured the same way: the same tokenizer (fingerprint) and the same dev split (hash); perplexities
+over other tokens or other files are not comparable. The version is tagged with its measurement and
+`champion_decision` (the reason, in words); no champion yet -> it becomes the champion.
+
+Two evaluations finishing at once must not both read "champion = v3", both decide, and leave the
+alias to whichever writes last. Registering the version, re-reading the champion and its tags, and
+moving the alias happen under one exclusive lock (fcntl): a file next to the SQLite database
+(`mlruns.db.lock`) or inside a file store; for a tracking server, a file in the temp folder keyed by
+its URI, which serialises the evaluations of this machine only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+CHAMPION = "champion"  # the alias
+DECISION_TAG = "champion_decision"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    dev_perplexity: float
+    tokenizer_fingerprint: str
+    dev_split: str
+
+    def tags(self) -> dict[str, str]:
+        return {"dev_perplexity": repr(self.dev_perplexity), "tokenizer_fingerprint": self.tokenizer_fingerprint,
+                "dev_split": self.dev_split}
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> "Measurement | None":
+        try:
+            return cls(float(tags["dev_perplexity"]), tags["tokenizer_fingerprint"], tags["dev_split"])
+        except (KeyError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
+class Decision:
+    version: str
+    promoted: bool
+    reason: str
+
+
+def decide(new: Measurement, current: tuple[str, Measurement | None] | None) -> tuple[bool, str]:
+    """(take the alias?, why), given the current champion's (version, measurement) or None."""
+    if current is None:
+        return True, "no champion yet"
+    champion_version, champion = current
+    old = f"champion v{champion_version}"
+    if champion is None:
+        return False, f"not compared: {old} has no complete measurement tags"
+    if champion.tokenizer_fingerprint != new.tokenizer_fingerprint:
+        return False, (f"not compared: tokenizer fingerprint {new.tokenizer_fingerprint} differs from "
+                       f"{old}'s {champion.tokenizer_fingerprint}")
+    if champion.dev_split != new.dev_split:
+        return False, f"not compared: dev split {new.dev_split[:12]} differs from {old}'s {champion.dev_split[:12]}"
+    if new.dev_perplexity < champion.dev_perplexity:
+        return True, f"dev perplexity {new.dev_perplexity:.6g} < {old}'s {champion.dev_perplexity:.6g}"
+    return False, f"dev perplexity {new.dev_perplexity:.6g} >= {old}'s {champion.dev_perplexity:.6g}"
+
+
+def champion_uri(name: str) -> str:
+    return f"models:/{name}@{CHAMPION}"
+
+
+def lock_path(registry_uri: str) -> Path:
+    """Where the registry's lock file lives (see the module docstring)."""
+    if registry_uri.startswith("sqlite:///"):
+        return Path(registry_uri[len("sqlite:///"):] + ".lock")
+    url = urlparse(registry_uri)
+    if url.scheme in ("", "file"):
+        return Path(url.path) / ".registry.lock"
+    return Path(tempfile.gettempdir()) / f"autocoder-registry-{hashlib.sha256(registry_uri.encode()).hexdigest()[:16]}.lock"
+
+
+@contextmanager
+def registry_lock(registry_uri: str) -> Iterator[None]:
+    path = lock_path(registry_uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
+        yield
+
+
+def champion(name: str) -> tuple[str, Measurement | None] | None:
+    """(version, its measurement) of the current champion, or None."""
+    try:
+        version = mlflow.MlflowClient().get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):  # no such model / alias
+            return None
+        raise  # an unreachable store must not read as "no champion"
+    return str(version.version), Measurement.from_tags(version.tags)
+
+
+def register(model_uri: str, name: str, measured: Measurement) -> Decision:
+    """Register `model_uri` as a new version of `name`, tagged with `measured`; move the champion
+    alias to it if it is the better model (see `decide`)."""
+    client = mlflow.MlflowClient()
+    with registry_lock(mlflow.get_registry_uri()):
+        version = str(mlflow.register_model(model_uri, name, tags=measured.tags()).version)
+        # Read under the lock: no other evaluation moves the alias between this read and the move.
+        promoted, reason = decide(measured, champion(name))
+        if promoted:
+            client.set_registered_model_alias(name, CHAMPION, version)
+        client.set_model_version_tag(name, version, DECISION_TAG, reason)
+    print(f"registry: {name} v{version} {'is the new champion' if promoted else 'stays a challenger'}: {reason}")
+    return Decision(version, promoted, reason)

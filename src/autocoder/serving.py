@@ -1,0 +1,75 @@
+"""The registry's model: an MLflow pyfunc that completes code.
+
+`mlflow.pyfunc.load_model("models:/autocoder@champion").predict(rows)` takes a DataFrame (or a list of
+dicts) with columns `lang`, `context` and optionally `max_new_tokens`, `temperature`, `top_p`, and
+returns a DataFrame with `completion` and `confidence` (mean token log-probability), one row per
+input row. `mlflow models serve -m models:/autocoder@champion --env-manager local -h 127.0.0.1`
+serves it over HTTP (POST /invocations {"dataframe_records": [{"lang": "python", "context": "def f"}]});
+run it with the project's venv activated: mlflow starts `uvicorn` from PATH.
+
+The Hugging Face folder (safetensors) travels with the model as an artifact. The model is logged
+"from code" (serving_model.py, which MLflow copies and runs at load time), not as a pickle; that code
+imports the installed `autocoder` package, which is not on PyPI and so not among the pip
+requirements: load and serve it from the project's environment (`--env-manager local`).
+"""
+
+from __future__ import annotations
+
+import math
+from importlib.metadata import version
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+
+from autocoder.complete import Completer
+
+HF_ARTIFACT = "hf_model"
+DEFAULTS = {"max_new_tokens": 64, "temperature": 0.0, "top_p": 1.0}
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "lang"), ColSpec("string", "context"),
+                   ColSpec("long", "max_new_tokens", required=False), ColSpec("double", "temperature", required=False),
+                   ColSpec("double", "top_p", required=False)]),
+    outputs=Schema([ColSpec("string", "completion"), ColSpec("double", "confidence")]),
+)
+
+
+class CompletionModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        config = context.model_config or {}
+        self.completer = Completer.from_pretrained(context.artifacts[HF_ARTIFACT], config.get("control_tokens"),
+                                                   prompt_format=config.get("prompt_format"))
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        rows = model_input.to_dict("records") if isinstance(model_input, pd.DataFrame) else list(model_input)
+        completions = [self.completer.complete(row["lang"], row["context"], **_options(row))[0] for row in rows]
+        return pd.DataFrame({"completion": [c.text for c in completions],
+                             "confidence": [c.confidence for c in completions]})
+
+
+def _options(row: dict) -> dict:
+    """Generation options of one row; a missing or empty (NaN) cell takes the default."""
+    options = {}
+    for key, default in DEFAULTS.items():
+        value = row.get(key)
+        options[key] = default if value is None or (isinstance(value, float) and math.isnan(value)) else value
+    options["max_new_tokens"] = int(options["max_new_tokens"])
+    return options
+
+
+def log_model(hf_dir: str | Path, control_tokens: dict[str, str], prompt_format: str):
+    """Log the pyfunc model (with the HF folder) to the active run; returns mlflow's ModelInfo."""
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(Path(__file__).with_name("serving_model.py")),
+        artifacts={HF_ARTIFACT: str(hf_dir)},
+        model_config={"control_tokens": control_tokens, "prompt_format": prompt_format},
+        signature=SIGNATURE,
+        # Checked at logging time: MLflow loads the model and completes this example.
+        input_example=pd.DataFrame({"lang": [next(iter(control_tokens))], "context": ["def f"], "max_new_tokens": [2]}),
+        # Given explicitly: inferring them would load the model once more in a subprocess.
+        pip_requirements=[f"{pkg}=={version(pkg)}" for pkg in
+                          ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "pandas")],
+    )

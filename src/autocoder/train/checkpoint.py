@@ -1,0 +1,114 @@
+"""Resumable checkpoints: a killed run restarts from the newest one and ends where an uninterrupted
+run with the same seed ends.
+
+`<checkpoint_dir>/step-00000200/` is accelerate's save_state (model, optimizer, scheduler, every
+process' RNG states) plus `progress.json` (the step, which fixes the data position; the best dev
+loss so far; the metric history; the MLflow run id; the fingerprint of the params and data). It is
+written under a temporary name and renamed when complete. The best model so far lives beside it in
+`best-step-00000150/` (the folder the newest checkpoint's progress names).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from autocoder.atomic import removed_on_error, write_json
+from autocoder.params import FinetuneParams
+
+PROGRESS_FILE = "progress.json"
+# Knobs that change how a run is watched or where it writes, not what it computes.
+_NOT_FINGERPRINTED = {"checkpoint_every", "log_every", "out_dir", "checkpoint_dir", "num_processes", "mixed_precision"}
+
+
+def fingerprint(ft: FinetuneParams, data_hash: str, num_processes: int, mixed_precision: str) -> str:
+    """What a checkpoint must match to be resumed: the params that change the result, the data, and
+    the processes and precision actually used."""
+    key = {"finetune": ft.model_dump(exclude=_NOT_FINGERPRINTED), "data": data_hash,
+           "num_processes": num_processes, "mixed_precision": mixed_precision}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Progress:
+    step: int = 0  # optimizer steps done
+    best_dev_loss: float = math.inf
+    best_step: int = 0  # 0: not evaluated yet
+    evals_without_improvement: int = 0
+    tokens_seen: int = 0  # real (non-pad) tokens, all processes
+    train_seconds: float = 0.0  # training only: evaluations and checkpoints excluded
+    history: list[dict] = field(default_factory=list)  # rows of plots/finetune.csv
+    mlflow_run_id: str | None = None
+
+
+def step_dir(ckpt_dir: Path, step: int) -> Path:
+    return ckpt_dir / f"step-{step:08d}"
+
+
+def best_dir(ckpt_dir: Path, step: int) -> Path:
+    return ckpt_dir / f"best-step-{step:08d}"
+
+
+def latest(ckpt_dir: Path, fp: str, log) -> tuple[Path, Progress] | None:
+    """The newest complete checkpoint made with the same params and data, if any."""
+    for path in sorted(ckpt_dir.glob("step-*"), reverse=True):
+        try:
+            saved = json.loads((path / PROGRESS_FILE).read_text())
+        except (OSError, ValueError):
+            log(f"ignoring checkpoint {path}: incomplete")
+            continue
+        if saved.pop("fingerprint") != fp:
+            log(f"ignoring checkpoint {path}: it was made with different finetune params or data")
+            continue
+        progress = Progress(**saved)
+        if progress.best_step and not best_dir(ckpt_dir, progress.best_step).is_dir():
+            log(f"ignoring checkpoint {path}: its best model {best_dir(ckpt_dir, progress.best_step)} is missing")
+            continue
+        return path, progress
+    return None
+
+
+def save(accelerator: Accelerator, ckpt_dir: Path, progress: Progress, fp: str) -> Path:
+    """Save the full training state of every process; the folder appears only when complete."""
+    target = step_dir(ckpt_dir, progress.step)
+    tmp = target.with_name(f".{target.name}.tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    with removed_on_error(tmp, target):  # e.g. a full disk: one line, and the space given back
+        accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(tmp / PROGRESS_FILE, {**asdict(progress), "fingerprint": fp})
+        shutil.rmtree(target, ignore_errors=True)  # an ignored checkpoint of the same step
+        os.replace(tmp, target)
+        prune(ckpt_dir, keep={target.name, best_dir(ckpt_dir, progress.best_step).name})
+    accelerator.wait_for_everyone()
+    return target
+
+
+def save_best(accelerator: Accelerator, model, ckpt_dir: Path, step: int) -> None:
+    """Save the model (weights and config, safetensors) as the best so far."""
+    if accelerator.is_main_process:
+        target = best_dir(ckpt_dir, step)
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        with removed_on_error(tmp, target):
+            accelerator.unwrap_model(model).save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    accelerator.wait_for_everyone()
+
+
+def prune(ckpt_dir: Path, keep: set[str]) -> None:
+    """Delete everything in ckpt_dir but `keep` (older checkpoints, stale best models, leftovers)."""
+    for path in ckpt_dir.iterdir() if ckpt_dir.is_dir() else []:
+        if path.name not in keep:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()

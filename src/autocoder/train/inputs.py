@@ -1,0 +1,134 @@
+"""Everything the finetune stage reads, checked before anything is trained or written: the data,
+its tokenizer and the model (a one-line UserError naming the key for each problem)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, PretrainedConfig
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+from autocoder.corpus import FILES_FILE, META_FILE, SPLIT_FILE, TOKENIZER_DIR, Corpus, split_rows
+from autocoder.errors import UserError
+from autocoder.hub import hub_offline
+from autocoder.params import FinetuneParams, Params
+from autocoder.tokenizer import fingerprint
+from autocoder.train.data import dev_split_hash
+
+
+@dataclass
+class Inputs:
+    corpus: Corpus
+    tokenizer: object  # PreTrainedTokenizerFast, saved by the segment stage: exactly the data's ids
+    train_rows: np.ndarray
+    dev_rows: np.ndarray
+    model_config: PretrainedConfig
+    data_hash: str  # changes whenever the segments, the split, the tokenizer or a local model's files change
+    dev_split: str  # see data.dev_split_hash
+    tokenizer_fingerprint: str
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def check_inputs(params: Params) -> Inputs:
+    ft, seg_dir, split_dir = params.finetune, Path(params.segment.out_dir), Path(params.split.out_dir)
+    if not (seg_dir / META_FILE).exists():
+        raise UserError(f"segment.out_dir: {seg_dir / META_FILE} not found; run the segment stage first")
+    if not (split_dir / SPLIT_FILE).exists():
+        raise UserError(f"split.out_dir: {split_dir / SPLIT_FILE} not found; run the split stage first")
+    corpus = Corpus(seg_dir)
+    train_rows, dev_rows = split_rows(corpus, split_dir, "train"), split_rows(corpus, split_dir, "dev")
+    if len(train_rows) == 0 or len(dev_rows) == 0:
+        raise UserError(f"split.out_dir: {split_dir} has {len(train_rows)} train and {len(dev_rows)} dev files; "
+                        "finetune needs both")
+    window = corpus.meta.segment_len + 2
+    if window > ft.max_length:
+        raise UserError(f"finetune.max_length: {ft.max_length} is shorter than the data's windows "
+                        f"(segment_len {corpus.meta.segment_len} + control token + eos = {window})")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(seg_dir / TOKENIZER_DIR)
+    except (OSError, ValueError) as e:
+        raise UserError(f"segment.out_dir: cannot load {seg_dir / TOKENIZER_DIR} ({_first_line(e)})") from None
+    model_config = check_model(ft, tokenizer)
+    tok_fingerprint = fingerprint(tokenizer)
+    data_hash = hashlib.sha256(tok_fingerprint.encode())
+    model_path, local = _source(ft.model)
+    local = local and ft.model != "scratch"
+    model_files = sorted(p for p in Path(model_path).rglob("*") if p.is_file()) if local else []
+    for path in [seg_dir / META_FILE, seg_dir / FILES_FILE, split_dir / SPLIT_FILE, *model_files]:
+        with open(path, "rb") as f:
+            data_hash.update(hashlib.file_digest(f, "sha256").digest())
+    dev_split = dev_split_hash([str(corpus.files["sha256"][r]) for r in dev_rows], corpus.meta.segment_len)
+    return Inputs(corpus, tokenizer, train_rows, dev_rows, model_config, data_hash.hexdigest(), dev_split,
+                  tok_fingerprint)
+
+
+def _source(name: str) -> tuple[str, bool]:
+    """(what to pass to from_pretrained, whether it is a local folder rather than a Hub id)."""
+    path = Path(name).expanduser()
+    local = path.is_dir() or name.startswith(("/", ".", "~")) or name.count("/") > 1  # Hub ids: [org/]name
+    return (str(path) if local else name), local
+
+
+def check_model(ft: FinetuneParams, tokenizer) -> PretrainedConfig:
+    """The model's config, after checking (cheaply: no weights are loaded) that it can be trained here."""
+    if ft.model == "scratch":
+        s = ft.scratch
+        return GPT2Config(n_layer=s.n_layer, n_embd=s.n_embd, n_head=s.n_head, n_positions=s.n_positions,
+                          resid_pdrop=s.dropout, embd_pdrop=s.dropout, attn_pdrop=s.dropout,
+                          vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    name, local = _source(ft.model)
+    if local and not Path(name).is_dir():
+        raise UserError(f"finetune.model: {ft.model!r} is not a folder")
+    try:
+        config = AutoConfig.from_pretrained(name, local_files_only=not local and hub_offline())
+    except (OSError, ValueError) as e:
+        where = "local folder" if local else "Hub id" + (" (the Hub is unreachable and it is not in the local cache)"
+                                                        if hub_offline() else "")
+        raise UserError(f"finetune.model: cannot load {ft.model!r} as a {where}: {_first_line(e)}") from None
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise UserError(f"finetune.model: {ft.model!r} is a {config.model_type} model, not a causal language model")
+    context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if context is not None and context < ft.max_length:
+        raise UserError(f"finetune.max_length: {ft.max_length} exceeds the context of finetune.model {ft.model!r} "
+                        f"({context} positions)")
+    if local:
+        weights = sorted(Path(name).glob("*.safetensors"))
+        if not weights:
+            raise UserError(f"finetune.model: {ft.model!r} has no *.safetensors weights (other formats are not loaded)")
+        for path in weights:
+            try:
+                with safe_open(str(path), "pt"):  # reads the header: a truncated or garbled file fails here
+                    pass
+            except (SafetensorError, OSError) as e:
+                raise UserError(f"finetune.model: {path} is corrupt ({_first_line(e)})") from None
+    return config
+
+
+def build_model(ft: FinetuneParams, config: PretrainedConfig, tokenizer) -> torch.nn.Module:
+    """The model to train, with embeddings for every token of the data's tokenizer (control tokens, pad)."""
+    if ft.model == "scratch":
+        model = AutoModelForCausalLM.from_config(config)
+    else:
+        name, local = _source(ft.model)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                name, config=config, use_safetensors=True, dtype=torch.float32,
+                local_files_only=not local and hub_offline())
+        except (OSError, ValueError, SafetensorError) as e:
+            raise UserError(f"finetune.model: cannot load the weights of {ft.model!r}: {_first_line(e)}") from None
+    if model.get_input_embeddings().num_embeddings != len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model

@@ -1,0 +1,246 @@
+"""The training loop: plain accelerate, in the style of transformers' run_clm_no_trainer.py.
+
+AdamW with linear warmup and decay, per-device micro-batches padded to their longest window,
+gradient accumulation, dev perplexity every eval_every optimizer steps, the best model kept, early
+stopping, resumable checkpoints. Only the main process logs, tracks and writes outputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+
+import mlflow
+import torch
+import transformers
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, Subset
+from transformers import get_linear_schedule_with_warmup
+
+from autocoder import tracking
+from autocoder.atomic import atomic_dir, write_json
+from autocoder.corpus import TOKENIZER_DIR
+from autocoder.errors import UserError
+from autocoder.params import Params
+from autocoder.train import checkpoint
+from autocoder.train.checkpoint import Progress
+from autocoder.train.data import IGNORE, DevWindows, TrainWindows, collate
+from autocoder.train.inputs import Inputs, _first_line, build_model
+from autocoder.train.launch import resolve_mixed_precision
+
+STAGE = "finetune"
+METRICS_FILE = Path("metrics/finetune.json")
+PLOTS_FILE = Path("plots/finetune.csv")
+PLOT_COLUMNS = ["step", "train_loss", "dev_loss", "dev_perplexity", "lr", "tokens_per_s"]
+
+
+def train(params: Params, inputs: Inputs) -> None:
+    ft = params.finetune
+    # torchrun on a machine without GPUs: DDP over gloo on the CPU.
+    no_gpu_ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(cpu=no_gpu_ddp, mixed_precision=resolve_mixed_precision(ft.mixed_precision))
+    transformers.utils.logging.disable_progress_bar()  # a bar per saved model would drown the log
+    try:
+        _train(params, inputs, accelerator)
+    finally:
+        accelerator.end_training()
+
+
+def _train(params: Params, inputs: Inputs, accelerator: Accelerator) -> None:
+    ft, ckpt_dir, main = params.finetune, Path(params.finetune.checkpoint_dir), accelerator.is_main_process
+    log = partial(accelerator.print, f"{STAGE}:", flush=True)
+    if accelerator.num_processes != ft.num_processes:
+        log(f"warning: finetune.num_processes is {ft.num_processes} but accelerate started "
+            f"{accelerator.num_processes} (an accelerate config?); the global batch follows the processes")
+    uri = tracking.configure(params.mlflow) if main else None  # unreachable store: stop before training
+
+    set_seed(ft.seed)
+    model = build_model(ft, inputs.model_config, inputs.tokenizer)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=ft.learning_rate, weight_decay=ft.weight_decay)
+    pad_id = inputs.tokenizer.pad_token_id
+    # A generator of its own: starting an epoch must not draw from the global RNG that dropout uses,
+    # or a resumed run would drift from an uninterrupted one.
+    loader = DataLoader(TrainWindows(inputs.corpus.windows(inputs.train_rows), ft.seed), batch_size=ft.batch_size,
+                        collate_fn=partial(collate, pad_id=pad_id), generator=torch.Generator())
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    total_steps = ft.max_steps or max(1, ft.epochs * len(loader) // ft.grad_accum)
+    # Stepped once per optimizer step by hand (a prepared scheduler steps once per process).
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(ft.warmup_ratio * total_steps), total_steps)
+    accelerator.register_for_checkpointing(scheduler)
+    dev_set = DevWindows(inputs.corpus.windows(inputs.dev_rows, stride=inputs.corpus.meta.segment_len),
+                         ft.eval_max_windows)
+
+    fp = checkpoint.fingerprint(ft, inputs.data_hash, accelerator.num_processes, accelerator.mixed_precision)
+    progress = Progress()
+    resumed = checkpoint.latest(ckpt_dir, fp, log)
+    if resumed:
+        path, progress = resumed
+        try:
+            accelerator.load_state(str(path))
+        except Exception as e:  # damaged after it was complete (a crash before it reached the disk, a full disk)
+            raise UserError(f"finetune.checkpoint_dir: cannot resume from {path} ({_first_line(e)}); "
+                            "delete it to resume from an older checkpoint or start over") from None
+        log(f"resuming from {path} at step {progress.step} of {total_steps}")
+    log(f"{total_steps} optimizer steps of {ft.batch_size} x {ft.grad_accum} x {accelerator.num_processes} "
+        f"windows ({len(loader.dataset)} train windows, {len(dev_set)} dev windows), "
+        f"{accelerator.device}, mixed precision {accelerator.mixed_precision}")
+
+    with _mlflow_run(params, inputs, progress, accelerator) if main else nullcontext():
+        batches = _micro_batches(accelerator, loader, progress.step * ft.grad_accum)
+        loss_sum = torch.zeros((), device=accelerator.device)
+        steps, tokens, started = 0, 0, time.perf_counter()
+        stop = False
+        model.train()
+        while progress.step < total_steps and not stop:
+            lr = scheduler.get_last_lr()[0]
+            for micro in range(ft.grad_accum):
+                batch = next(batches)
+                tokens += batch.pop("n_tokens")
+                # Gradients are all-reduced once per optimizer step, after its last micro-batch.
+                with accelerator.no_sync(model) if micro < ft.grad_accum - 1 else nullcontext():
+                    loss = model(**batch).loss / ft.grad_accum
+                    accelerator.backward(loss)
+                loss_sum += loss.detach()
+            if ft.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), ft.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            progress.step += 1
+            steps += 1
+
+            step, last = progress.step, progress.step == total_steps
+            eval_due = step % ft.eval_every == 0 or last
+            checkpoint_due = step % ft.checkpoint_every == 0 and not last
+            if not (step % ft.log_every == 0 or eval_due or checkpoint_due):
+                continue
+            # Close the throughput window before evaluating or saving (reduce() waits for the device).
+            window = torch.stack([loss_sum.double(), torch.tensor(tokens, dtype=torch.float64, device=loss_sum.device)])
+            loss_total, window_tokens = accelerator.reduce(window, "sum").tolist()
+            seconds = time.perf_counter() - started
+            progress.tokens_seen += int(window_tokens)
+            progress.train_seconds += seconds
+            row = {"step": step, "train_loss": loss_total / accelerator.num_processes / steps, "lr": lr,
+                   "tokens_per_s": window_tokens / seconds}
+            if eval_due:
+                dev_loss = evaluate(accelerator, model, dev_set, ft.batch_size, pad_id)
+                row |= {"dev_loss": dev_loss, "dev_perplexity": math.exp(dev_loss)}
+                if dev_loss < progress.best_dev_loss:
+                    progress.best_dev_loss, progress.best_step, progress.evals_without_improvement = dev_loss, step, 0
+                    checkpoint.save_best(accelerator, model, ckpt_dir, step)
+                else:
+                    progress.evals_without_improvement += 1
+                    stop = progress.evals_without_improvement == ft.early_stopping_patience
+            progress.history.append(row)
+            log(f"step {step}/{total_steps} " + " ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step"))
+            if main:
+                mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
+            if stop:
+                log(f"early stopping: no better dev loss in {ft.early_stopping_patience} evaluations")
+            elif checkpoint_due:
+                checkpoint.save(accelerator, ckpt_dir, progress, fp)
+            loss_sum.zero_()
+            steps, tokens, started = 0, 0, time.perf_counter()
+
+        accelerator.wait_for_everyone()
+        if main:
+            _write_outputs(params, inputs, progress, uri, log)
+    accelerator.wait_for_everyone()
+
+
+def _micro_batches(accelerator: Accelerator, loader, start: int):
+    """This process' micro-batches from number `start` on, epoch after epoch; a resumed run starts
+    at its step * grad_accum, so it sees the batches an uninterrupted run would."""
+    epoch, skip = divmod(start, len(loader))
+    while True:
+        loader.set_epoch(epoch)  # reshuffles the windows
+        yield from accelerator.skip_first_batches(loader, skip) if skip else loader
+        epoch, skip = epoch + 1, 0
+
+
+@torch.no_grad()
+def evaluate(accelerator: Accelerator, model, dev_set: DevWindows, batch_size: int, pad_id: int) -> float:
+    """Token-weighted mean loss over the dev windows (each process scores every N-th window)."""
+    raw = accelerator.unwrap_model(model)  # keeps the mixed-precision autocast
+    raw.eval()
+    share = Subset(dev_set, range(accelerator.process_index, len(dev_set), accelerator.num_processes))
+    totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    for batch in DataLoader(share, batch_size=batch_size, collate_fn=partial(collate, pad_id=pad_id)):
+        batch = {k: v.to(accelerator.device) for k, v in batch.items() if k != "n_tokens"}
+        scored = (batch["labels"][:, 1:] != IGNORE).sum()  # the model shifts labels by one
+        totals += torch.stack([raw(**batch).loss.double() * scored, scored.double()])
+    raw.train()
+    loss_sum, count = accelerator.reduce(totals, "sum").tolist()
+    return loss_sum / count
+
+
+def _mlflow_run(params: Params, inputs: Inputs, progress: Progress, accelerator: Accelerator):
+    """Start this stage's MLflow run, or reopen the one a resumed checkpoint names."""
+    experiment = mlflow.get_experiment_by_name(params.mlflow.experiment)
+    tracking.end_dead_runs(experiment.experiment_id, STAGE)
+    if progress.mlflow_run_id:
+        try:
+            run = mlflow.start_run(run_id=progress.mlflow_run_id)
+            mlflow.set_tags(tracking.process_tags(STAGE))
+            return run
+        except mlflow.exceptions.MlflowException as e:
+            accelerator.print(f"{STAGE}: cannot reopen MLflow run {progress.mlflow_run_id} ({e}); starting a new one")
+    run = mlflow.start_run()
+    progress.mlflow_run_id = run.info.run_id
+    mlflow.log_params(_flatten(params.finetune.model_dump()))
+    mlflow.set_tags({**tracking.process_tags(STAGE),
+                     **tracking.lineage_tags([params.segment.out_dir, params.split.out_dir]),
+                     "tokenizer_fingerprint": inputs.tokenizer_fingerprint, "dev_split": inputs.dev_split,
+                     "num_processes": str(accelerator.num_processes),
+                     "mixed_precision": str(accelerator.mixed_precision)})
+    return run
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in d.items():
+        flat.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return flat
+
+
+def _write_outputs(params: Params, inputs: Inputs, progress: Progress, uri: str, log) -> None:
+    ft, ckpt_dir = params.finetune, Path(params.finetune.checkpoint_dir)
+    with atomic_dir(ft.out_dir) as out:
+        shutil.copytree(checkpoint.best_dir(ckpt_dir, progress.best_step), out / "best")
+        inputs.tokenizer.save_pretrained(out / "best")
+        write_json(out / tracking.RUN_INFO_FILE, {
+            "run_id": progress.mlflow_run_id, "tracking_uri": uri,
+            "experiment_id": mlflow.active_run().info.experiment_id,
+            "tokenizer_fingerprint": inputs.tokenizer_fingerprint, "dev_split": inputs.dev_split})
+    metrics = {"best_dev_perplexity": math.exp(progress.best_dev_loss), "best_dev_loss": progress.best_dev_loss,
+               "best_step": progress.best_step, "steps": progress.step, "tokens_seen": progress.tokens_seen,
+               "train_seconds": round(progress.train_seconds, 3),
+               "tokens_per_s": progress.tokens_seen / max(progress.train_seconds, 1e-9)}
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+    mlflow.log_artifacts(str(Path(ft.out_dir) / "best"), "best")
+    mlflow.log_artifacts(str(inputs.corpus.dir / TOKENIZER_DIR), "tokenizer")
+    write_json(METRICS_FILE, metrics)
+    _write_csv(PLOTS_FILE, progress.history)
+    checkpoint.prune(ckpt_dir, keep=set())  # done: nothing left to resume
+    log(f"best dev perplexity {metrics['best_dev_perplexity']:.4g} at step {progress.best_step}; "
+        f"model in {Path(ft.out_dir) / 'best'}")
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    """plots/finetune.csv, atomically; a cell is empty where its value was not measured at that step."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, PLOT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: (v if k == "step" else f"{v:.6g}") for k, v in row.items()} for row in rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text.getvalue())
+    os.replace(tmp, path)

@@ -1,0 +1,185 @@
+"""Completion: the stop criterion, the seed's prompt format, `autocoder complete` and `interact`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from autocoder import cli
+from autocoder.complete import (BLANK_LINE, CONTROL_IDS, END_OF_LINE, PROMPT_FORMAT_KEY, SEED_TEXT, Completer,
+                                StopOnPattern, cut_at)
+from autocoder.errors import UserError
+from conftest import ROOT
+
+# Greedy paths of the bigram model: "def f" -> "(): return 1" then newlines; "class A" -> " {}" then eos.
+CHAINS = [[" f", "()", ":", " return", " 1", "\n", "\n"], [" A", " {", "}", "<|endoftext|>"]]
+MAX_NEW = 40
+
+
+def bigram_model(tokenizer, chains: list[list[str]]) -> GPT2LMHeadModel:
+    """A real GPT-2 whose greedy next token depends only on the current token: the blocks add nothing
+    to the residual stream, positions are zero, and the (untied) head maps each token's final hidden
+    state to its successor in `chains`. Deterministic text without training."""
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=1, n_embd=64, n_head=2, n_positions=256, vocab_size=len(tokenizer),
+                        tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id,
+                        bos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = GPT2LMHeadModel(config)
+    setattr(model.config, PROMPT_FORMAT_KEY, CONTROL_IDS)
+    with torch.no_grad():
+        for block in model.transformer.h:
+            for proj in (block.attn.c_proj, block.mlp.c_proj):
+                proj.weight.zero_()
+                proj.bias.zero_()
+        model.transformer.wpe.weight.zero_()
+        model.lm_head.weight.zero_()
+        hidden = model.transformer.ln_f(model.transformer.wte.weight)
+        for chain in chains:
+            ids = [tokenizer.convert_tokens_to_ids(t) if t in tokenizer.get_added_vocab() else tokenizer.encode(t)[0]
+                   for t in chain]
+            for a, b in zip(ids, ids[1:]):
+                model.lm_head.weight[b] += 1.5 * hidden[a] / hidden[a].norm()
+    return model
+
+
+@pytest.fixture(scope="module")
+def bigram_dir(tmp_path_factory, gpt2_tokenizer):
+    out = tmp_path_factory.mktemp("bigram")
+    bigram_model(gpt2_tokenizer, CHAINS).save_pretrained(out)
+    gpt2_tokenizer.save_pretrained(out)
+    return out
+
+
+def seed_way(completer: Completer, lang: str, context: str, max_new_tokens: int) -> str:
+    """The seed's completion: generate without stopping, decode, cut at the first blank line."""
+    prompt = torch.tensor([completer.prompt_ids(lang, context)])
+    out = completer.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
+                                   do_sample=False, pad_token_id=completer.tokenizer.pad_token_id)
+    return cut_at(BLANK_LINE, completer.tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True))
+
+
+def test_stop_criterion_fires_on_the_token_that_completes_a_blank_line(gpt2_tokenizer):
+    prompt = gpt2_tokenizer.encode("def f")
+    # generated text -> generated tokens when the stop fires ("x", " =", " 1", "\n", "\n" is 5 tokens)
+    rows = {"x = 1\n\ny": 5, "x = 1\n    \nz": 9, "x\ny\nz": None}  # a whitespace-only line is blank too
+    encoded = [gpt2_tokenizer.encode(text) for text in rows]
+    width = max(map(len, encoded))
+    stopper = StopOnPattern(gpt2_tokenizer, len(prompt), BLANK_LINE)
+    fired = []
+    for n in range(1, width + 1):  # feed the rows one generated token at a time, as generate does
+        batch = torch.tensor([prompt + (ids + [gpt2_tokenizer.pad_token_id] * width)[:n] for ids in encoded])
+        fired.append(stopper(batch, None).tolist())
+    for row, expected in enumerate(rows.values()):
+        assert next((n + 1 for n, done in enumerate(fired) if done[row]), None) == expected
+        assert stopper.lengths.get(row) == expected
+
+
+def test_greedy_completion_is_the_seed_text_and_stops_at_the_blank_line(bigram_dir):
+    completer = Completer.from_pretrained(bigram_dir)
+    [completion] = completer.complete("python", "def f", max_new_tokens=MAX_NEW)
+    assert completion.text == "(): return 1" == seed_way(completer, "python", "def f", MAX_NEW)
+    assert completion.stop == "pattern" and completion.n_tokens == 6 < MAX_NEW
+    assert -1 < completion.confidence < 0
+    [java] = completer.complete("java", "class A", max_new_tokens=MAX_NEW)
+    assert (java.text, java.stop, java.n_tokens) == (" {}", "eos", 3)
+    [line] = completer.complete("python", "def f", max_new_tokens=MAX_NEW, stop=END_OF_LINE)
+    assert line.text == "(): return 1" and line.n_tokens == 5
+
+
+def test_without_a_blank_line_it_runs_to_max_new_tokens_like_the_seed(tiny_model_dir):
+    completer = Completer.from_pretrained(tiny_model_dir)
+    [completion] = completer.complete("java", "class Main {", max_new_tokens=12)
+    assert completion.stop == "length" and completion.n_tokens == 12
+    assert completion.text == seed_way(completer, "java", "class Main {", 12)
+    assert math.isfinite(completion.confidence)
+
+
+def test_seed_checkpoints_get_the_seed_prompt(tiny_model_dir, bigram_dir, gpt2_tokenizer):
+    # tiny_model_dir is shaped like the seed's published models: <python>, <java>, <pad>, no prompt_format.
+    seed = Completer.from_pretrained(tiny_model_dir)
+    assert seed.prompt_format == SEED_TEXT and set(seed.languages) == {"python", "java"}
+    assert seed.prompt_ids("python", "def f") == gpt2_tokenizer.encode("<python> def f")
+    ours = Completer.from_pretrained(bigram_dir)
+    assert ours.prompt_format == CONTROL_IDS
+    assert ours.prompt_ids("python", "def f") == [gpt2_tokenizer.convert_tokens_to_ids("<python>")] + \
+        gpt2_tokenizer.encode("def f")
+
+
+def test_sampling_and_argument_errors(bigram_dir):
+    completer = Completer.from_pretrained(bigram_dir)
+    completions = completer.complete("python", "def f", max_new_tokens=8, temperature=0.8, top_p=0.9, num=3)
+    assert len(completions) == 3 and all(math.isfinite(c.confidence) for c in completions)
+    with pytest.raises(UserError, match="num"):
+        completer.complete("python", "def f", num=2)
+    with pytest.raises(UserError, match="'cobol'.*python, java"):
+        completer.complete("cobol", "def f")
+    with pytest.raises(UserError, match="max_new_tokens"):
+        completer.complete("python", "def f", max_new_tokens=400)  # the model has 256 positions
+
+
+def test_long_context_keeps_the_nearest_tokens(bigram_dir):
+    completer = Completer.from_pretrained(bigram_dir)
+    [completion] = completer.complete("python", "x = 0\n" * 300 + "def f", max_new_tokens=MAX_NEW)
+    assert completion.text == "(): return 1"
+
+
+def _cli(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "autocoder.cli", *args], capture_output=True, text=True,
+                          timeout=300, cwd=kwargs.pop("cwd"), **kwargs)
+
+
+def test_complete_command_in_a_subprocess(bigram_dir, tmp_path):
+    done = _cli("complete", "--model", str(bigram_dir), "--lang", "python", "def f", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "(): return 1\n"
+
+
+def test_complete_command_json_and_errors(bigram_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: --model is enough
+    cli.main(["complete", "--model", str(bigram_dir), "--lang", "python", "--json", "--num", "2",
+              "--temperature", "0.7", "def f"])
+    completions = json.loads(capsys.readouterr().out)["completions"]
+    assert len(completions) == 2 and all(math.isfinite(c["confidence"]) and c["n_tokens"] > 0 for c in completions)
+    for args, what in [(["--lang", "cobol"], "cobol"), (["--lang", "python", "--top-p", "0"], "top_p")]:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["complete", "--model", str(bigram_dir), *args, "x"])
+        err = capsys.readouterr().err.strip()
+        assert exit_.value.code == 2 and "\n" not in err and what in err
+
+
+def test_interact_reads_stdin_and_keeps_history(bigram_dir, tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path)}
+    done = _cli("interact", "--model", str(bigram_dir), "--lang", "python", cwd=tmp_path, env=env,
+                input="def f\nchange_lang\njava\nclass A\nexit\n")
+    assert done.returncode == 0, done.stderr
+    assert "def f(): return 1\n" in done.stdout and "class A {}\n" in done.stdout
+    assert "def f" in (tmp_path / ".autocoder_history").read_text()
+
+
+def test_default_model_without_a_champion_is_one_clear_line(tmp_path, mlflow_db, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    shutil.copy(ROOT / "params.yaml", "params.yaml")  # its store: sqlite:///mlruns.db, here
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["complete", "--lang", "python", "def f"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "models:/autocoder@champion" in err and "--model" in err
+
+
+def test_only_safetensors_weights_load(tmp_path, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # a pickle: never loaded
+    with pytest.raises(UserError, match="safetensors"):
+        Completer.from_pretrained(tmp_path)

@@ -1,0 +1,299 @@
+"""The finetune stage: tiny real GPT-2 models trained on real code with real accelerate (in this
+process, and launched as the DVC stage launches it), logged to real MLflow SQLite stores."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from autocoder.corpus import Corpus, split_rows
+from autocoder.errors import UserError
+from autocoder.params import Params
+from autocoder.train import checkpoint, run
+from autocoder.train.data import IGNORE, DevWindows, Permutation, TrainWindows, collate
+from autocoder.train.launch import hardware_flags
+from conftest import ROOT, VENV_BIN, real_code_files, write_corpus
+
+SEGMENT_LEN = 30
+DEV = {"py/heapq.py", "py/shlex.py", "java/Factorial5.java"}
+TINY = {"scratch": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64, "dropout": 0.0},
+        "max_length": 64, "batch_size": 2, "learning_rate": 1e-3, "max_steps": 12, "eval_every": 4,
+        "checkpoint_every": 4, "log_every": 2, "eval_max_windows": 16, "early_stopping_patience": None}
+CKPT, OUT = Path("models/checkpoints"), Path("models/finetune")
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, gpt2_tokenizer, mlflow_db):
+    """cwd = a project folder with segments and split of real code (windows of 30 tokens) and an empty
+    MLflow store; returns make(**finetune) -> Params, which also writes params.yaml for subprocesses."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    write_corpus(tmp_path / "data", gpt2_tokenizer, real_code_files(), DEV, segment_len=SEGMENT_LEN, stride=15)
+    (tmp_path / "stages").mkdir()
+    shutil.copy(ROOT / "stages/finetune.py", tmp_path / "stages")
+
+    def make(**finetune) -> Params:
+        raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+        raw["segment"].update(segment_len=SEGMENT_LEN, stride=15)
+        raw["finetune"].update({**TINY, **finetune})
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+        return Params.model_validate(raw)
+
+    return make
+
+
+def start(*args: str, **popen) -> subprocess.Popen:
+    """python -m <args>, as a user would start it in the project."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = f"{VENV_BIN}:{env['PATH']}"
+    return subprocess.Popen([sys.executable, "-m", *args], env=env, text=True, **popen)
+
+
+def launch(num_processes: int, **popen) -> subprocess.Popen:
+    """The DVC stage's command (dvc.yaml)."""
+    return start("autocoder.train.launch", "--num_processes", str(num_processes), "stages/finetune.py", **popen)
+
+
+def plot_rows() -> list[dict]:
+    with open("plots/finetune.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def metrics() -> dict:
+    return json.loads(Path("metrics/finetune.json").read_text())
+
+
+def run_info() -> dict:
+    return json.loads((OUT / "mlflow_run.json").read_text())
+
+
+def test_short_run(project, monkeypatch, gpt2_tokenizer):
+    subprocess.run(["git", "init", "-q"], check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"],
+                   check=True)
+    Path("dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {
+        "segment": {"cmd": "x", "outs": [{"path": "data/segments", "md5": "aaa.dir"}]},
+        "split": {"cmd": "x", "outs": [{"path": "data/split", "md5": "bbb.dir"}]}}}))
+    monkeypatch.setenv("DVC_EXP_NAME", "tiny-exp")
+    params = project(max_steps=10)
+    run(params)
+
+    best = OUT / "best"
+    model = AutoModelForCausalLM.from_pretrained(best, use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(best)
+    assert model.get_input_embeddings().num_embeddings == len(tokenizer) == len(gpt2_tokenizer)
+    assert model.config.pad_token_id == tokenizer.pad_token_id
+    assert (best / "model.safetensors").exists() and not list(best.glob("*.bin"))
+
+    rows = plot_rows()
+    assert [int(r["step"]) for r in rows] == [2, 4, 6, 8, 10]
+    assert [r["dev_loss"] != "" for r in rows] == [False, True, False, True, True]  # every 4 steps and the last
+    assert all(math.isfinite(float(r["train_loss"])) and float(r["tokens_per_s"]) > 0 for r in rows)
+    m = metrics()
+    dev = {int(r["step"]): float(r["dev_loss"]) for r in rows if r["dev_loss"]}
+    assert m["steps"] == 10 and m["best_step"] == min(dev, key=dev.get)
+    assert m["best_dev_perplexity"] == pytest.approx(math.exp(min(dev.values())), rel=1e-4)  # CSV: 6 digits
+    assert m["tokens_seen"] > 0 and m["tokens_per_s"] > 0
+    assert list(CKPT.iterdir()) == []  # finished: nothing left to resume
+
+    info = run_info()
+    assert info["tracking_uri"] == f"sqlite:///{Path.cwd() / 'mlruns.db'}"
+    client = mlflow.MlflowClient(info["tracking_uri"])
+    logged = client.get_run(info["run_id"])
+    assert logged.info.status == "FINISHED" and logged.info.experiment_id == info["experiment_id"]
+    assert logged.data.params["learning_rate"] == "0.001" and logged.data.params["scratch.n_layer"] == "1"
+    assert len(client.get_metric_history(info["run_id"], "train_loss")) == 5
+    assert [p.step for p in client.get_metric_history(info["run_id"], "dev_perplexity")] == [4, 8, 10]
+    tags = logged.data.tags
+    assert tags["tokenizer_fingerprint"] == info["tokenizer_fingerprint"]
+    assert tags["dev_split"] == info["dev_split"] and len(info["dev_split"]) == 64
+    assert tags["git_commit"] == subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                                                text=True).stdout.strip()
+    assert tags["dvc.md5.data/segments"] == "aaa.dir" and tags["dvc.md5.data/split"] == "bbb.dir"
+    assert tags["dvc_exp_name"] == "tiny-exp"
+    artifacts = Path(logged.info.artifact_uri.removeprefix("file://"))
+    assert artifacts.is_relative_to(Path.cwd() / "mlartifacts")
+    assert (artifacts / "best/model.safetensors").exists() and (artifacts / "tokenizer/tokenizer.json").exists()
+
+
+@pytest.mark.slow  # accelerate launch
+def test_two_processes_match_one_with_grad_accum(project):
+    """DDP over gloo in 2 CPU processes sees the same global batches as 1 process accumulating 2."""
+    project(num_processes=2, grad_accum=1, max_steps=6, eval_every=3)
+    proc = launch(2, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert "--multi_gpu" in out and "of 2 x 1 x 2 windows" in out
+    ddp_rows, ddp_metrics = plot_rows(), metrics()
+    logged = mlflow.MlflowClient(run_info()["tracking_uri"]).get_run(run_info()["run_id"])
+    assert logged.data.tags["num_processes"] == "2"
+
+    run(project(num_processes=1, grad_accum=2, max_steps=6, eval_every=3))
+    rows = plot_rows()
+    assert [r["step"] for r in rows] == [r["step"] for r in ddp_rows]
+    for key in ("train_loss", "dev_loss", "lr"):
+        assert [float(r[key]) for r in rows if r[key]] == pytest.approx(
+            [float(r[key]) for r in ddp_rows if r[key]], rel=1e-4), key
+    assert metrics()["tokens_seen"] == ddp_metrics["tokens_seen"]
+
+
+def test_resume_after_kill_ends_like_an_uninterrupted_run(project, capsys):
+    params = project(max_steps=20, eval_every=8, scratch={**TINY["scratch"], "dropout": 0.1})  # dropout: RNG restored
+    first = CKPT / "step-00000004"
+    with open("attempt.log", "w") as log:
+        proc = start("autocoder.cli", "finetune", stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert first.exists(), Path("attempt.log").read_text()
+    assert not Path("metrics/finetune.json").exists() and not OUT.exists(), "the run ended before it was killed"
+    client = mlflow.MlflowClient(f"sqlite:///{Path.cwd() / 'mlruns.db'}")
+    killed = client.search_runs([client.get_experiment_by_name("autocoder").experiment_id])
+    assert [r.info.status for r in killed] == ["RUNNING"]  # a killed process cannot end its run
+
+    saved = sorted(CKPT.glob("step-*"))[-1]
+    resume_step = int(saved.name.removeprefix("step-"))
+    ignored = []
+    assert checkpoint.latest(CKPT, "other params", ignored.append) is None
+    assert "different finetune params or data" in ignored[0]
+
+    run(params)
+    assert f"resuming from {saved} at step {resume_step} of 20" in capsys.readouterr().out
+    resumed_rows, resumed_metrics = plot_rows(), metrics()
+    assert [int(r["step"]) for r in resumed_rows] == list(range(2, 21, 2))  # the killed attempt's rows kept
+    assert run_info()["run_id"] == killed[0].info.run_id  # the same MLflow run, reopened and finished
+    assert client.get_run(run_info()["run_id"]).info.status == "FINISHED"
+
+    shutil.rmtree(OUT)
+    run(params)  # uninterrupted, same seed
+    assert "resuming" not in capsys.readouterr().out
+    for key in ("train_loss", "dev_loss"):
+        assert [float(r[key]) for r in plot_rows() if r[key]] == pytest.approx(
+            [float(r[key]) for r in resumed_rows if r[key]], rel=1e-4), key
+    expected = metrics()
+    for key in ("steps", "best_step", "tokens_seen"):
+        assert resumed_metrics[key] == expected[key]
+    assert resumed_metrics["best_dev_loss"] == pytest.approx(expected["best_dev_loss"], rel=1e-5)
+
+
+def _truncated_weights(model_dir: Path) -> None:
+    weights = model_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing_model", "finetune.model: cannot load 'no-such-org/no-such-model'"),
+    ("truncated_weights", "is corrupt"),
+    ("broken_config", "finetune.model: cannot load"),
+    ("short_context", "finetune.max_length: 64 exceeds the context"),
+    ("unreachable_tracking", "MLFLOW_TRACKING_URI: cannot reach the MLflow tracking store 'http://127.0.0.1:1'"),
+])
+def test_bad_input_fails_in_one_line_before_training(project, tiny_model_dir, monkeypatch, case, expected):
+    model = str(tiny_model_dir)
+    if case == "missing_model":
+        model = "no-such-org/no-such-model"
+    elif case == "truncated_weights":
+        _truncated_weights(tiny_model_dir)
+    elif case == "broken_config":
+        (tiny_model_dir / "config.json").write_text('{"model_type": "gpt2", ')
+    elif case == "short_context":
+        config = json.loads((tiny_model_dir / "config.json").read_text())
+        (tiny_model_dir / "config.json").write_text(json.dumps({**config, "n_positions": 32}))
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    with pytest.raises(UserError) as err:
+        run(project(model=model))
+    assert expected in str(err.value) and "\n" not in str(err.value)
+    for output in (CKPT, OUT, Path("metrics"), Path("plots"), Path("mlartifacts")):
+        assert not output.exists(), output
+
+
+@pytest.mark.slow  # accelerate launch
+def test_stage_command_reports_bad_input_in_one_line(project):
+    project(model="no-such-org/no-such-model")
+    proc = launch(2, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 2
+    reported = [line for line in err.splitlines() if line.startswith("autocoder finetune:")]
+    assert len(reported) == 1 and "finetune.model" in reported[0] and "no-such-model" in reported[0], err
+    assert "Traceback" not in err and not CKPT.exists()
+
+
+def test_pretrained_model_gets_the_datas_tokens(project, tmp_path, gpt2_tokenizer):
+    """A local GPT-2 with the plain 50,257-token vocabulary gets rows for the control and pad tokens."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from autocoder.train.inputs import build_model, check_inputs
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=128, vocab_size=50257)).save_pretrained(
+        tmp_path / "plain-gpt2")
+    params = project(model="plain-gpt2")
+    inputs = check_inputs(params)
+    model = build_model(params.finetune, inputs.model_config, inputs.tokenizer)
+    assert model.get_input_embeddings().num_embeddings == len(gpt2_tokenizer) == 50260
+    assert model.config.pad_token_id == gpt2_tokenizer.pad_token_id
+    (tmp_path / "plain-gpt2/notes.txt").write_text("changed")  # a changed local model: checkpoints do not match
+    assert check_inputs(params).data_hash != inputs.data_hash
+
+
+def test_launch_flags_follow_the_hardware_unless_configured():
+    two = hardware_flags(2, "auto")
+    assert "--multi_gpu" in two and two[two.index("--main_process_port") + 1] == "0"
+    assert two[two.index("--mixed_precision") + 1] == "no"  # auto on a CPU
+    assert "--multi_gpu" not in hardware_flags(1, "auto")  # accelerate refuses it for one process
+    if "OMP_NUM_THREADS" not in os.environ:
+        threads = int(two[two.index("--num_cpu_threads_per_process") + 1])
+        assert threads == max(1, len(os.sched_getaffinity(0)) // 2)
+    assert hardware_flags(2, "auto", config_file="my_accelerate.yaml") == []  # the user's config decides
+
+
+def test_train_order_is_a_seeded_permutation_per_epoch(tmp_path, gpt2_tokenizer):
+    for n in (1, 2, 7, 64, 1000):
+        assert sorted(Permutation(n, b"k")[i] for i in range(n)) == list(range(n))
+    seg, split = write_corpus(tmp_path, gpt2_tokenizer, real_code_files(), DEV, segment_len=SEGMENT_LEN, stride=15)
+    corpus = Corpus(seg)
+    data = TrainWindows(corpus.windows(split_rows(corpus, split, "train")), seed=1)
+    first = [data[i][0].tolist() for i in range(20)]
+    data.set_epoch(1)
+    assert [data[i][0].tolist() for i in range(20)] != first
+    data.set_epoch(0)
+    assert [data[i][0].tolist() for i in range(20)] == first
+
+
+def test_dev_windows_score_every_token_once(tmp_path, gpt2_tokenizer):
+    seg, split = write_corpus(tmp_path, gpt2_tokenizer, real_code_files(), DEV, segment_len=SEGMENT_LEN, stride=15)
+    corpus = Corpus(seg)
+    rows = split_rows(corpus, split, "dev")
+    windows = corpus.windows(rows, stride=SEGMENT_LEN)
+    dev = DevWindows(windows, limit=None)
+    scored = sum(int((labels[1:] != IGNORE).sum()) for _, labels in (dev[i] for i in range(len(dev))))
+    # every file token once, plus the eos closing each window
+    assert scored == int(corpus.files["n_tokens"][rows].sum()) + len(windows)
+    capped = DevWindows(windows, limit=5)
+    assert len(capped) == 5 and capped.picked[0] == 0 and capped.picked[-1] == len(windows) - 1
+
+
+def test_collate_pads_to_the_longest_and_ignores_padding():
+    a, b = np.arange(5, dtype=np.int64), np.arange(3, dtype=np.int64)
+    batch = collate([(a, a), (b, b)], pad_id=99)
+    assert batch["input_ids"].shape == (2, 5) and batch["n_tokens"] == 8
+    assert batch["input_ids"][1].tolist() == [0, 1, 2, 99, 99]
+    assert batch["labels"][1].tolist() == [0, 1, 2, IGNORE, IGNORE]
+    assert batch["attention_mask"][1].tolist() == [1, 1, 1, 0, 0]

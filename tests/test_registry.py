@@ -1,0 +1,158 @@
+"""The registry: versions tagged with their measurement, the champion alias moved only to a better,
+comparable model, also under concurrent registrations; the champion as a pyfunc model and over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import mlflow
+import pandas as pd
+import pytest
+
+from autocoder import cli, registry, serving
+from autocoder.complete import CONTROL_IDS
+from autocoder.registry import CHAMPION, champion_uri
+from autocoder.tracking import read_run_info
+from conftest import TINY_DEV, finetuned_project, real_code_files, save_tiny_model, write_corpus
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory, gpt2_tokenizer, _migrated_mlflow_db):
+    """(params, model URI): a project whose finetune run holds the tiny model as a pyfunc model. Each
+    test registers it under a registered model name of its own."""
+    root = tmp_path_factory.mktemp("registry")
+    shutil.copyfile(_migrated_mlflow_db, root / "mlruns.db")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.chdir(root)
+        data = write_corpus(root / "data", gpt2_tokenizer, real_code_files(), dev=TINY_DEV)
+        params = finetuned_project(root, *data, save_tiny_model(root / "model", gpt2_tokenizer))
+        with mlflow.start_run(run_id=read_run_info(params.finetune.out_dir)["run_id"]):
+            model_info = serving.log_model(f"{params.finetune.out_dir}/best", params.control_tokens(), CONTROL_IDS)
+        yield params, model_info.model_uri
+
+
+def _measured(ppl: float, fingerprint: str = "tok-a", split: str = "split-a") -> registry.Measurement:
+    return registry.Measurement(ppl, fingerprint, split)
+
+
+def _champion_version(name: str) -> str:
+    return str(mlflow.MlflowClient().get_model_version_by_alias(name, CHAMPION).version)
+
+
+def test_champion_moves_only_to_a_better_comparable_model(logged):
+    _, uri = logged
+    name = "rules"
+    client = mlflow.MlflowClient()
+    steps = [  # (measurement, champion after it, words in the reason)
+        (_measured(10.0), "1", "no champion yet"),
+        (_measured(12.0), "1", "12 >= champion v1's 10"),
+        (_measured(8.0), "3", "8 < champion v1's 10"),
+        (_measured(2.0, fingerprint="tok-b"), "3", "not compared: tokenizer fingerprint tok-b"),
+        (_measured(2.0, split="split-b"), "3", "not compared: dev split"),
+        (_measured(8.0), "3", "8 >= champion v3's 8"),
+    ]
+    for version, (measured, champion, reason) in enumerate(steps, start=1):
+        decision = registry.register(uri, name, measured)
+        assert decision.version == str(version) and decision.promoted == (champion == str(version))
+        assert reason in decision.reason
+        assert _champion_version(name) == champion
+        tags = client.get_model_version(name, str(version)).tags
+        assert registry.Measurement.from_tags(tags) == measured
+        assert tags[registry.DECISION_TAG] == decision.reason
+
+
+CHILD = """
+import sys
+from autocoder import registry
+from autocoder.params import load_params
+from autocoder.tracking import configure
+configure(load_params("params.yaml").mlflow)
+print("ready", flush=True)
+registry.register(sys.argv[1], sys.argv[2], registry.Measurement(float(sys.argv[3]), "tok-a", "split-a"))
+"""
+
+
+def test_concurrent_registrations_lose_no_version_and_crown_the_best(logged):
+    _, uri = logged
+    name = "race"
+    registry.register(uri, name, _measured(10.0))
+    client = mlflow.MlflowClient()
+    children = []
+    with registry.registry_lock(mlflow.get_registry_uri()):  # both children start, then wait on this lock
+        for ppl in ("7.0", "6.0"):
+            children.append(subprocess.Popen([sys.executable, "-c", CHILD, uri, name, ppl],
+                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        for child in children:
+            assert child.stdout.readline() == "ready\n", child.stderr.read()
+        time.sleep(1.0)  # time enough to register if the lock did not hold them
+        assert len(client.search_model_versions(f"name = '{name}'")) == 1
+    for child in children:
+        _, err = child.communicate(timeout=300)
+        assert child.returncode == 0, err
+    versions = {str(v.version): float(v.tags["dev_perplexity"]) for v in client.search_model_versions(f"name = '{name}'")}
+    assert sorted(versions.values()) == [6.0, 7.0, 10.0]
+    assert versions[_champion_version(name)] == 6.0
+
+
+def test_champion_pyfunc_predicts_and_backs_complete(logged, capsys):
+    params, uri = logged
+    name = params.evaluate.registered_model_name  # what `autocoder complete` loads by default
+    registry.register(uri, name, _measured(10.0))
+    model = mlflow.pyfunc.load_model(champion_uri(name))
+    out = model.predict(pd.DataFrame({"lang": ["python", "java"], "context": ["def f", "class A"],
+                                      "max_new_tokens": [3, 5]}))
+    assert list(out.columns) == ["completion", "confidence"] and len(out) == 2
+    assert all(isinstance(text, str) and text for text in out["completion"])
+    out = model.predict([{"lang": "python", "context": "def f", "max_new_tokens": 3}])
+    assert isinstance(out["completion"][0], str)
+    # `autocoder complete` without --model completes with the champion
+    cli.main(["complete", "--lang", "python", "--max-new-tokens", "3", "def f"])
+    assert capsys.readouterr().out.strip()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_served_champion_answers_http(logged):
+    _, uri = logged
+    registry.register(uri, "served", _measured(10.0))
+    port = _free_port()
+    bin_dir = os.path.dirname(sys.executable)  # mlflow starts `uvicorn` from PATH: the venv's, as when activated
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    server = subprocess.Popen([os.path.join(bin_dir, "mlflow"), "models", "serve",
+                               "-m", champion_uri("served"), "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        body = json.dumps({"dataframe_records": [{"lang": "python", "context": "def f"}]})  # optional columns left out
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body.encode(),
+                                         headers={"Content-Type": "application/json"})
+        deadline = time.monotonic() + 240
+        while True:
+            assert server.poll() is None, server.stderr.read()
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    answer = json.loads(response.read())
+                break
+            except OSError:  # not listening yet
+                assert time.monotonic() < deadline, "the server did not answer in time"
+                time.sleep(1)
+        [prediction] = answer["predictions"]
+        assert isinstance(prediction["completion"], str) and prediction["completion"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
