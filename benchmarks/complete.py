@@ -9,10 +9,13 @@ Both use the KV cache (transformers' default); the difference is the tokens gene
 completion was already done.
 
 Model: models/finetune/best/ when it exists, else --model DIR. Prompts: params.yaml's
-evaluate.prompts. Timed calls alternate between the two ways (after one warm-up call each), so
-load from other processes hits both alike. Writes benchmarks/results/complete.json.
+evaluate.prompts (the seed's), plus, with --contexts FILE..., code as an editor would send it:
+`--per-file` seeded positions inside a block of each file (a line start after a non-blank line),
+the left context cut to its last 48 tokens so that the seed's 128 tokens leave room to complete.
+Timed calls alternate between the two ways (after one warm-up call each), so load from other
+processes hits both alike. Writes benchmarks/results/complete.json.
 
-    python benchmarks/complete.py [--model DIR] [--repeats 5] [--threads N]
+    python benchmarks/complete.py [--model DIR] [--contexts FILE ...] [--repeats 5] [--threads N]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import time
 from pathlib import Path
 
@@ -31,6 +35,7 @@ from autocoder.complete import BLANK_LINE, Completer, cut_at
 from autocoder.params import load_params
 
 SEED_MAX_LENGTH = 128
+CONTEXT_TOKENS = 48  # left context of --contexts prompts
 DEFAULT_MODEL = Path("models/finetune/best")
 RESULTS = Path(__file__).parent / "results" / "complete.json"
 
@@ -46,8 +51,22 @@ def seed_complete(completer: Completer, prompt: list[int]) -> tuple[str, int]:
 
 
 def ours_complete(completer: Completer, lang: str, context: str, prompt: list[int]) -> tuple[str, int]:
-    [completion] = completer.complete(lang, context, max_new_tokens=SEED_MAX_LENGTH - len(prompt))
+    [completion] = completer.complete(lang, context, max_new_tokens=SEED_MAX_LENGTH - len(prompt),
+                                      max_context_tokens=len(prompt) - 1)
     return completion.text, completion.n_tokens
+
+
+def file_contexts(paths: list[Path], languages: dict, per_file: int, seed: int) -> list[tuple[str, str, str]]:
+    """(group, language, context) at seeded line starts inside blocks of each file."""
+    by_extension = {ext: lang for lang, spec in languages.items() for ext in spec.extensions}
+    rng = random.Random(seed)
+    contexts = []
+    for path in sorted(paths):
+        lines = path.read_text().split("\n")
+        starts = [i for i in range(1, len(lines)) if lines[i].strip() and lines[i - 1].strip()]
+        for i in sorted(rng.sample(starts, min(per_file, len(starts)))):
+            contexts.append(("file_contexts", by_extension[path.suffix], "\n".join(lines[:i]) + "\n"))
+    return contexts
 
 
 def summary(latencies_ms: list[float], tokens: list[int]) -> dict:
@@ -61,6 +80,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help=f"model folder when {DEFAULT_MODEL} does not exist")
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--contexts", type=Path, nargs="*", default=[], help="source files to take contexts from")
+    parser.add_argument("--per-file", type=int, default=2, help="contexts per --contexts file")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per prompt and way")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's); 1 is steadier on a busy machine")
     args = parser.parse_args()
@@ -71,44 +92,52 @@ def main() -> None:
         parser.error(f"{DEFAULT_MODEL} does not exist: give --model DIR")
     params = load_params(args.params)
     completer = Completer.from_pretrained(model_dir, params.control_tokens())
-    prompts = [(lang, text) for lang, texts in params.evaluate.prompts.items() for text in texts]
+    prompts = [("seed_prompts", lang, text) for lang, texts in params.evaluate.prompts.items() for text in texts]
+    prompts += file_contexts(args.contexts, params.languages, args.per_file, seed=0)
 
-    timings = {"seed": ([], []), "ours": ([], [])}  # way -> (latencies ms, generated tokens)
+    timings = {}  # (group, way) -> (latencies ms, generated tokens)
     rows = []
-    for lang, context in prompts:
-        prompt = completer.prompt_ids(lang, context)
-        ways = {"seed": lambda: seed_complete(completer, prompt), "ours": lambda: ours_complete(completer, lang, context, prompt)}
+    for group, lang, context in prompts:
+        full = completer.prompt_ids(lang, context)
+        prompt = full[:1] + full[1:][-CONTEXT_TOKENS:]
+        ways = {"seed": lambda: seed_complete(completer, prompt),
+                "ours": lambda: ours_complete(completer, lang, context, prompt)}
         results = {way: run() for way, run in ways.items()}  # warm-up, and the texts to compare
         for _ in range(args.repeats):
             for way, run in ways.items():
                 start = time.perf_counter()
                 run()
-                timings[way][0].append((time.perf_counter() - start) * 1000)
-                timings[way][1].append(results[way][1])
-        rows.append({"lang": lang, "prompt": context, "completion": results["ours"][0],
+                for key in ((group, way), ("all", way)):
+                    latencies, tokens = timings.setdefault(key, ([], []))
+                    latencies.append((time.perf_counter() - start) * 1000)
+                    tokens.append(results[way][1])
+        rows.append({"group": group, "lang": lang, "prompt": context[-200:], "completion": results["ours"][0],
                      "seed_tokens": results["seed"][1], "ours_tokens": results["ours"][1],
                      "identical": results["seed"][0] == results["ours"][0]})
-        print(f"{lang:6} {context[:40]!r:44} seed {results['seed'][1]:3} tokens, ours {results['ours'][1]:3}, "
-              f"same text: {rows[-1]['identical']}")
+        print(f"{group:13} {lang:6} {context[-40:]!r:46} seed {results['seed'][1]:3} tokens, "
+              f"ours {results['ours'][1]:3}, same text: {rows[-1]['identical']}")
 
-    report = {way: summary(*timings[way]) for way in timings}
-    report |= {
-        "speedup_p50": report["seed"]["p50_ms"] / report["ours"]["p50_ms"],
-        "speedup_p95": report["seed"]["p95_ms"] / report["ours"]["p95_ms"],
-        "all_identical": all(r["identical"] for r in rows),
-        "prompts": rows, "model": str(model_dir), "prompt_format": completer.prompt_format,
+    groups = {}
+    for group in dict.fromkeys(g for g, _ in timings):
+        seed, ours = summary(*timings[(group, "seed")]), summary(*timings[(group, "ours")])
+        groups[group] = {"seed": seed, "ours": ours, "speedup_p50": seed["p50_ms"] / ours["p50_ms"],
+                         "speedup_p95": seed["p95_ms"] / ours["p95_ms"]}
+    report = {
+        **groups, "all_identical": all(r["identical"] for r in rows), "prompts": rows,
+        "model": str(model_dir), "prompt_format": completer.prompt_format, "vocab_size": len(completer.tokenizer),
         "model_parameters": sum(p.numel() for p in completer.model.parameters()),
         "device": completer.device, "torch_threads": torch.get_num_threads(), "repeats": args.repeats,
         "cpu": platform.processor() or platform.machine(), "load_average_1min": os.getloadavg()[0],
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    for way in ("seed", "ours"):
-        r = report[way]
-        print(f"{way}: p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, "
-              f"{r['generated_tokens_per_s']:.0f} generated tokens/s, {r['generated_tokens_per_call']:.1f} tokens/call")
-    print(f"p50 speedup {report['speedup_p50']:.2f}x, p95 {report['speedup_p95']:.2f}x; "
-          f"identical texts: {report['all_identical']}; written to {RESULTS}")
+    for group, result in groups.items():
+        for way in ("seed", "ours"):
+            r = result[way]
+            print(f"{group:13} {way}: p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, "
+                  f"{r['generated_tokens_per_s']:.0f} generated tokens/s, {r['generated_tokens_per_call']:.1f} tokens/call")
+        print(f"{group:13} p50 speedup {result['speedup_p50']:.2f}x, p95 {result['speedup_p95']:.2f}x")
+    print(f"identical texts: {report['all_identical']}; written to {RESULTS}")
 
 
 if __name__ == "__main__":

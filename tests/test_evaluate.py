@@ -19,6 +19,7 @@ from autocoder.errors import UserError
 from autocoder.params import EvaluateParams
 from autocoder.registry import CHAMPION, Measurement
 from autocoder.tracking import read_run_info
+from conftest import real_code_files
 
 
 def test_evaluate_writes_metrics_samples_and_registers_the_champion(finetuned):
@@ -36,7 +37,10 @@ def test_evaluate_writes_metrics_samples_and_registers_the_champion(finetuned):
     for prompts in finetuned.evaluate.prompts.values():
         assert all(f"`{prompt}`" in samples for prompt in prompts)
     examples = [json.loads(line) for line in (out / "line_completion.jsonl").read_text().splitlines()]
-    assert {e["lang"] for e in examples} == {"python", "java"} and all(e["target"].strip() for e in examples)
+    assert {e["lang"] for e in examples} == {"python", "java"}
+    files = real_code_files()
+    for e in examples:  # the target is the file's own line, never a blank one
+        assert e["target"] == files[e["path"]][1].split("\n")[e["line"] - 1] and e["target"].strip()
 
     run_id = read_run_info(finetuned.finetune.out_dir)["run_id"]
     run = mlflow.get_run(run_id)

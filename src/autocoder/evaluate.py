@@ -137,11 +137,13 @@ def dev_perplexity(completer: Completer, corpus: Corpus, rows: np.ndarray, cfg: 
             labels[: 1 + scored_until - start] = IGNORE  # the control token is never a label
             windows.append((ids, labels))
             scored_until = start + len(ids) - 1
-        n_tokens += len(tokens)
+            n_tokens += int((labels != IGNORE).sum())
         n_bytes += len(_file_text(completer, corpus, int(row)).encode())
         n_files += 1
         if cfg.perplexity_max_tokens and n_tokens >= cfg.perplexity_max_tokens:
             break
+    if n_tokens == 0:
+        raise UserError("split.out_dir: the dev files have no tokens to score")
     nll = 0.0
     for i in range(0, len(windows), cfg.batch_size):
         batch = collate(windows[i : i + cfg.batch_size], completer.tokenizer.pad_token_id)
@@ -158,14 +160,14 @@ def line_completion_examples(completer: Completer, corpus: Corpus, rows: np.ndar
     for lang in completer.languages:
         files = [r for r in _seeded_order(rows, cfg.seed) if corpus.files["language"][r] == lang]
         for row in files[: cfg.line_completion_files]:
-            lines = _file_text(completer, corpus, int(row)).splitlines(keepends=True)
+            lines = _file_text(completer, corpus, int(row)).split("\n")  # not splitlines(): "\f" is no line end here
             candidates = [i for i in range(1, len(lines)) if lines[i].strip()]
             if not candidates:
                 continue
             file_id = int(corpus.files["file_id"][row])
             i = int(np.random.default_rng([cfg.seed, file_id]).choice(candidates))
-            target = lines[i].rstrip("\r\n")
-            [completion] = completer.complete(lang, "".join(lines[:i]), max_new_tokens=cfg.max_new_tokens,
+            target = lines[i].rstrip("\r")
+            [completion] = completer.complete(lang, "\n".join(lines[:i]) + "\n", max_new_tokens=cfg.max_new_tokens,
                                               stop=END_OF_LINE, max_context_tokens=cfg.line_completion_max_context)
             predicted = completion.text
             examples.append({"lang": lang, "path": str(corpus.files["path"][row]), "line": i + 1,
