@@ -8,10 +8,12 @@ and prompts, greedy, with a check that both give the same text.
 Both use the KV cache (transformers' default); the difference is the tokens generated after the
 completion was already done.
 
-Model: models/finetune/best/ when it exists, else --model DIR. Prompts: params.yaml's
+Model: --model DIR, by default the pipeline's models/finetune/best/. Prompts: params.yaml's
 evaluate.prompts (the seed's), plus, with --contexts FILE..., code as an editor would send it:
-`--per-file` seeded positions inside a block of each file (a line start after a non-blank line),
-the left context cut to its last 48 tokens so that the seed's 128 tokens leave room to complete.
+`--per-file` seeded places inside a block of each file, after the first word of a line (where an
+editor's cursor is once a line is begun; ending on a bare newline would split the indentation token of
+tokenizers that merge newline and spaces), the left context cut to its last 48 tokens so that the
+seed's 128 tokens leave room to complete.
 Timed calls alternate between the two ways (after one warm-up call each), so load from other
 processes hits both alike. Writes benchmarks/results/complete.json.
 
@@ -25,6 +27,7 @@ import json
 import os
 import platform
 import random
+import re
 import time
 from pathlib import Path
 
@@ -57,7 +60,7 @@ def ours_complete(completer: Completer, lang: str, context: str, prompt: list[in
 
 
 def file_contexts(paths: list[Path], languages: dict, per_file: int, seed: int) -> list[tuple[str, str, str]]:
-    """(group, language, context) at seeded line starts inside blocks of each file."""
+    """(group, language, context): seeded places inside blocks of each file, after a line's first word."""
     by_extension = {ext: lang for lang, spec in languages.items() for ext in spec.extensions}
     rng = random.Random(seed)
     contexts = []
@@ -65,7 +68,8 @@ def file_contexts(paths: list[Path], languages: dict, per_file: int, seed: int) 
         lines = path.read_text().split("\n")
         starts = [i for i in range(1, len(lines)) if lines[i].strip() and lines[i - 1].strip()]
         for i in sorted(rng.sample(starts, min(per_file, len(starts)))):
-            contexts.append(("file_contexts", by_extension[path.suffix], "\n".join(lines[:i]) + "\n"))
+            first_word = re.match(r"\s*\S+", lines[i])[0]
+            contexts.append(("file_contexts", by_extension[path.suffix], "\n".join(lines[:i]) + "\n" + first_word))
     return contexts
 
 
@@ -78,7 +82,7 @@ def summary(latencies_ms: list[float], tokens: list[int]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help=f"model folder when {DEFAULT_MODEL} does not exist")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"model folder (default: {DEFAULT_MODEL})")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--contexts", type=Path, nargs="*", default=[], help="source files to take contexts from")
     parser.add_argument("--per-file", type=int, default=2, help="contexts per --contexts file")
@@ -87,9 +91,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_dir = DEFAULT_MODEL if DEFAULT_MODEL.exists() else args.model
-    if model_dir is None:
-        parser.error(f"{DEFAULT_MODEL} does not exist: give --model DIR")
+    model_dir = args.model
+    if not model_dir.exists():
+        parser.error(f"{model_dir} does not exist: run the pipeline (dvc repro) or give --model DIR")
     params = load_params(args.params)
     completer = Completer.from_pretrained(model_dir, params.control_tokens())
     prompts = [("seed_prompts", lang, text) for lang, texts in params.evaluate.prompts.items() for text in texts]
@@ -103,16 +107,19 @@ def main() -> None:
         ways = {"seed": lambda: seed_complete(completer, prompt),
                 "ours": lambda: ours_complete(completer, lang, context, prompt)}
         results = {way: run() for way, run in ways.items()}  # warm-up, and the texts to compare
+        mine = {way: [] for way in ways}  # this prompt's latencies
         for _ in range(args.repeats):
             for way, run in ways.items():
                 start = time.perf_counter()
                 run()
+                mine[way].append((time.perf_counter() - start) * 1000)
                 for key in ((group, way), ("all", way)):
                     latencies, tokens = timings.setdefault(key, ([], []))
-                    latencies.append((time.perf_counter() - start) * 1000)
+                    latencies.append(mine[way][-1])
                     tokens.append(results[way][1])
         rows.append({"group": group, "lang": lang, "prompt": context[-200:], "completion": results["ours"][0],
                      "seed_tokens": results["seed"][1], "ours_tokens": results["ours"][1],
+                     "seed_p50_ms": float(np.median(mine["seed"])), "ours_p50_ms": float(np.median(mine["ours"])),
                      "identical": results["seed"][0] == results["ours"][0]})
         print(f"{group:13} {lang:6} {context[-40:]!r:46} seed {results['seed'][1]:3} tokens, "
               f"ours {results['ours'][1]:3}, same text: {rows[-1]['identical']}")
