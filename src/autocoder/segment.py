@@ -142,7 +142,7 @@ def _tokenize_batch(paths: list[str]) -> list[Tokenized]:
     kept = [r for r in results if r.skipped is None]
     # No special tokens: the control token stands in front of each window instead of a bos.
     for result, ids in zip(kept, _worker["encode"](texts)):
-        result.ids = np.array(ids, dtype=_worker["dtype"])
+        result.ids = np.fromiter(ids, dtype=_worker["dtype"], count=len(ids))  # 2x np.array(list)
     if params.near_dedup.enabled:
         minhashes = MinHash.bulk([shingles(t) for t in texts], num_perm=params.near_dedup.num_perm)
         for result, minhash in zip(kept, minhashes):

@@ -19,14 +19,13 @@ n-grams a false match is a one-in-a-million event.
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from autocoder.atomic import atomic_dir, write_json
-from autocoder.corpus import SPLIT_FILE, Corpus, window_counts
+from autocoder.corpus import SPLIT_FILE, Corpus, window_counts, write_columns
 from autocoder.errors import UserError
 from autocoder.params import Params, SplitParams
 
@@ -41,9 +40,8 @@ def run(params: Params) -> None:
     split = assign(corpus, sp)
     report = contamination_report(corpus, split, sp)
     with atomic_dir(sp.out_dir) as tmp:
-        table = pa.table({"file_id": pa.array(corpus.files["file_id"], pa.int64()),
-                          "split": pa.array(SPLITS[split], pa.string())})
-        pq.write_table(table, tmp / SPLIT_FILE)
+        write_columns(tmp / SPLIT_FILE, {"file_id": corpus.files["file_id"], "split": SPLITS[split]},
+                      strings=("split",))
     write_json(METRICS_FILE, report)
     sizes = ", ".join(f"{name} {report[name]['files']} files" for name in SPLITS if name in report)
     print(f"split: {sizes}; dev windows with a train {sp.contamination_ngram}-gram: "
@@ -99,8 +97,12 @@ def ngram_hashes(tokens: np.ndarray, n: int, chunk: int = 1 << 20) -> np.ndarray
     over random 64-bit token codes. Chunk by chunk: no memory beyond the result's 8 bytes a token."""
     size = max(len(tokens) - n + 1, 0)
     hashes = np.empty(size, dtype=np.uint64)
-    for start in range(0, size, chunk):
+
+    def fill(start: int) -> None:
         hashes[start : start + chunk] = _chunk_hashes(np.asarray(tokens[start : start + chunk + n - 1]), n)
+
+    with ThreadPoolExecutor() as pool:  # numpy's arithmetic releases the GIL: chunks share the cores
+        list(pool.map(fill, range(0, size, chunk)))
     return hashes
 
 
@@ -132,9 +134,8 @@ def _joined(left: np.ndarray, left_len: int, right: np.ndarray, right_len: int) 
 def _gram_mask(starts: np.ndarray, lengths: np.ndarray, n: int, size: int) -> np.ndarray:
     """True at every n-gram start that lies wholly inside one of the windows (a difference array)."""
     full = lengths >= n
-    diff = np.zeros(size + 1, dtype=np.int32)
-    np.add.at(diff, starts[full], 1)
-    np.add.at(diff, starts[full] + lengths[full] - n + 1, -1)
+    diff = np.bincount(starts[full], minlength=size + 1)
+    diff -= np.bincount(starts[full] + lengths[full] - n + 1, minlength=size + 1)
     return np.cumsum(diff, out=diff)[:size] > 0
 
 
@@ -216,9 +217,11 @@ def contamination_report(corpus: Corpus, split: np.ndarray, sp: SplitParams) -> 
     for code in present:
         report[SPLITS[code]] = {"files": int(n_files[code]), "windows": int(n_windows[code]),
                                 "tokens": int(n_tokens[code])}
-    report["file_split"] = {}
-    for held in present[1:]:
-        report["file_split"].update(_leak(corpus, hashes, n, windows, split[row], held))
     dev_windows = np.random.default_rng(sp.seed).permutation(len(row)) < round(sp.dev_ratio * len(row))
-    report["window_split"] = _leak(corpus, hashes, n, windows, dev_windows.astype(np.int8), 1)
+    # Threads: numpy's sorts and scans release the GIL, so the three reports share the cores.
+    with ThreadPoolExecutor() as pool:
+        file_split = [pool.submit(_leak, corpus, hashes, n, windows, split[row], held) for held in present[1:]]
+        window_split = pool.submit(_leak, corpus, hashes, n, windows, dev_windows.astype(np.int8), 1)
+        report["file_split"] = {key: value for leak in file_split for key, value in leak.result().items()}
+        report["window_split"] = window_split.result()
     return report
