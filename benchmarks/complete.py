@@ -3,10 +3,10 @@ and prompts, greedy, with a check that both give the same text.
 
 - seed: `model.generate(prompt, max_length=128)` (greedy: the seed passed temperature=0.7 without
   do_sample), decode everything, cut at the first blank line;
-- ours: `Completer.complete()` with the same token budget (128 - prompt length): generation stops
-  inside `generate` at the first blank line (StopOnPattern) or eos, under torch.inference_mode.
-Both use the KV cache (transformers' default); the difference is the tokens generated after the
-completion was already done.
+- ours: `Completer.complete()` with the same token budget (128 - prompt length): its decoding loop
+  stops at the first blank line or eos, and skips generate's per-token machinery.
+Both use the KV cache; the differences are the tokens generated after the completion was already
+done, and the cost of each token.
 
 Model: --model DIR, by default the pipeline's models/finetune/best/. Prompts: params.yaml's
 evaluate.prompts (the seed's), plus, with --contexts FILE..., code as an editor would send it:

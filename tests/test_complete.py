@@ -15,7 +15,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from autocoder import cli
 from autocoder.complete import (BLANK_LINE, CONTROL_IDS, END_OF_LINE, PROMPT_FORMAT_KEY, SEED_TEXT, Completer,
-                                StopOnPattern, cut_at)
+                                StopCheck, cut_at)
 from autocoder.errors import UserError
 from conftest import ROOT
 
@@ -66,20 +66,15 @@ def seed_way(completer: Completer, lang: str, context: str, max_new_tokens: int)
     return cut_at(BLANK_LINE, completer.tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True))
 
 
-def test_stop_criterion_fires_on_the_token_that_completes_a_blank_line(gpt2_tokenizer):
-    prompt = gpt2_tokenizer.encode("def f")
+def test_stop_check_fires_on_the_token_that_completes_a_blank_line(gpt2_tokenizer):
     # generated text -> generated tokens when the stop fires ("x", " =", " 1", "\n", "\n" is 5 tokens)
     rows = {"x = 1\n\ny": 5, "x = 1\n    \nz": 9, "x\ny\nz": None}  # a whitespace-only line is blank too
-    encoded = [gpt2_tokenizer.encode(text) for text in rows]
-    width = max(map(len, encoded))
-    stopper = StopOnPattern(gpt2_tokenizer, len(prompt), BLANK_LINE)
-    fired = []
-    for n in range(1, width + 1):  # feed the rows one generated token at a time, as generate does
-        batch = torch.tensor([prompt + (ids + [gpt2_tokenizer.pad_token_id] * width)[:n] for ids in encoded])
-        fired.append(stopper(batch, None).tolist())
-    for row, expected in enumerate(rows.values()):
-        assert next((n + 1 for n, done in enumerate(fired) if done[row]), None) == expected
-        assert stopper.lengths.get(row) == expected
+    check = StopCheck(gpt2_tokenizer, BLANK_LINE)
+    for text, expected in rows.items():
+        ids = gpt2_tokenizer.encode(text)
+        # fed one generated token at a time, as the decoding loop does
+        assert next((n for n in range(1, len(ids) + 1) if check(ids[:n]) == "pattern"), None) == expected
+    assert check(gpt2_tokenizer.encode("x") + [gpt2_tokenizer.eos_token_id]) == "eos"
 
 
 def test_greedy_completion_is_the_seed_text_and_stops_at_the_blank_line(bigram_dir):
@@ -117,6 +112,9 @@ def test_sampling_and_argument_errors(bigram_dir):
     completer = Completer.from_pretrained(bigram_dir)
     completions = completer.complete("python", "def f", max_new_tokens=8, temperature=0.8, top_p=0.9, num=3)
     assert len(completions) == 3 and all(math.isfinite(c.confidence) for c in completions)
+    # a nucleus smaller than the top token's probability leaves only that token: the greedy text
+    nucleus = completer.complete("python", "def f", max_new_tokens=MAX_NEW, temperature=1.0, top_p=1e-6, num=2)
+    assert [c.text for c in nucleus] == ["(): return 1"] * 2
     with pytest.raises(UserError, match="num"):
         completer.complete("python", "def f", num=2)
     with pytest.raises(UserError, match="'cobol'.*python, java"):

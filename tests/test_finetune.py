@@ -20,6 +20,7 @@ import pytest
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from autocoder.complete import CONTROL_IDS, Completer
 from autocoder.corpus import Corpus, split_rows
 from autocoder.errors import UserError
 from autocoder.params import Params
@@ -99,6 +100,8 @@ def test_short_run(project, monkeypatch, gpt2_tokenizer):
     assert model.get_input_embeddings().num_embeddings == len(tokenizer) == len(gpt2_tokenizer)
     assert model.config.pad_token_id == tokenizer.pad_token_id
     assert (best / "model.safetensors").exists() and not list(best.glob("*.bin"))
+    # `autocoder complete --model DIR` prompts as the windows were built, not in the seed's text format
+    assert Completer.from_pretrained(best).prompt_format == CONTROL_IDS
 
     rows = plot_rows()
     assert [int(r["step"]) for r in rows] == [2, 4, 6, 8, 10]

@@ -2,9 +2,15 @@
 and the registry's pyfunc model all complete through `Completer`.
 
 A completion ends as soon as its stop pattern shows up in the generated text (by default a blank
-line, the seed's convention), at eos, or after max_new_tokens. The check runs inside `generate`
-(`StopOnPattern`), so no token is generated after the completion is done; the seed generated up to
-128 tokens every time and cut the text afterwards.
+line, the seed's convention), at eos, or after max_new_tokens: the check runs after every token, so
+no token is generated after the completion is done (the seed generated up to 128 tokens every time
+and cut the text afterwards).
+
+Decoding is a plain loop over the model's forward pass with its key/value cache, not
+`model.generate`: on the small models this project trains on CPUs, generate's per-token machinery
+(logits processors, stopping criteria, cache bookkeeping) costs more than the model itself (8.8
+against 5.7 ms a token for the default model, the same greedy tokens); benchmarks/complete.py
+measures the whole difference against the seed's way.
 
 Prompt formats (config.json key `prompt_format`):
 - "control_ids" (written by our finetune): [control token id] + tokenizer.encode(context), exactly
@@ -22,17 +28,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, StoppingCriteria,
-                          StoppingCriteriaList)
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from autocoder.corpus import CONTROL_IDS, PROMPT_FORMAT_KEY
 from autocoder.errors import UserError
 from autocoder.hub import hub_offline
 from autocoder.params import MlflowParams, Params, load_params
 
 BLANK_LINE = re.compile(r"\n[ \t]*\n")  # ends a completion (the seed cut at "\n\n")
 END_OF_LINE = re.compile(r"\n")  # ends a line completion
-PROMPT_FORMAT_KEY = "prompt_format"
-CONTROL_IDS = "control_ids"
 SEED_TEXT = "seed_text"
 HISTORY_FILE = ".autocoder_history"  # in the home folder
 
@@ -45,20 +49,18 @@ class Completion:
     stop: str  # "pattern", "eos" or "length"
 
 
-class StopOnPattern(StoppingCriteria):
-    """Done for a sequence once its generated text matches `pattern`. Checked after every token, so
-    a match always involves the newest token; remembers how many tokens each row had then."""
+class StopCheck:
+    """Why a completion is over after its newest token: "eos", "pattern" (the generated text now
+    matches `pattern`, so the newest token completed the match) or None (not over)."""
 
-    def __init__(self, tokenizer, prompt_len: int, pattern: re.Pattern):
-        self.tokenizer, self.prompt_len, self.pattern = tokenizer, prompt_len, pattern
-        self.lengths: dict[int, int] = {}  # row -> generated tokens when the pattern appeared
+    def __init__(self, tokenizer, pattern: re.Pattern):
+        self.tokenizer, self.pattern = tokenizer, pattern
 
-    def __call__(self, input_ids, scores, **kwargs):
-        for row, ids in enumerate(input_ids[:, self.prompt_len:].tolist()):
-            if row not in self.lengths and self.pattern.search(
-                    self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)):
-                self.lengths[row] = len(ids)
-        return torch.tensor([row in self.lengths for row in range(len(input_ids))], device=input_ids.device)
+    def __call__(self, ids: list[int]) -> str | None:
+        if ids[-1] == self.tokenizer.eos_token_id:
+            return "eos"
+        text = self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return "pattern" if self.pattern.search(text) else None
 
 
 class Completer:
@@ -111,33 +113,39 @@ class Completer:
         prompt = self.prompt_ids(lang, context)
         keep = min(room, max_context_tokens or room)
         prompt = prompt[:1] + prompt[1:][-keep:]  # the control token and the nearest left context
-        sampling = temperature > 0
-        config = GenerationConfig(
-            max_new_tokens=max_new_tokens, do_sample=sampling, num_return_sequences=num,
-            temperature=temperature if sampling else None, top_p=top_p if sampling else None, top_k=None,
-            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
-            return_dict_in_generate=True, output_logits=True,
-        )
-        stopper = StopOnPattern(self.tokenizer, len(prompt), stop)
-        input_ids = torch.tensor([prompt], device=self.device)
+        check = StopCheck(self.tokenizer, stop)
+        generated: list[list[int]] = [[] for _ in range(num)]
+        logprobs: list[list[float]] = [[] for _ in range(num)]
+        stops: list[str | None] = [None] * num
+        inputs, cache = torch.tensor([prompt] * num, device=self.device), None
         with torch.inference_mode():
-            out = self.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
-                                      stopping_criteria=StoppingCriteriaList([stopper]))
-        generated = out.sequences[:, len(prompt):]
-        token_logprobs = torch.stack([step.float().log_softmax(-1).gather(1, generated[:, t, None])[:, 0]
-                                      for t, step in enumerate(out.logits)], dim=1)
-        return [self._completion(row, generated[row].tolist(), token_logprobs[row], stopper)
-                for row in range(len(generated))]
+            for _ in range(max_new_tokens):
+                out = self.model(input_ids=inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                cache, logits = out.past_key_values, out.logits[:, -1].float()
+                tokens = _sample(logits, temperature, top_p) if temperature > 0 else logits.argmax(-1)
+                token_logprobs = logits.log_softmax(-1).gather(1, tokens[:, None])[:, 0]
+                for row, (token, logprob) in enumerate(zip(tokens.tolist(), token_logprobs.tolist())):
+                    if stops[row] is None:
+                        generated[row].append(token)
+                        logprobs[row].append(logprob)
+                        stops[row] = check(generated[row])
+                if all(stops):
+                    break
+                inputs = tokens[:, None]
+        return [self._completion(ids, row_logprobs, reason or "length", stop)
+                for ids, row_logprobs, reason in zip(generated, logprobs, stops)]
 
-    def _completion(self, row: int, ids: list[int], token_logprobs, stopper: StopOnPattern) -> Completion:
-        eos = self.tokenizer.eos_token_id
-        n, reason = len(ids), "length"
-        if eos in ids:
-            n, reason = ids.index(eos) + 1, "eos"
-        if stopper.lengths.get(row, n + 1) <= n:
-            n, reason = stopper.lengths[row], "pattern"
-        text = self.tokenizer.decode(ids[:n], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        return Completion(cut_at(stopper.pattern, text), float(token_logprobs[:n].mean()), n, reason)
+    def _completion(self, ids: list[int], logprobs: list[float], reason: str, stop: re.Pattern) -> Completion:
+        text = self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return Completion(cut_at(stop, text), sum(logprobs) / len(logprobs), len(ids), reason)
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """One token per row from softmax(logits / temperature), cut to the top_p nucleus."""
+    probs = (logits / temperature).softmax(-1)
+    sorted_probs, order = probs.sort(-1, descending=True)
+    sorted_probs[sorted_probs.cumsum(-1) - sorted_probs >= top_p] = 0  # the most likely token always stays
+    return order.gather(1, torch.multinomial(sorted_probs, 1))[:, 0]
 
 
 def cut_at(pattern: re.Pattern, text: str) -> str:

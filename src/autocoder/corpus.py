@@ -29,6 +29,10 @@ FILES_FILE = "files.parquet"
 META_FILE = "meta.json"
 TOKENIZER_DIR = "tokenizer"
 SPLIT_FILE = "split.parquet"  # in the split stage's folder: file_id, split
+# A trained model's config.json records how to prompt it: PROMPT_FORMAT_KEY = CONTROL_IDS means as a
+# window starts, the language's control token id followed by the context's token ids.
+PROMPT_FORMAT_KEY = "prompt_format"
+CONTROL_IDS = "control_ids"
 
 
 def window_starts(n_tokens: int, segment_len: int, stride: int) -> np.ndarray:

@@ -13,7 +13,8 @@ from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-from autocoder.corpus import FILES_FILE, META_FILE, SPLIT_FILE, TOKENIZER_DIR, Corpus, split_rows
+from autocoder.corpus import (CONTROL_IDS, FILES_FILE, META_FILE, PROMPT_FORMAT_KEY, SPLIT_FILE, TOKENIZER_DIR,
+                              Corpus, split_rows)
 from autocoder.errors import UserError
 from autocoder.hub import hub_offline
 from autocoder.params import FinetuneParams, Params
@@ -129,6 +130,8 @@ def build_model(ft: FinetuneParams, config: PretrainedConfig, tokenizer) -> torc
     if model.get_input_embeddings().num_embeddings != len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
+    # Saved with every checkpoint: `autocoder complete --model DIR` then prompts as windows are built.
+    setattr(model.config, PROMPT_FORMAT_KEY, CONTROL_IDS)
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
