@@ -9,7 +9,8 @@ Both use the KV cache; the differences are the tokens generated after the comple
 done, and the cost of each token.
 
 Model: --model DIR, by default the pipeline's models/finetune/best/. Prompts: params.yaml's
-evaluate.prompts (the seed's), plus, with --contexts FILE..., code as an editor would send it:
+evaluate.prompts (the seed's), plus, with --contexts FILE... or --dev-files N (N held-out dev files
+per language from the pipeline's split), code as an editor would send it:
 `--per-file` seeded places inside a block of each file, after the first word of a line (where an
 editor's cursor is once a line is begun; ending on a bare newline would split the indentation token of
 tokenizers that merge newline and spaces), the left context cut to its last 48 tokens so that the
@@ -17,7 +18,7 @@ seed's 128 tokens leave room to complete.
 Timed calls alternate between the two ways (after one warm-up call each), so load from other
 processes hits both alike. Writes benchmarks/results/complete.json.
 
-    python benchmarks/complete.py [--model DIR] [--contexts FILE ...] [--repeats 5] [--threads N]
+    python benchmarks/complete.py [--model DIR] [--contexts FILE ...] [--dev-files N] [--repeats 5] [--threads N]
 """
 
 from __future__ import annotations
@@ -35,11 +36,13 @@ import numpy as np
 import torch
 
 from autocoder.complete import BLANK_LINE, Completer, cut_at
+from autocoder.corpus import Corpus, split_rows
 from autocoder.params import load_params
 
 SEED_MAX_LENGTH = 128
 CONTEXT_TOKENS = 48  # left context of --contexts prompts
 DEFAULT_MODEL = Path("models/finetune/best")
+SEGMENTS, SPLIT = Path("data/segments"), Path("data/split")  # the pipeline's outputs, for --dev-files
 RESULTS = Path(__file__).parent / "results" / "complete.json"
 
 
@@ -59,17 +62,30 @@ def ours_complete(completer: Completer, lang: str, context: str, prompt: list[in
     return completion.text, completion.n_tokens
 
 
-def file_contexts(paths: list[Path], languages: dict, per_file: int, seed: int) -> list[tuple[str, str, str]]:
+def dev_file_texts(completer: Completer, segments: Path, split: Path, per_language: int, seed: int) -> list[tuple[str, str]]:
+    """(language, text) of `per_language` seeded held-out dev files per language of the pipeline's split."""
+    corpus = Corpus(segments)
+    rows = split_rows(corpus, split, "dev")
+    rng = np.random.default_rng(seed)
+    texts = []
+    for lang in sorted(set(corpus.files["language"][rows])):
+        lang_rows = rows[corpus.files["language"][rows] == lang]
+        for row in sorted(rng.choice(lang_rows, min(per_language, len(lang_rows)), replace=False)):
+            text = completer.tokenizer.decode(corpus.file_tokens(row).tolist(), clean_up_tokenization_spaces=False)
+            texts.append((lang, text))
+    return texts
+
+
+def file_contexts(texts: list[tuple[str, str]], per_file: int, seed: int) -> list[tuple[str, str, str]]:
     """(group, language, context): seeded places inside blocks of each file, after a line's first word."""
-    by_extension = {ext: lang for lang, spec in languages.items() for ext in spec.extensions}
     rng = random.Random(seed)
     contexts = []
-    for path in sorted(paths):
-        lines = path.read_text().split("\n")
+    for lang, text in texts:
+        lines = text.split("\n")
         starts = [i for i in range(1, len(lines)) if lines[i].strip() and lines[i - 1].strip()]
         for i in sorted(rng.sample(starts, min(per_file, len(starts)))):
             first_word = re.match(r"\s*\S+", lines[i])[0]
-            contexts.append(("file_contexts", by_extension[path.suffix], "\n".join(lines[:i]) + "\n" + first_word))
+            contexts.append(("file_contexts", lang, "\n".join(lines[:i]) + "\n" + first_word))
     return contexts
 
 
@@ -85,7 +101,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"model folder (default: {DEFAULT_MODEL})")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--contexts", type=Path, nargs="*", default=[], help="source files to take contexts from")
-    parser.add_argument("--per-file", type=int, default=2, help="contexts per --contexts file")
+    parser.add_argument("--dev-files", type=int, default=0,
+                        help="also take contexts from this many held-out dev files per language (data/split)")
+    parser.add_argument("--per-file", type=int, default=2, help="contexts per file")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per prompt and way")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's); 1 is steadier on a busy machine")
     args = parser.parse_args()
@@ -97,7 +115,11 @@ def main() -> None:
     params = load_params(args.params)
     completer = Completer.from_pretrained(model_dir, params.control_tokens())
     prompts = [("seed_prompts", lang, text) for lang, texts in params.evaluate.prompts.items() for text in texts]
-    prompts += file_contexts(args.contexts, params.languages, args.per_file, seed=0)
+    by_extension = {ext: lang for lang, spec in params.languages.items() for ext in spec.extensions}
+    texts = [(by_extension[path.suffix], path.read_text()) for path in sorted(args.contexts)]
+    if args.dev_files:
+        texts += dev_file_texts(completer, SEGMENTS, SPLIT, args.dev_files, seed=0)
+    prompts += file_contexts(texts, args.per_file, seed=0)
 
     timings = {}  # (group, way) -> (latencies ms, generated tokens)
     rows = []
