@@ -4,7 +4,7 @@ and prompts, greedy, with a check that both give the same text.
 - seed: `model.generate(prompt, max_length=128)` (greedy: the seed passed temperature=0.7 without
   do_sample), decode everything, cut at the first blank line;
 - ours: `Completer.complete()` with the same token budget (128 - prompt length): its decoding loop
-  stops at the first blank line or eos, and skips generate's per-token machinery.
+  stops at the first blank line or eos.
 Both use the KV cache; the differences are the tokens generated after the completion was already
 done, and the cost of each token.
 

@@ -7,10 +7,9 @@ no token is generated after the completion is done (the seed generated up to 128
 and cut the text afterwards).
 
 Decoding is a plain loop over the model's forward pass with its key/value cache, not
-`model.generate`: on the small models this project trains on CPUs, generate's per-token machinery
-(logits processors, stopping criteria, cache bookkeeping) costs more than the model itself (8.8
-against 5.7 ms a token for the default model, the same greedy tokens); benchmarks/complete.py
-measures the whole difference against the seed's way.
+`model.generate`: it checks the stop after each token and reads each token's log-probability (the
+`--json` confidence) straight from the logits. Per token it costs about what generate costs
+(benchmarks/complete.py); the saving is the tokens not generated after the stop.
 
 Prompt formats (config.json key `prompt_format`):
 - "control_ids" (written by our finetune): [control token id] + tokenizer.encode(context), exactly
