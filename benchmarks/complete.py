@@ -68,8 +68,9 @@ def dev_file_texts(completer: Completer, segments: Path, split: Path, per_langua
     rows = split_rows(corpus, split, "dev")
     rng = np.random.default_rng(seed)
     texts = []
-    for lang in sorted(set(corpus.files["language"][rows])):
-        lang_rows = rows[corpus.files["language"][rows] == lang]
+    languages = corpus.files["language"][rows]
+    for lang in sorted(set(languages)):
+        lang_rows = rows[languages == lang]
         for row in sorted(rng.choice(lang_rows, min(per_language, len(lang_rows)), replace=False)):
             text = completer.tokenizer.decode(corpus.file_tokens(row).tolist(), clean_up_tokenization_spaces=False)
             texts.append((lang, text))

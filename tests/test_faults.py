@@ -79,6 +79,11 @@ class Repro:
         started = [m[1] for _, line in list(self.lines) if (m := STAGE_LINE.search(line))]
         return started[-1] if started else None
 
+    def past(self, stage: str) -> bool:
+        """Whether a stage after `stage` has started."""
+        current = self.current_stage()
+        return current is not None and STAGES.index(current) > STAGES.index(stage)
+
     def wait_for(self, pattern: str, stage: str, timeout: float = 600) -> float | None:
         """The time of the first output line matching `pattern`; None as soon as a stage after `stage`
         started or the process ended without such a line."""
@@ -88,8 +93,7 @@ class Repro:
             if ended:
                 self.reader.join()
             found = self.time_of(pattern)
-            current = self.current_stage()
-            if found is not None or ended or (current and STAGES.index(current) > STAGES.index(stage)):
+            if found is not None or ended or self.past(stage):
                 return found
             time.sleep(0.02)
         raise AssertionError(f"no line matching {pattern!r} in {timeout} s:\n{self.output()}")
@@ -98,10 +102,7 @@ class Repro:
         """Until `moment`, or earlier when the process ended or a stage after `stage` started: a kill
         planned late in a stage that ran faster than in the reference then lands at the very start of
         the next stage instead of after it (a stage passed over would never be killed)."""
-        while time.monotonic() < moment and self.proc.poll() is None:
-            current = self.current_stage()
-            if current and STAGES.index(current) > STAGES.index(stage):
-                return
+        while time.monotonic() < moment and self.proc.poll() is None and not self.past(stage):
             time.sleep(0.01)
 
     def kill(self) -> None:
