@@ -1,30 +1,35 @@
 """Benchmark: training throughput of the finetune stage's loop against the seed's trainer.
 
-    python benchmarks/train.py [--steps 12] [--threads 2] [--repeats 2] [--segments DIR --split DIR]
+    python benchmarks/train.py [--steps 40] [--threads 2] [--repeats 2] [--segments DIR --split DIR]
 
-All variants train params.yaml's scratch model (finetune.scratch) from the same initial weights, on
-the same windows in the same order, with the same global batch (finetune.batch_size windows), fp32
-on the CPU (what mixed_precision "auto" picks there), for the same number of optimizer steps, each
-in a child process of its own on the machine's cores (--threads: torch threads of one process):
+Every variant trains params.yaml's scratch model (finetune.scratch: the Llama-style decoder) from the
+same initial weights, on the same corpus, for the same number of optimizer steps of
+finetune.batch_size windows, each in a child process of its own on the machine's cores (--threads:
+torch threads of one process):
 
-- seed: the seed's trainer as its blog describes it, written as a plain loop: every batch padded
-  to 256 tokens, fp32, AdamW with linear warmup and decay, GPT-2's eager attention (the only one
-  transformers had in 2020), one process;
-- ours: the finetune stage itself (autocoder.train.run), one process: each batch padded to its
-  longest window, PyTorch's SDPA attention; its tokens/s is the stage's own (training time only:
-  evaluations and checkpoints are left out);
-- ours-2proc: the same stage with finetune.num_processes 2 (accelerate launch, DDP over gloo, one
+- seed: the seed's trainer as its blog describes it, written as a plain loop: its sliding windows
+  (254 tokens every 10, control token and eos: 256) padded to 256 tokens, fp32, AdamW with linear
+  warmup and decay, eager attention (the only one transformers had in 2020), one process;
+- ours: the finetune stage itself (autocoder.train.run) with params.yaml's recipe: packed
+  max_length windows (no padding), fill-in-the-middle, bf16 autocast where the CPU has it,
+  torch.compile, SDPA attention, one process;
+- ours-eager: the same without torch.compile; ours-fp32: also without bf16 (what each one buys);
+- ours-2proc: ours-eager with finetune.num_processes 2 (accelerate launch, DDP over gloo, one
   thread each) and half the batch per process.
 
-tokens/s counts real tokens, not padding; each variant's best of --repeats is kept (the machine may
-be shared: the load average before each measurement is recorded). The corpus is data/segments +
-data/split when they exist, else the Python standard library's top-level modules segmented with
-params.yaml's segment_len and stride. Results go to benchmarks/results/train.json.
+tokens/s counts real tokens, not padding. The stage's own figures leave evaluations and checkpoints
+out; for ours they also leave out the first log window (torch.compile compiles during the first
+steps: a one-off cost of about a minute, reported as `first_window_seconds`). Each variant's best of
+--repeats is kept (the machine may be shared: the load average before each measurement is
+recorded). The corpus is data/segments + data/split when they exist, else the Python standard
+library's top-level modules segmented with params.yaml's segment section. Results go to
+benchmarks/results/train.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -38,13 +43,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks/results/train.json"
 SEED_LENGTH = 256  # the seed padded every example to 256 tokens
+SEED_SEGMENT_LEN, SEED_STRIDE = 254, 10  # the seed's windows
 
 
 def base_params(segments: Path, split: Path, steps: int) -> dict:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["segment"]["out_dir"], raw["split"]["out_dir"] = str(segments), str(split)
-    raw["finetune"].update(model="scratch", mixed_precision="no", max_steps=steps, eval_every=steps,
-                           eval_max_windows=8, checkpoint_every=steps + 1, log_every=max(1, steps // 4))
+    raw["finetune"].update(model="scratch", max_steps=steps, eval_every=steps, eval_max_windows=8,
+                           checkpoint_every=steps + 1, log_every=max(1, steps // 4))
     return raw
 
 
@@ -58,15 +64,19 @@ def build_corpus(out: Path) -> tuple[Path, Path]:
 
     from autocoder.corpus import SPLIT_FILE, TOKENIZER_DIR, CorpusWriter, Meta
     from autocoder.params import Params
-    from autocoder.tokenizer import load_tokenizer
+    from autocoder.tokenizer import LEARN, learn_bpe, load_tokenizer, with_control_tokens
 
     params = Params.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    tokenizer = load_tokenizer(params.segment.tokenizer, list(params.control_tokens().values()))
+    texts = [path.read_text(errors="replace") for path in sorted(Path(os.__file__).parent.glob("*.py"))]
+    controls = list(params.control_tokens().values())
+    if params.segment.tokenizer == LEARN:
+        tokenizer = with_control_tokens(learn_bpe(texts, params.segment.vocab_size), controls)
+    else:
+        tokenizer = load_tokenizer(params.segment.tokenizer, controls)
     segments, split = out / "segments", out / "split"
     writer = CorpusWriter(segments, "uint16")
     ids = []
-    for path in sorted(Path(os.__file__).parent.glob("*.py")):
-        text = path.read_text(errors="replace")
+    for path, text in zip(sorted(Path(os.__file__).parent.glob("*.py")), texts):
         ids.append(writer.add("stdlib", path.name, "python", hashlib.sha256(text.encode()).hexdigest(),
                               len(text.encode()), tokenizer(text)["input_ids"]))
     tokens = params.control_tokens()
@@ -86,8 +96,12 @@ def measure_ours(raw: dict, work: Path) -> dict:
 
     os.chdir(work)
     run(Params.model_validate(raw))
-    m = json.loads(Path("metrics/finetune.json").read_text())
-    return {"tokens": m["tokens_seen"], "seconds": m["train_seconds"]}
+    # plots/finetune.csv: one row per log window, with the tokens and training minutes so far.
+    rows = list(csv.DictReader(Path("plots/finetune.csv").open()))
+    first, last = rows[0], rows[-1]
+    return {"tokens": int(last["tokens"]) - int(first["tokens"]),
+            "seconds": (float(last["train_minutes"]) - float(first["train_minutes"])) * 60,
+            "first_window_seconds": float(first["train_minutes"]) * 60}
 
 
 def measure_seed(raw: dict, work: Path) -> dict:
@@ -116,8 +130,8 @@ def measure_seed(raw: dict, work: Path) -> dict:
     model = AutoModelForCausalLM.from_config(inputs.model_config, attn_implementation="eager")
     optimizer = torch.optim.AdamW(model.parameters(), lr=ft.learning_rate, weight_decay=ft.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, round(ft.warmup_ratio * ft.max_steps), ft.max_steps)
-    loader = DataLoader(TrainWindows(inputs.corpus.windows(inputs.train_rows), ft.seed), batch_size=ft.batch_size,
-                        collate_fn=pad_to_256)
+    windows = inputs.corpus.windows(inputs.train_rows, SEED_SEGMENT_LEN, SEED_STRIDE)
+    loader = DataLoader(TrainWindows(windows, ft.seed), batch_size=ft.batch_size, collate_fn=pad_to_256)
     model.train()
     tokens, started = 0, time.perf_counter()
     for step, batch in zip(range(ft.max_steps), loader):
@@ -134,7 +148,10 @@ def measure_seed(raw: dict, work: Path) -> dict:
 VARIANTS = {
     "seed": (measure_seed, {}),
     "ours": (measure_ours, {}),
-    "ours-2proc": (measure_ours, {"num_processes": 2, "batch_size": "half"}),  # DDP over gloo, 1 thread each
+    "ours-eager": (measure_ours, {"compile": False}),
+    "ours-fp32": (measure_ours, {"compile": False, "mixed_precision": "no"}),
+    # DDP over gloo, 1 thread each
+    "ours-2proc": (measure_ours, {"compile": False, "num_processes": 2, "batch_size": "half"}),
 }
 
 
@@ -156,7 +173,7 @@ def child(which: str, raw: dict, threads: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of a one-process run (= cores)")
     parser.add_argument("--repeats", type=int, default=2, help="measure each variant this many times; keep the best")
     parser.add_argument("--segments", type=Path, default=ROOT / "data/segments")
@@ -175,7 +192,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         if (args.segments / "meta.json").exists() and args.split.exists():
-            segments, split, corpus = args.segments.resolve(), args.split.resolve(), str(args.segments)
+            segments, split = args.segments.resolve(), args.split.resolve()
+            corpus = str(segments.relative_to(ROOT) if segments.is_relative_to(ROOT) else segments)
         else:
             segments, split = build_corpus(Path(tmp))
             corpus = "the Python standard library's top-level modules"
@@ -191,6 +209,7 @@ def main() -> None:
     ft = raw["finetune"]
     computed = args.steps * ft["batch_size"] * SEED_LENGTH
     report = {"corpus": corpus, "model": {"scratch": ft["scratch"]}, "global_batch": ft["batch_size"],
+              "recipe": {k: ft[k] for k in ("windows", "max_length", "fim_rate", "mixed_precision", "compile")},
               "steps": args.steps, "threads": args.threads, "runs": runs,
               "tokens_per_s": {k: round(v["tokens_per_s"], 1) for k, v in best.items()},
               "speedup_over_seed": {k: round(v["tokens_per_s"] / best["seed"]["tokens_per_s"], 2)

@@ -146,7 +146,7 @@ def tiny_params(project: Path, corpus: Path) -> dict:
         scratch={"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64}, max_length=64,
         max_steps=8, eval_every=4, checkpoint_every=4, eval_max_windows=16, learning_rate=1e-3,
     )
-    params["evaluate"].update(line_completion_files=2, max_new_tokens=8,
+    params["evaluate"].update(line_completion_lines=4, infill_lines=4, line_max_new_tokens=8, max_new_tokens=8,
                               prompts={"python": ["def factorial"], "java": ["public static int"]})
     return params
 
@@ -184,7 +184,8 @@ def finetuned_project(root: Path, segments: Path, split: Path, model_dir: Path, 
     os.chdir(root)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["segment"]["out_dir"], raw["split"]["out_dir"] = str(segments), str(split)
-    raw["evaluate"].update({"line_completion_files": 2, "line_completion_max_context": 64, "max_new_tokens": 8,
+    raw["evaluate"].update({"line_completion_lines": 4, "line_completion_max_context": 64, "infill_lines": 4,
+                            "infill_max_context": 64, "line_max_new_tokens": 8, "max_new_tokens": 8,
                             "perplexity_max_tokens": 2000, "latency_repeats": 1, **evaluate})
     raw["mlflow"]["tracking_uri"] = f"sqlite:///{root}/mlruns.db"
     (root / "params.yaml").write_text(yaml.safe_dump(raw))

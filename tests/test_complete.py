@@ -9,15 +9,19 @@ import shutil
 import subprocess
 import sys
 
+import re
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from autocoder import cli
+from autocoder import complete as complete_module
 from autocoder.complete import (BLANK_LINE, CONTROL_IDS, END_OF_LINE, PROMPT_FORMAT_KEY, SEED_TEXT, Completer,
                                 StopCheck, cut_at)
 from autocoder.errors import UserError
-from conftest import ROOT
+from autocoder.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, FIM_TOKENS, load_tokenizer
+from conftest import CONTROL_TOKENS, ROOT, save_tiny_model
 
 # Greedy paths of the bigram model: "def f" -> "(): return 1" then newlines; "class A" -> " {}" then eos.
 CHAINS = [[" f", "()", ":", " return", " 1", "\n", "\n"], [" A", " {", "}", "<|endoftext|>"]]
@@ -127,6 +131,118 @@ def test_long_context_keeps_the_nearest_tokens(bigram_dir):
     completer = Completer.from_pretrained(bigram_dir)
     [completion] = completer.complete("python", "x = 0\n" * 300 + "def f", max_new_tokens=MAX_NEW)
     assert completion.text == "(): return 1"
+
+
+NEVER = re.compile(r"(?!)")  # a stop pattern that never matches: completions run to max_new_tokens
+
+
+class RecordingStopCheck(StopCheck):
+    """StopCheck that keeps the generated ids it saw last (all of them: it sees them after every token)."""
+
+    seen: list[int] = []
+
+    def __call__(self, ids: list[int]) -> str | None:
+        RecordingStopCheck.seen = list(ids)
+        return super().__call__(ids)
+
+
+def bigrams(ids: list[int]) -> list[tuple[int, int]]:
+    return list(zip(ids, ids[1:]))
+
+
+def test_no_repeat_ngram_size_keeps_a_looping_model_from_repeating_a_bigram(gpt2_tokenizer, monkeypatch):
+    monkeypatch.setattr(complete_module, "StopCheck", RecordingStopCheck)
+    completer = Completer(bigram_model(gpt2_tokenizer, [[" a", " b", " c", " a"]]), gpt2_tokenizer)  # a loop
+    prompt = completer.prompt_ids("python", " a")
+    [looping] = completer.complete("python", " a", max_new_tokens=12, stop=NEVER)
+    assert looping.text == " b c a" * 4 and len(set(bigrams(RecordingStopCheck.seen))) == 3
+    [guarded] = completer.complete("python", " a", max_new_tokens=12, stop=NEVER, no_repeat_ngram_size=2)
+    ids = prompt + RecordingStopCheck.seen
+    assert guarded.n_tokens == len(RecordingStopCheck.seen) == 12
+    assert len(set(bigrams(ids))) == len(bigrams(ids))  # no bigram twice, the prompt's included
+    assert guarded.text.startswith(" b c a") and guarded.text != looping.text  # broken where (a, b) would repeat
+
+
+def hf_way(completer: Completer, lang: str, context: str, max_new_tokens: int, **guard) -> str:
+    """transformers' greedy generate with the same prompt and logits processors."""
+    prompt = torch.tensor([completer.prompt_ids(lang, context)])
+    out = completer.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
+                                   do_sample=False, pad_token_id=completer.tokenizer.pad_token_id, **guard)
+    return completer.tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True,
+                                      clean_up_tokenization_spaces=False)
+
+
+def test_loop_guard_decodes_as_transformers_generate_and_off_is_plain_greedy(tiny_model_dir):
+    completer = Completer.from_pretrained(tiny_model_dir)
+    plain = completer.complete("java", "class Main {", max_new_tokens=16, stop=NEVER)
+    off = completer.complete("java", "class Main {", max_new_tokens=16, stop=NEVER, repetition_penalty=1.0,
+                             no_repeat_ngram_size=0)
+    assert off == plain and plain[0].text == hf_way(completer, "java", "class Main {", 16)
+    guard = {"repetition_penalty": 1.5, "no_repeat_ngram_size": 2}
+    [guarded] = completer.complete("java", "class Main {", max_new_tokens=16, stop=NEVER, **guard)
+    assert guarded.text == hf_way(completer, "java", "class Main {", 16, **guard) != plain[0].text
+    assert guarded.n_tokens == 16 and math.isfinite(guarded.confidence)
+    for bad, what in [({"repetition_penalty": 0.0}, "repetition_penalty"),
+                      ({"repetition_penalty": float("nan")}, "repetition_penalty"),
+                      ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size")]:
+        with pytest.raises(UserError, match=what):
+            completer.complete("java", "class Main {", **bad)
+
+
+@pytest.fixture(scope="module")
+def fim_model_dir(tmp_path_factory):
+    """A tiny random GPT-2 whose tokenizer is GPT-2's with the control tokens and the three FIM tokens."""
+    tokenizer = load_tokenizer("gpt2", CONTROL_TOKENS)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(FIM_TOKENS)}, replace_extra_special_tokens=False)
+    return save_tiny_model(tmp_path_factory.mktemp("fim") / "model", tokenizer)
+
+
+def test_a_suffix_makes_the_psm_prompt_of_fim_training(fim_model_dir, monkeypatch):
+    completer = Completer.from_pretrained(fim_model_dir, prompt_format=CONTROL_IDS)
+    tok = completer.tokenizer
+    control, fim_prefix, fim_middle, fim_suffix = tok.convert_tokens_to_ids(
+        ["<python>", FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX])
+    assert completer.can_infill and completer.fim_ids == (fim_prefix, fim_suffix, fim_middle)
+    assert set(completer.languages) == {"python", "java"}  # the FIM tokens are no languages
+    prompts = []
+    forward = completer.model.forward
+    monkeypatch.setattr(completer.model, "forward", lambda **kw: prompts.append(kw["input_ids"].tolist()) or forward(**kw))
+
+    def prompt_of(prefix: str, suffix: str, **kwargs) -> list[int]:
+        prompts.clear()
+        [completion] = completer.complete("python", prefix, suffix=suffix, max_new_tokens=4, stop=END_OF_LINE,
+                                          **kwargs)
+        assert completion.stop in {"pattern", "eos", "length"}
+        return prompts[0][0]
+
+    prefix, suffix = "def f(x):\n    y = ", "\n    return y\n"
+    assert prompt_of(prefix, suffix) == ([control, fim_prefix] + tok.encode(prefix) + [fim_suffix] + tok.encode(suffix)
+                                         + [fim_middle])
+    # Long sides: of 40 tokens of room the suffix keeps its first 10 (a quarter), the prefix its last 30.
+    long_prefix, long_suffix = "x = 1\n" * 50, "y = 2\n" * 50
+    p_ids, s_ids = tok.encode(long_prefix), tok.encode(long_suffix)
+    assert prompt_of(long_prefix, long_suffix, max_context_tokens=40) == (
+        [control, fim_prefix] + p_ids[-30:] + [fim_suffix] + s_ids[:10] + [fim_middle])
+    # A short suffix leaves the rest of the room to the prefix; max_suffix_tokens moves the split.
+    assert prompt_of(long_prefix, suffix, max_context_tokens=40) == (
+        [control, fim_prefix] + p_ids[-(40 - len(tok.encode(suffix))):] + [fim_suffix] + tok.encode(suffix)
+        + [fim_middle])
+    assert prompt_of(long_prefix, long_suffix, max_context_tokens=40, max_suffix_tokens=25) == (
+        [control, fim_prefix] + p_ids[-15:] + [fim_suffix] + s_ids[:25] + [fim_middle])
+    # Without max_context_tokens the room is the model's positions less max_new_tokens and 4 special tokens.
+    assert len(prompt_of(long_prefix * 3, long_suffix * 3)) == 256 - 4
+
+
+def test_a_model_without_fim_tokens_refuses_a_suffix_in_one_line(tiny_model_dir, fim_model_dir):
+    for completer in [Completer.from_pretrained(tiny_model_dir, prompt_format=CONTROL_IDS),  # GPT-2: no FIM tokens
+                      Completer.from_pretrained(fim_model_dir)]:  # the seed's prompt format cannot infill
+        assert not completer.can_infill
+        with pytest.raises(UserError) as error:
+            completer.complete("python", "def f(", suffix="):\n    pass\n")
+        message = str(error.value)
+        assert "\n" not in message and "has no fill-in-the-middle tokens" in message
+        assert FIM_PREFIX in message and "complete without a suffix" in message
+        assert str(completer.name) in message
 
 
 def _cli(*args, **kwargs) -> subprocess.CompletedProcess:

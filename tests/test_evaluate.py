@@ -19,28 +19,56 @@ from autocoder.errors import UserError
 from autocoder.params import EvaluateParams
 from autocoder.registry import CHAMPION, Measurement
 from autocoder.tracking import read_run_info
-from conftest import real_code_files
+from autocoder.tokenizer import FIM_TOKENS, load_tokenizer
+from conftest import CONTROL_TOKENS, finetuned_project, real_code_files, save_tiny_model
+
+LINE_KEYS = {"exact_match", "edit_similarity", "hit_max_new_tokens", "repeats", "lines"}
 
 
-def test_evaluate_writes_metrics_samples_and_registers_the_champion(finetuned):
+def check_line_examples(path: Path, n_lines: int, first_line: int) -> list[dict]:
+    """The examples of a line measure: n_lines distinct (file, line) pairs per language, each target the
+    file's own non-blank line, scored as the module docstring says."""
+    examples = [json.loads(line) for line in path.read_text().splitlines()]
+    files = real_code_files()
+    for lang in ["python", "java"]:
+        mine = {(e["path"], e["line"]) for e in examples if e["lang"] == lang}
+        assert len(mine) == n_lines == len([e for e in examples if e["lang"] == lang])
+    for e in examples:  # the target is the file's own line, never a blank one
+        assert e["target"] == files[e["path"]][1].split("\n")[e["line"] - 1] and e["target"].strip()
+        assert e["line"] >= first_line and e["stop"] in {"pattern", "eos", "length"}
+        assert e["exact_match"] == (e["predicted"].split() == e["target"].split())
+    return examples
+
+
+def check_line_scores(scores: dict, n_lines: int) -> None:
+    assert set(scores) == {"python", "java"}
+    for lang_scores in scores.values():
+        assert set(lang_scores) == LINE_KEYS and lang_scores["lines"] == n_lines
+        assert all(0 <= lang_scores[k] <= 1 for k in LINE_KEYS - {"lines"})
+
+
+def test_evaluate_writes_metrics_samples_and_registers_the_champion(finetuned, capsys):
     evaluate.run(finetuned)
 
     metrics = json.loads(Path("metrics/metrics.json").read_text())
     assert 1 < metrics["dev_perplexity"] < 1e6 and 0 < metrics["dev_bits_per_byte"] < 100
-    assert set(metrics["line_completion"]) == {"python", "java"}
-    for scores in metrics["line_completion"].values():
-        assert 0 <= scores["exact_match"] <= 1 and 0 <= scores["edit_similarity"] <= 1 and scores["lines"] >= 1
+    n_lines = finetuned.evaluate.line_completion_lines
+    check_line_scores(metrics["line_completion"], n_lines)
+    assert "infill" not in metrics  # GPT-2's tokenizer has no FIM tokens
+    assert "infill skipped: the model has no fill-in-the-middle tokens" in capsys.readouterr().out
     assert 0 < metrics["latency_ms"]["p50"] <= metrics["latency_ms"]["p95"] < math.inf
+    n_prompts = sum(len(prompts) for prompts in finetuned.evaluate.prompts.values())
+    assert metrics["samples"]["total"] == n_prompts and 0 <= metrics["samples"]["ended"] <= n_prompts
+    assert 0 <= metrics["samples"]["python_parse"] <= 1
 
     out = Path(finetuned.evaluate.out_dir)
     samples = (out / "samples.md").read_text()
     for prompts in finetuned.evaluate.prompts.values():
         assert all(f"`{prompt}`" in samples for prompt in prompts)
-    examples = [json.loads(line) for line in (out / "line_completion.jsonl").read_text().splitlines()]
-    assert {e["lang"] for e in examples} == {"python", "java"}
-    files = real_code_files()
-    for e in examples:  # the target is the file's own line, never a blank one
-        assert e["target"] == files[e["path"]][1].split("\n")[e["line"] - 1] and e["target"].strip()
+    assert samples.count("parses") + samples.count("does not parse") == len(finetuned.evaluate.prompts["python"])
+    # the only Java dev file gives all the Java lines: several lines of one file
+    check_line_examples(out / "line_completion.jsonl", n_lines, first_line=2)
+    assert not (out / "infill.jsonl").exists()
 
     run_id = read_run_info(finetuned.finetune.out_dir)["run_id"]
     run = mlflow.get_run(run_id)
@@ -55,6 +83,38 @@ def test_evaluate_writes_metrics_samples_and_registers_the_champion(finetuned):
     assert Measurement.from_tags(version.tags) == Measurement(metrics["dev_perplexity"], info["tokenizer_fingerprint"],
                                                                info["dev_split"])
     assert version.run_id == run_id
+
+
+@pytest.fixture
+def fim_finetuned(tmp_path, tiny_corpus, mlflow_db, monkeypatch):
+    """finetuned, with a tiny model whose tokenizer also has the FIM tokens (ids after the corpus' ones)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tokenizer = load_tokenizer("gpt2", CONTROL_TOKENS)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(FIM_TOKENS)}, replace_extra_special_tokens=False)
+    model_dir = save_tiny_model(tmp_path / "fim-model", tokenizer)
+    return finetuned_project(tmp_path, *tiny_corpus, model_dir, repetition_penalty=1.2, no_repeat_ngram_size=3)
+
+
+def test_a_model_with_fim_tokens_is_measured_on_infilling(fim_finetuned):
+    evaluate.run(fim_finetuned)
+    metrics = json.loads(Path("metrics/metrics.json").read_text())
+    check_line_scores(metrics["infill"], fim_finetuned.evaluate.infill_lines)
+    check_line_scores(metrics["line_completion"], fim_finetuned.evaluate.line_completion_lines)
+    out = Path(fim_finetuned.evaluate.out_dir)
+    check_line_examples(out / "infill.jsonl", fim_finetuned.evaluate.infill_lines, first_line=1)
+    run = mlflow.get_run(read_run_info(fim_finetuned.finetune.out_dir)["run_id"])
+    assert run.data.metrics["eval/infill/python/exact_match"] == metrics["infill"]["python"]["exact_match"]
+    assert "repetition penalty 1.2, no repeated 3-grams" in (out / "samples.md").read_text()
+
+
+def test_repeats_and_exact_match(gpt2_tokenizer):
+    assert evaluate.exact_match("  return  a +b", "return a +b ") and not evaluate.exact_match("return a+b", "return a +b")
+    assert evaluate.repeats(gpt2_tokenizer, "foo(x) foo(x) foo(x) foo(x)", "")  # a 4-gram three times
+    assert not evaluate.repeats(gpt2_tokenizer, "foo(x) foo(x)", "")
+    assert not evaluate.repeats(gpt2_tokenizer, "[" + ", ".join(["()"] * 10) + "]", "")  # no letter or digit
+    assert evaluate.repeats(gpt2_tokenizer, "    x = 1", "x = 1\r")  # the line above again
+    assert not evaluate.repeats(gpt2_tokenizer, "", "")
 
 
 def test_dev_perplexity_scores_every_token_once(tiny_corpus, tiny_model_dir):

@@ -30,7 +30,8 @@ POLL_S = 5
 def project(tmp_path_factory) -> Path:
     project = make_tiny_project(tmp_path_factory.mktemp("experiments"))
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["evaluate"].update(perplexity_max_tokens=2000, latency_repeats=1, line_completion_files=1)
+    params["evaluate"].update(perplexity_max_tokens=2000, latency_repeats=1, line_completion_lines=2, infill_lines=2,
+                              line_max_new_tokens=8)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "cheaper evaluation"], project)
     try:

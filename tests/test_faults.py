@@ -48,7 +48,8 @@ def set_params(project: Path, corpus: Path, **sections) -> None:
 MAX_STEPS, CHECKPOINT_EVERY = 16, 4
 FAULT_PARAMS = {"finetune": {"max_steps": MAX_STEPS, "eval_every": 8, "checkpoint_every": CHECKPOINT_EVERY,
                              "log_every": 1},
-                "evaluate": {"perplexity_max_tokens": 2000, "latency_repeats": 1, "line_completion_files": 1}}
+                "evaluate": {"perplexity_max_tokens": 2000, "latency_repeats": 1, "line_completion_lines": 2,
+                             "infill_lines": 2, "line_max_new_tokens": 8}}
 
 
 @dataclass

@@ -17,10 +17,19 @@ def _write(tmp_path, mutate):
     return path
 
 
-def test_committed_params_are_valid():
-    params = load_params(ROOT / "params.yaml")
-    assert params.segment.segment_len == 254 and params.segment.stride == 10
+@pytest.mark.parametrize("name", ["params.yaml", "profiles/seed.yaml", "profiles/base.yaml"])
+def test_committed_params_and_profiles_are_valid(name):
+    params = load_params(ROOT / name)
     assert params.control_tokens() == {"python": "<python>", "java": "<java>"}
+    if name == "profiles/seed.yaml":  # the seed's windows
+        assert params.segment.segment_len == 254 and params.segment.stride == 10
+
+
+def test_base_profile_never_trains_on_the_defaults_dev_files():
+    """A file is dev by a seeded hash of its content against dev_ratio: with the same seed and a dev
+    ratio at least the default's, every default dev file is a base dev file."""
+    default, base = load_params(ROOT / "params.yaml"), load_params(ROOT / "profiles/base.yaml")
+    assert base.split.seed == default.split.seed and base.split.dev_ratio >= default.split.dev_ratio
 
 
 @pytest.mark.parametrize(
@@ -31,6 +40,9 @@ def test_committed_params_are_valid():
         (lambda p: p["segment"].update(stride="ten"), "segment.stride"),
         (lambda p: p["segment"].update(segment_len=1000), "segment.segment_len"),
         (lambda p: p["finetune"].update(max_length=4096), "finetune.max_length"),
+        (lambda p: p["finetune"].update(model="distilgpt2"), "segment.tokenizer: 'learn'"),
+        (lambda p: p["finetune"]["scratch"].update(architecture="mamba"), "finetune.scratch.architecture"),
+        (lambda p: p["finetune"].update(fim_rate=1.5), "finetune.fim_rate"),
         (lambda p: p["split"].update(dev_ratio=0.6, test_ratio=0.5), "split"),
         (lambda p: p["clone"]["sources"][0].update(languages=["cobol"]), "cobol"),
         (lambda p: p["clone"]["sources"][0].update(git="https://example.org/x.git"), "exactly one of"),

@@ -12,7 +12,7 @@ from autocoder.cli import main
 from autocoder.corpus import SPLIT_FILE, Corpus, CorpusWriter, Meta, read_split, split_rows
 from autocoder.errors import UserError
 from autocoder.params import SplitParams, load_params
-from autocoder.split import _BASE, METRICS_FILE, assign, contamination_report, corpus_windows, ngram_hashes, run
+from autocoder.split import assign_by_content, _BASE, METRICS_FILE, assign, contamination_report, corpus_windows, ngram_hashes, run
 from conftest import ROOT
 
 
@@ -78,8 +78,9 @@ def test_whole_files_per_split_in_the_requested_ratios(tmp_path, monkeypatch):
     windows = {name: len(corpus.windows(split_rows(corpus, tmp_path / "split", name)))
                for name in ("train", "dev", "test")}
     total = sum(windows.values())
-    assert windows["dev"] / total == pytest.approx(0.1, abs=0.03)
-    assert windows["test"] / total == pytest.approx(0.2, abs=0.03)
+    # Each file lands in dev with probability dev_ratio: 100 files of unequal sizes scatter the share.
+    assert windows["dev"] / total == pytest.approx(0.1, abs=0.07)
+    assert windows["test"] / total == pytest.approx(0.2, abs=0.07)
     for name in windows:
         assert metrics[name]["windows"] == windows[name]
         assert metrics[name]["files"] == sum(1 for s in assignment.values() if s == name)
@@ -96,14 +97,24 @@ def test_deterministic_under_the_seed(tmp_path, monkeypatch):
     assert first != other
 
 
-def test_adding_a_file_moves_only_files_near_a_cut(tmp_path):
-    files = random_files(101)
-    before, after = (Corpus(write_segments(tmp_path / name, files[:n])) for name, n in (("a", 100), ("b", 101)))
+def test_adding_files_moves_no_file(tmp_path):
+    """A file's split follows from its content alone: a larger corpus (the base profile's) keeps the
+    smaller one's dev files in dev."""
+    files = random_files(150)
+    before, after = (Corpus(write_segments(tmp_path / name, files[:n])) for name, n in (("a", 100), ("b", 150)))
     sp = SplitParams(dev_ratio=0.1, test_ratio=0.1)
     split_before = dict(zip(before.files["sha256"], assign(before, sp)))
     split_after = dict(zip(after.files["sha256"], assign(after, sp)))
-    moved = sum(split_before[sha] != split_after[sha] for sha in split_before)
-    assert moved <= 5  # a reshuffle would move about a third of them
+    assert all(split_before[sha] == split_after[sha] for sha in split_before)
+    assert {1, 2} <= set(split_before.values())
+
+
+def test_each_file_is_dev_with_probability_dev_ratio():
+    shas = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(20_000)]
+    split = assign_by_content(shas, SplitParams(dev_ratio=0.1, test_ratio=0.05))
+    assert np.mean(split == 1) == pytest.approx(0.1, abs=0.01)
+    assert np.mean(split == 2) == pytest.approx(0.05, abs=0.01)
+    assert np.array_equal(split[:100], assign_by_content(shas[:100], SplitParams(dev_ratio=0.1, test_ratio=0.05)))
 
 
 def test_no_shared_spans_no_contamination_unlike_a_window_split(tmp_path, monkeypatch):

@@ -16,6 +16,21 @@ Prompt formats (config.json key `prompt_format`):
   how the segment stage builds training windows;
 - absent: the seed's published checkpoints, prompted with the text "<python> " + context (the
   space after the control token included, as the seed's interact script did).
+
+Fill-in-the-middle: with a `suffix`, a "control_ids" model whose tokenizer has the FIM tokens is
+prompted in PSM order, as the FIM training examples are laid out up to the middle:
+[control, <fim_prefix>] + ids(prefix) + [<fim_suffix>] + ids(suffix) + [<fim_middle>]; the model
+writes the middle, then eos. Of the context room (the model's positions less max_new_tokens and the
+four special tokens, or max_context_tokens if smaller) the suffix keeps at most `max_suffix_tokens`
+(default: a quarter of the room: the left context predicts the next tokens best, the right context
+mostly says where to stop) of its first tokens, and the prefix the rest, its last tokens. The seed
+format and tokenizers without the FIM tokens (GPT-2) cannot infill: a suffix is then a UserError.
+
+Loop guard: `repetition_penalty` (CTRL's: the logits of every token already in the prompt or the
+completion are divided by it when positive, multiplied when negative) and `no_repeat_ngram_size`
+(no n-gram of the prompt + completion occurs twice) are transformers' logits processors, applied to
+the logits before the greedy or sampled choice; both off (1.0 and 0), decoding is unchanged. The
+confidence stays the model's own log-probability of each chosen token, before these processors.
 """
 
 from __future__ import annotations
@@ -28,16 +43,20 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.generation.logits_process import (LogitsProcessorList, NoRepeatNGramLogitsProcessor,
+                                                    RepetitionPenaltyLogitsProcessor)
 
 from autocoder.corpus import CONTROL_IDS, PROMPT_FORMAT_KEY
 from autocoder.errors import UserError
 from autocoder.hub import hub_offline
 from autocoder.params import MlflowParams, Params, load_params
+from autocoder.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
 BLANK_LINE = re.compile(r"\n[ \t]*\n")  # ends a completion (the seed cut at "\n\n")
 END_OF_LINE = re.compile(r"\n")  # ends a line completion
 SEED_TEXT = "seed_text"
 HISTORY_FILE = ".autocoder_history"  # in the home folder
+SUFFIX_SHARE = 4  # by default a suffix keeps at most 1/SUFFIX_SHARE of the context room
 
 
 @dataclass
@@ -72,10 +91,15 @@ class Completer:
         self.tokenizer = tokenizer
         self.prompt_format = prompt_format or getattr(model.config, PROMPT_FORMAT_KEY, None) or SEED_TEXT
         added = tokenizer.get_added_vocab()
-        if control_tokens is None:  # no params: every added "<name>" token that is not eos/pad/...
-            specials = set(tokenizer.special_tokens_map.values())
+        if control_tokens is None:  # no params: every added "<name>" token that is not eos/pad/FIM/...
+            specials = {*tokenizer.special_tokens_map.values(), FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX}
             control_tokens = {m[1]: tok for tok in added if (m := re.fullmatch(r"<(\w+)>", tok)) and tok not in specials}
         self.languages = {lang: added[tok] for lang, tok in control_tokens.items() if tok in added}
+        self.name = str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
+        fim = [added.get(tok) for tok in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)]
+        # ids of <fim_prefix>, <fim_suffix>, <fim_middle>; None: this model cannot fill in the middle
+        self.fim_ids: tuple[int, int, int] | None = (
+            tuple(fim) if self.prompt_format == CONTROL_IDS and None not in fim else None)
 
     @classmethod
     def from_pretrained(cls, name: str | Path, control_tokens: dict[str, str] | None = None,
@@ -90,38 +114,81 @@ class Completer:
             what = "model folder" if local else "Hub id (not a local folder)"
             raise UserError(f"model {str(name)!r}: cannot load it as a {what} with safetensors weights "
                             f"({str(e).strip().splitlines()[0]})") from None
-        return cls(model, tokenizer, control_tokens, prompt_format)
+        completer = cls(model, tokenizer, control_tokens, prompt_format)
+        completer.name = str(name)
+        return completer
 
-    def prompt_ids(self, lang: str, context: str) -> list[int]:
+    @property
+    def can_infill(self) -> bool:
+        return self.fim_ids is not None
+
+    def _control_id(self, lang: str) -> int:
         if lang not in self.languages:
             known = ", ".join(self.languages) or "none"
             raise UserError(f"language {lang!r}: the model has no control token for it (it knows: {known})")
+        return self.languages[lang]
+
+    def prompt_ids(self, lang: str, context: str) -> list[int]:
+        self._control_id(lang)
         if self.prompt_format == CONTROL_IDS:
             return [self.languages[lang]] + self.tokenizer.encode(context)
         return [self.languages[lang]] + self.tokenizer.encode(" " + context)  # = encode("<python> " + context)
 
+    def fim_prompt_ids(self, lang: str, prefix: str, suffix: str, room: int,
+                       max_suffix_tokens: int | None = None) -> list[int]:
+        """The PSM prompt [control, <fim_prefix>] + prefix + [<fim_suffix>] + suffix + [<fim_middle>],
+        prefix and suffix cut to `room` tokens together: the suffix keeps at most max_suffix_tokens
+        (default room // 4) of its first tokens, the prefix the rest of the room, its last tokens."""
+        control = self._control_id(lang)
+        if self.fim_ids is None:
+            raise UserError(f"model {self.name} has no fill-in-the-middle tokens ({FIM_PREFIX}, {FIM_SUFFIX}, "
+                            f"{FIM_MIDDLE}); complete without a suffix")
+        if max_suffix_tokens is not None and max_suffix_tokens < 0:
+            raise UserError(f"max_suffix_tokens: {max_suffix_tokens} must be >= 0")
+        fim_prefix, fim_suffix, fim_middle = self.fim_ids
+        suffix_cap = room // SUFFIX_SHARE if max_suffix_tokens is None else min(max_suffix_tokens, room)
+        suffix_ids = self.tokenizer.encode(suffix)[:suffix_cap]
+        prefix_room = room - len(suffix_ids)
+        prefix_ids = self.tokenizer.encode(prefix)[-prefix_room:] if prefix_room > 0 else []
+        return [control, fim_prefix] + prefix_ids + [fim_suffix] + suffix_ids + [fim_middle]
+
     def complete(self, lang: str, context: str, max_new_tokens: int = 64, temperature: float = 0.0,
                  top_p: float = 1.0, num: int = 1, stop: re.Pattern = BLANK_LINE,
-                 max_context_tokens: int | None = None) -> list[Completion]:
-        """`num` completions of `context`: greedy when temperature is 0, else sampled (top-p)."""
+                 max_context_tokens: int | None = None, suffix: str | None = None,
+                 max_suffix_tokens: int | None = None, repetition_penalty: float = 1.0,
+                 no_repeat_ngram_size: int = 0) -> list[Completion]:
+        """`num` completions of `context`: greedy when temperature is 0, else sampled (top-p). With a
+        `suffix`, the completion fills in between `context` and `suffix` (the module docstring)."""
         _check_generation_args(max_new_tokens, temperature, top_p, num)
-        room = self.model.config.max_position_embeddings - max_new_tokens - 1  # -1: the control token
+        _check_loop_guard(repetition_penalty, no_repeat_ngram_size)
+        specials = 1 if suffix is None else 4  # control (+ <fim_prefix>, <fim_suffix>, <fim_middle>)
+        room = self.model.config.max_position_embeddings - max_new_tokens - specials
         if room <= 0:
             raise UserError(f"max_new_tokens {max_new_tokens} leaves no room for a context in the model's "
                             f"{self.model.config.max_position_embeddings} positions")
-        prompt = self.prompt_ids(lang, context)
         keep = min(room, max_context_tokens or room)
-        prompt = prompt[:1] + prompt[1:][-keep:]  # the control token and the nearest left context
+        if suffix is None:
+            prompt = self.prompt_ids(lang, context)
+            prompt = prompt[:1] + prompt[1:][-keep:]  # the control token and the nearest left context
+        else:
+            prompt = self.fim_prompt_ids(lang, context, suffix, keep, max_suffix_tokens)
+        processors = LogitsProcessorList()
+        if repetition_penalty != 1.0:
+            processors.append(RepetitionPenaltyLogitsProcessor(float(repetition_penalty)))
+        if no_repeat_ngram_size > 0:
+            processors.append(NoRepeatNGramLogitsProcessor(int(no_repeat_ngram_size)))
         check = StopCheck(self.tokenizer, stop)
         generated: list[list[int]] = [[] for _ in range(num)]
         logprobs: list[list[float]] = [[] for _ in range(num)]
         stops: list[str | None] = [None] * num
         inputs, cache = torch.tensor([prompt] * num, device=self.device), None
+        sequence = inputs  # prompt + generated ids, [num, len]: what the processors look at
         with torch.inference_mode():
             for _ in range(max_new_tokens):
                 out = self.model(input_ids=inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
                 cache, logits = out.past_key_values, out.logits[:, -1].float()
-                tokens = _sample(logits, temperature, top_p) if temperature > 0 else logits.argmax(-1)
+                scores = processors(sequence, logits.clone()) if processors else logits  # logits: the confidence
+                tokens = _sample(scores, temperature, top_p) if temperature > 0 else scores.argmax(-1)
                 token_logprobs = logits.log_softmax(-1).gather(1, tokens[:, None])[:, 0]
                 for row, (token, logprob) in enumerate(zip(tokens.tolist(), token_logprobs.tolist())):
                     if stops[row] is None:
@@ -131,6 +198,8 @@ class Completer:
                 if all(stops):
                     break
                 inputs = tokens[:, None]
+                if processors:
+                    sequence = torch.cat([sequence, inputs], dim=1)
         return [self._completion(ids, row_logprobs, reason or "length", stop)
                 for ids, row_logprobs, reason in zip(generated, logprobs, stops)]
 
@@ -164,6 +233,13 @@ def _check_generation_args(max_new_tokens: int, temperature: float, top_p: float
         raise UserError(f"num: {num} must be at least 1")
     if num > 1 and temperature == 0:
         raise UserError(f"num: {num} completions need sampling: give a temperature > 0 (greedy has one answer)")
+
+
+def _check_loop_guard(repetition_penalty: float, no_repeat_ngram_size: int) -> None:
+    if not repetition_penalty > 0:  # also rejects NaN
+        raise UserError(f"repetition_penalty: {repetition_penalty} must be > 0 (1.0 = off)")
+    if no_repeat_ngram_size < 0:
+        raise UserError(f"no_repeat_ngram_size: {no_repeat_ngram_size} must be >= 0 (0 = off)")
 
 
 def load_completer(model: str | None, params: Params | None) -> Completer:

@@ -6,43 +6,67 @@ MLflow run, register it, and make it the champion if it is the best comparable m
   file ends at the file's end; only its tokens not scored yet count). Files go in a seeded order
   until `perplexity_max_tokens`; the perplexity is token-weighted. Bits per byte = the total negative
   log-likelihood in bits / the UTF-8 bytes of the scored files: comparable across tokenizers.
-- Line completion (CodeXGLUE-style): in each of `line_completion_files` dev files per language a
-  seeded random non-blank line (not the first); the context is the file before that line, cut to
-  its last `line_completion_max_context` tokens; the model completes greedily until a newline.
-  Exact match and edit similarity (difflib.SequenceMatcher ratio, 0..1, no autojunk) compare the
-  predicted and the true line with the whitespace around them stripped.
-- Samples: the params' prompts completed greedily (`samples.md`), and their latency p50/p95.
+- Line completion (CodeXGLUE-style): per language `line_completion_lines` distinct (file, line)
+  pairs drawn uniformly (seeded) from the non-blank lines, not a file's first, of that language's dev
+  files (several lines of one file may be drawn); the context is the file before that line, cut to
+  its last `line_completion_max_context` tokens; the model completes greedily until a newline, at
+  most `line_max_new_tokens` tokens.
+- Single-line infilling (models with fill-in-the-middle tokens only; otherwise skipped, with one
+  printed line): per language `infill_lines` seeded non-blank dev lines are removed; the model sees
+  the text before the line (prefix, ending with its newline) and after it (suffix, from the next
+  line on), at most `infill_max_context` tokens of both (the suffix at most a quarter), and writes
+  the middle greedily until a newline or eos.
+- Both line measures, per language: exact match (CodeXGLUE's: the whitespace-split tokens of the
+  predicted and the true line are equal), edit similarity (difflib.SequenceMatcher ratio, 0..1, no
+  autojunk, of both lines with the whitespace around them stripped), `hit_max_new_tokens` (the share
+  of completions that ran to the token limit without ending their line) and `repeats` (the share of
+  completions that repeat themselves: the same token 4-gram (tokens of the model's tokenizer, at
+  least one of them with a letter or digit) occurs three or more times in the predicted text,
+  overlapping occurrences counted (a repeated longer n-gram repeats its first 4 tokens too), or the
+  predicted line, stripped and not empty, equals the line above the target, stripped).
+- Samples: the params' prompts completed greedily (`samples.md`, with whether each Python one parses:
+  `ast.parse(prompt + completion)`), their latency p50/p95, and `samples`: how many ended by
+  themselves (a blank line or eos, not max_new_tokens), out of how many, and the share of Python
+  samples that parse.
+- Every generation here uses the loop guard of the params (`repetition_penalty`,
+  `no_repeat_ngram_size`; off by default).
 
-Outputs: `<out_dir>/samples.md`, `<out_dir>/line_completion.jsonl` (every example),
-`metrics/metrics.json`; the same metrics (prefixed `eval/`) and files go to the finetune's run.
+Outputs: `<out_dir>/samples.md`, `<out_dir>/line_completion.jsonl` and `<out_dir>/infill.jsonl` (every
+example), `metrics/metrics.json`; the same metrics (prefixed `eval/`) and files go to the finetune's run.
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
 import json
 import math
 import time
+import zlib
+from collections import Counter
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from autocoder import registry, serving
 from autocoder.atomic import atomic_dir, write_json
-from autocoder.complete import BLANK_LINE, CONTROL_IDS, END_OF_LINE, Completer
+from autocoder.complete import BLANK_LINE, CONTROL_IDS, END_OF_LINE, Completer, Completion
 from autocoder.corpus import TOKENIZER_DIR, Corpus, split_rows, window_starts
 from autocoder.errors import UserError
 from autocoder.params import EvaluateParams, Params
-from autocoder.tokenizer import fingerprint
+from autocoder.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, fingerprint
 from autocoder.tracking import RUN_INFO_FILE, configure, read_run_info
 from autocoder.train.data import IGNORE, collate, dev_split_hash
 
 METRICS_FILE = Path("metrics/metrics.json")
 STAGE = "evaluate"
+REPEAT_NGRAM, REPEAT_TIMES = 4, 3  # a completion "repeats" when a token 4-gram occurs 3+ times
+PROGRESS = {"mininterval": 5}  # tqdm: a progress line every 5 s at most, not to flood DVC's log
 
 
 def run(params: Params) -> None:
@@ -55,15 +79,28 @@ def run(params: Params) -> None:
     perplexity = dev_perplexity(completer, corpus, dev_rows, cfg)
     print(f"{STAGE}: dev perplexity {perplexity['dev_perplexity']:.4g}, "
           f"{perplexity['dev_bits_per_byte']:.4g} bits/byte over {perplexity['dev_tokens']} tokens")
+    languages = list(params.languages)
     examples = line_completion_examples(completer, corpus, dev_rows, cfg)
+    metrics = {**perplexity, "line_completion": line_completion_scores(examples, languages)}
+    infill = None
+    if cfg.infill_lines == 0:
+        print(f"{STAGE}: infill skipped: evaluate.infill_lines is 0")
+    elif not completer.can_infill:
+        print(f"{STAGE}: infill skipped: the model has no fill-in-the-middle tokens "
+              f"({FIM_PREFIX}, {FIM_SUFFIX}, {FIM_MIDDLE})")
+    else:
+        infill = infill_examples(completer, corpus, dev_rows, cfg)
+        metrics["infill"] = line_completion_scores(infill, languages)
     samples, latencies = sample_prompts(completer, cfg)
-    metrics = {**perplexity, "line_completion": line_completion_scores(examples, list(params.languages)),
-               "latency_ms": {"p50": float(np.percentile(latencies, 50)) if latencies else None,
-                              "p95": float(np.percentile(latencies, 95)) if latencies else None}}
+    metrics["samples"] = samples_summary(samples)
+    metrics["latency_ms"] = {"p50": float(np.percentile(latencies, 50)) if latencies else None,
+                             "p95": float(np.percentile(latencies, 95)) if latencies else None}
 
     with atomic_dir(cfg.out_dir) as out:
         (out / "samples.md").write_text(samples_markdown(samples, model_dir, cfg))
-        (out / "line_completion.jsonl").write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in examples))
+        (out / "line_completion.jsonl").write_text(_jsonl(examples))
+        if infill is not None:
+            (out / "infill.jsonl").write_text(_jsonl(infill))
     write_json(METRICS_FILE, metrics)
 
     with mlflow.start_run(run_id=run_id):
@@ -145,7 +182,7 @@ def dev_perplexity(completer: Completer, corpus: Corpus, rows: np.ndarray, cfg: 
     if n_tokens == 0:
         raise UserError("split.out_dir: the dev files have no tokens to score")
     nll = 0.0
-    for i in range(0, len(windows), cfg.batch_size):
+    for i in tqdm(range(0, len(windows), cfg.batch_size), desc=f"{STAGE}: dev perplexity", unit="batch", **PROGRESS):
         batch = collate(windows[i : i + cfg.batch_size], completer.tokenizer.pad_token_id)
         logits = completer.model(input_ids=batch["input_ids"].to(completer.device),
                                  attention_mask=batch["attention_mask"].to(completer.device)).logits
@@ -155,64 +192,161 @@ def dev_perplexity(completer: Completer, corpus: Corpus, rows: np.ndarray, cfg: 
             "dev_tokens": n_tokens, "dev_bytes": n_bytes, "dev_files": n_files}
 
 
-def line_completion_examples(completer: Completer, corpus: Corpus, rows: np.ndarray, cfg: EvaluateParams) -> list[dict]:
-    examples = []
-    for lang in completer.languages:
-        files = [r for r in _seeded_order(rows, cfg.seed) if corpus.files["language"][r] == lang]
-        for row in files[: cfg.line_completion_files]:
-            lines = _file_text(completer, corpus, int(row)).split("\n")  # not splitlines(): "\f" is no line end here
-            candidates = [i for i in range(1, len(lines)) if lines[i].strip()]
-            if not candidates:
-                continue
-            file_id = int(corpus.files["file_id"][row])
-            i = int(np.random.default_rng([cfg.seed, file_id]).choice(candidates))
-            target = lines[i].rstrip("\r")
-            [completion] = completer.complete(lang, "\n".join(lines[:i]) + "\n", max_new_tokens=cfg.max_new_tokens,
-                                              stop=END_OF_LINE, max_context_tokens=cfg.line_completion_max_context)
-            predicted = completion.text
-            examples.append({"lang": lang, "path": str(corpus.files["path"][row]), "line": i + 1,
-                             "target": target, "predicted": predicted,
-                             "exact_match": predicted.strip() == target.strip(),
-                             "edit_similarity": difflib.SequenceMatcher(None, predicted.strip(), target.strip(),
-                                                                        autojunk=False).ratio()})
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+
+
+def _generation(cfg: EvaluateParams) -> dict:
+    """The loop guard every generation of this stage uses."""
+    return {"repetition_penalty": cfg.repetition_penalty, "no_repeat_ngram_size": cfg.no_repeat_ngram_size}
+
+
+def _lines(completer: Completer, corpus: Corpus, row: int) -> list[str]:
+    return _file_text(completer, corpus, row).split("\n")  # not splitlines(): "\f" is no line end here
+
+
+def _draw_lines(completer: Completer, corpus: Corpus, rows: np.ndarray, lang: str, n: int, seed: list[int],
+                first: int) -> list[tuple[int, int]]:
+    """`n` distinct (row, line index) pairs, drawn uniformly with `seed` from the non-blank lines
+    (index >= first) of the dev files of `lang` (all of them when there are fewer), in file order."""
+    candidates = []  # (row, line index)
+    for row in sorted(int(r) for r in rows if corpus.files["language"][r] == lang):
+        lines = _lines(completer, corpus, row)
+        candidates += [(row, i) for i in range(first, len(lines)) if lines[i].strip()]
+    if not candidates or n == 0:
+        return []
+    chosen = np.random.default_rng(seed).choice(len(candidates), size=min(n, len(candidates)), replace=False)
+    return [candidates[k] for k in sorted(chosen)]
+
+
+def _lang_seed(cfg: EvaluateParams, lang: str, measure: str) -> list[int]:
+    return [cfg.seed, zlib.crc32(lang.encode()), zlib.crc32(measure.encode())]
+
+
+def _line_examples(completer: Completer, corpus: Corpus, rows: np.ndarray, cfg: EvaluateParams,
+                   infill: bool) -> list[dict]:
+    measure = "infill" if infill else "line_completion"
+    n = cfg.infill_lines if infill else cfg.line_completion_lines
+    # Line completion needs a left context: never a file's first line; infilling can do without one.
+    drawn = [(lang, row, i) for lang in completer.languages
+             for row, i in _draw_lines(completer, corpus, rows, lang, n, _lang_seed(cfg, lang, measure),
+                                       first=0 if infill else 1)]
+    examples, cached = [], (None, [])
+    for lang, row, i in tqdm(drawn, desc=f"{STAGE}: {measure.replace('_', ' ')}", unit="line", **PROGRESS):
+        if cached[0] != row:
+            cached = (row, _lines(completer, corpus, row))
+        lines = cached[1]
+        prefix = "\n".join(lines[:i]) + "\n" if i else ""
+        suffix = "\n".join(lines[i + 1:]) if infill else None
+        [completion] = completer.complete(
+            lang, prefix, max_new_tokens=cfg.line_max_new_tokens, stop=END_OF_LINE, suffix=suffix,
+            max_context_tokens=cfg.infill_max_context if infill else cfg.line_completion_max_context,
+            **_generation(cfg))
+        examples.append(line_example(completer, lang, str(corpus.files["path"][row]), lines, i, completion))
     return examples
 
 
+def line_completion_examples(completer: Completer, corpus: Corpus, rows: np.ndarray, cfg: EvaluateParams) -> list[dict]:
+    """Each drawn line completed from the file before it (the module docstring)."""
+    return _line_examples(completer, corpus, rows, cfg, infill=False)
+
+
+def infill_examples(completer: Completer, corpus: Corpus, rows: np.ndarray, cfg: EvaluateParams) -> list[dict]:
+    """Each drawn line filled in between the file before it and the file after it (a FIM model only)."""
+    return _line_examples(completer, corpus, rows, cfg, infill=True)
+
+
+def line_example(completer: Completer, lang: str, path: str, lines: list[str], i: int, completion: Completion) -> dict:
+    target, predicted = lines[i].rstrip("\r"), completion.text
+    above = lines[i - 1].rstrip("\r") if i else ""
+    return {"lang": lang, "path": path, "line": i + 1, "target": target, "predicted": predicted,
+            "stop": completion.stop, "exact_match": exact_match(predicted, target),
+            "edit_similarity": edit_similarity(predicted, target),
+            "repeats": repeats(completer.tokenizer, predicted, above)}
+
+
+def exact_match(predicted: str, target: str) -> bool:
+    """CodeXGLUE's exact match: the same whitespace-split tokens."""
+    return predicted.split() == target.split()
+
+
+def edit_similarity(predicted: str, target: str) -> float:
+    return difflib.SequenceMatcher(None, predicted.strip(), target.strip(), autojunk=False).ratio()
+
+
+def repeats(tokenizer, predicted: str, line_above: str) -> bool:
+    """Whether a completion repeats itself (the module docstring): a token 4-gram with a letter or a
+    digit in it occurs at least 3 times in `predicted`, or `predicted` is the line above again."""
+    if predicted.strip() and predicted.strip() == line_above.strip():
+        return True
+    ids = tokenizer.encode(predicted, add_special_tokens=False)
+    counts = Counter(tuple(ids[k : k + REPEAT_NGRAM]) for k in range(len(ids) - REPEAT_NGRAM + 1))
+    return any(times >= REPEAT_TIMES and any(c.isalnum() for c in tokenizer.decode(list(gram)))
+               for gram, times in counts.items())
+
+
 def line_completion_scores(examples: list[dict], languages: list[str]) -> dict:
+    """Per language: the means of the line measures over its examples (line completion or infill)."""
     scores = {}
     for lang in languages:
         mine = [e for e in examples if e["lang"] == lang]
         if mine:
             scores[lang] = {"exact_match": float(np.mean([e["exact_match"] for e in mine])),
                             "edit_similarity": float(np.mean([e["edit_similarity"] for e in mine])),
+                            "hit_max_new_tokens": float(np.mean([e["stop"] == "length" for e in mine])),
+                            "repeats": float(np.mean([e["repeats"] for e in mine])),
                             "lines": len(mine)}
     return scores
 
 
+def parses(lang: str, prompt: str, completion: Completion) -> bool | None:
+    """Whether a Python sample parses (`ast.parse(prompt + completion)`); None for other languages."""
+    if lang != "python":
+        return None
+    try:
+        ast.parse(prompt + completion.text)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return True
+
+
 def sample_prompts(completer: Completer, cfg: EvaluateParams) -> tuple[list[tuple], list[float]]:
-    """Greedy completions of the params' prompts ((lang, prompt, Completion) each) and the latency in ms
-    of `latency_repeats` timed runs of each, after one untimed run that warms the model up."""
+    """Greedy completions of the params' prompts ((lang, prompt, Completion, parses) each) and the
+    latency in ms of `latency_repeats` timed runs of each, after one untimed run that warms the model up."""
     samples, latencies = [], []
-    for lang, prompts in cfg.prompts.items():
-        for prompt in prompts:
-            [completion] = completer.complete(lang, prompt, max_new_tokens=cfg.max_new_tokens, stop=BLANK_LINE)
-            samples.append((lang, prompt, completion))
-            for _ in range(cfg.latency_repeats):
-                start = time.perf_counter()
-                completer.complete(lang, prompt, max_new_tokens=cfg.max_new_tokens, stop=BLANK_LINE)
-                latencies.append((time.perf_counter() - start) * 1000)
+    prompts = [(lang, prompt) for lang, some in cfg.prompts.items() for prompt in some]
+    kwargs = {"max_new_tokens": cfg.max_new_tokens, "stop": BLANK_LINE, **_generation(cfg)}
+    for lang, prompt in tqdm(prompts, desc=f"{STAGE}: samples", unit="prompt", **PROGRESS):
+        [completion] = completer.complete(lang, prompt, **kwargs)
+        samples.append((lang, prompt, completion, parses(lang, prompt, completion)))
+        for _ in range(cfg.latency_repeats):
+            start = time.perf_counter()
+            completer.complete(lang, prompt, **kwargs)
+            latencies.append((time.perf_counter() - start) * 1000)
     return samples, latencies
+
+
+def samples_summary(samples: list[tuple]) -> dict:
+    """How many samples ended by themselves (a blank line or eos), of how many; the share of the
+    Python ones that parse (None without Python samples)."""
+    python = [ok for _, _, _, ok in samples if ok is not None]
+    return {"ended": sum(c.stop != "length" for _, _, c, _ in samples), "total": len(samples),
+            "python_parse": float(np.mean(python)) if python else None}
 
 
 STOPPED_BY = {"pattern": "a blank line", "eos": "end of text", "length": "max_new_tokens"}
 
 
 def samples_markdown(samples: list[tuple], model_dir: Path, cfg: EvaluateParams) -> str:
-    out = [f"# Sample completions\n\nModel `{model_dir}`: greedy, at most {cfg.max_new_tokens} new tokens, "
-           "stopping at a blank line. Confidence = mean log-probability of the generated tokens.\n"]
-    for lang, prompt, c in samples:
+    guard = "".join([f", repetition penalty {cfg.repetition_penalty}" if cfg.repetition_penalty != 1.0 else "",
+                     f", no repeated {cfg.no_repeat_ngram_size}-grams" if cfg.no_repeat_ngram_size else ""])
+    out = [f"# Sample completions\n\nModel `{model_dir}`: greedy{guard}, at most {cfg.max_new_tokens} new "
+           "tokens, stopping at a blank line. Confidence = mean log-probability of the generated tokens. "
+           "Python samples: whether the prompt + completion parse (`ast.parse`).\n"]
+    for lang, prompt, c, ok in samples:
+        parsed = "" if ok is None else (", parses" if ok else ", does not parse")
         out.append(f"## {lang}: `{prompt}`\n\n{c.n_tokens} tokens, confidence {c.confidence:.3f}, "
-                   f"stopped by {STOPPED_BY[c.stop]}\n\n````{lang}\n{prompt}{c.text}\n````\n")
+                   f"stopped by {STOPPED_BY[c.stop]}{parsed}\n\n````{lang}\n{prompt}{c.text}\n````\n")
     return "\n".join(out)
 
 

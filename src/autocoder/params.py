@@ -88,7 +88,9 @@ class NearDedup(_Strict):
 
 
 class SegmentParams(_Strict):
-    tokenizer: str = "gpt2"  # "gpt2", a Hub id, or a local folder
+    # "learn" (a byte-level BPE learned from the train files), "gpt2", a Hub id, or a local folder
+    tokenizer: str = "gpt2"
+    vocab_size: int = Field(8192, ge=300)  # of a learned tokenizer, special tokens included
     segment_len: int = Field(254, gt=0)  # tokens per window, before the control token and eos
     stride: int = Field(10, gt=0)
     workers: int = Field(0, ge=0)  # 0 = all cores
@@ -116,18 +118,25 @@ class SplitParams(_Strict):
 
 
 class ScratchModel(_Strict):
-    """A GPT-2 config for training from scratch (no pretrained weights needed)."""
+    """A model config for training from scratch (no pretrained weights needed): a Llama-style decoder
+    (RoPE, RMSNorm, SwiGLU, tied embeddings) or the seed's GPT-2 shape."""
 
-    n_layer: int = Field(2, gt=0)
-    n_embd: int = Field(128, gt=0)
+    architecture: Literal["llama", "gpt2"] = "llama"
+    n_layer: int = Field(4, gt=0)
+    n_embd: int = Field(256, gt=0)
     n_head: int = Field(4, gt=0)
+    n_kv_head: Optional[int] = Field(None, gt=0)  # llama: grouped-query attention; None = n_head
+    intermediate_size: Optional[int] = Field(None, gt=0)  # None: 4 * n_embd (gpt2), ~8/3 * n_embd (llama)
     n_positions: int = Field(256, gt=0)
-    dropout: float = Field(0.1, ge=0, lt=1)  # GPT-2's residual, embedding and attention dropout
+    rope_theta: float = Field(10000.0, gt=0)  # llama
+    dropout: float = Field(0.0, ge=0, lt=1)  # residual, embedding and attention dropout (llama: attention only)
 
     @model_validator(mode="after")
     def _heads(self) -> "ScratchModel":
         if self.n_embd % self.n_head:
             raise ValueError("n_embd must be a multiple of n_head")
+        if self.n_kv_head is not None and (self.architecture != "llama" or self.n_head % self.n_kv_head):
+            raise ValueError("n_kv_head: only for llama, and a divisor of n_head")
         return self
 
 
@@ -135,10 +144,24 @@ class FinetuneParams(_Strict):
     model: str = Field("scratch", min_length=1)  # "scratch", a Hub id (distilgpt2, gpt2-medium, ...) or a local folder
     scratch: ScratchModel = ScratchModel()
     num_processes: int = Field(1, gt=0)  # accelerate processes: GPUs, or CPU processes (gloo)
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 or fp16 on GPUs, no on CPU
+    # auto: bf16 on GPUs that have it, else fp16; bf16 autocast on CPUs with native bf16 (avx512_bf16,
+    # amx_bf16), else fp32
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    # torch.compile (inductor) of the training forward and backward: ~1.8x tokens/s for the scratch
+    # Llama in bf16 on 2 CPU cores (benchmarks/train.py), after a one-off compile of about a minute.
+    compile: bool = False
     learning_rate: float = Field(5e-5, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup", "cosine_with_min_lr"] = "linear"
+    weight_decay: float = Field(0.0, ge=0)  # not applied to norms, biases and embeddings
     warmup_ratio: float = Field(0.2, ge=0, le=1)
+    # Train windows: "sliding" = segment's windows (segment_len every stride tokens, the seed's way,
+    # for fine-tuning); "packed" = the train files one after another, each as control token + tokens
+    # + eos, cut into non-overlapping max_length windows: every token seen once per epoch, no padding.
+    windows: Literal["sliding", "packed"] = "sliding"
+    # Fill-in-the-middle: the share of train windows turned into (prefix, suffix) -> middle examples,
+    # and the share of those in SPM order (the rest PSM); needs a tokenizer with FIM tokens.
+    fim_rate: float = Field(0.0, ge=0, le=1)
+    fim_spm_rate: float = Field(0.5, ge=0, le=1)
     max_grad_norm: Optional[float] = Field(1.0, gt=0)  # gradient clipping; None = off
     batch_size: int = Field(4, gt=0)  # per device
     grad_accum: int = Field(1, gt=0)
@@ -159,9 +182,14 @@ class EvaluateParams(_Strict):
     registered_model_name: str = Field("autocoder", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     perplexity_max_tokens: Optional[int] = Field(200_000, gt=0)  # dev tokens scored (whole files); None = all
     batch_size: int = Field(8, gt=0)  # windows per forward pass when scoring perplexity
-    line_completion_files: int = Field(50, ge=0)  # held-out dev files per language
+    line_completion_lines: int = Field(200, ge=0)  # per language: seeded dev lines, several per file allowed
     line_completion_max_context: int = Field(200, gt=0)  # tokens of left context
-    max_new_tokens: int = Field(64, gt=0)  # per completion (samples, latency, line completion)
+    infill_lines: int = Field(200, ge=0)  # per language: dev lines filled in from both sides (FIM models); 0 = off
+    infill_max_context: int = Field(256, gt=0)  # tokens of prefix + suffix (the suffix at most a quarter)
+    line_max_new_tokens: int = Field(48, gt=0)  # per line completion and infill
+    max_new_tokens: int = Field(64, gt=0)  # per sample completion (samples.md, latency)
+    repetition_penalty: float = Field(1.0, gt=0)  # loop guard for every generation here; 1.0 = off
+    no_repeat_ngram_size: int = Field(0, ge=0)  # loop guard: no n-gram twice; 0 = off
     latency_repeats: int = Field(3, gt=0)  # timed completions of each prompt
     seed: int = 0
     prompts: dict[str, list[str]] = Field(default_factory=dict)  # language -> prompts for samples.md
@@ -202,6 +230,9 @@ class Params(_Strict):
                 f"segment.segment_len: {self.segment.segment_len} + 2 (control token, eos) exceeds "
                 f"finetune.max_length {self.finetune.max_length}"
             )
+        if self.segment.tokenizer == "learn" and self.finetune.model != "scratch":
+            raise ValueError("segment.tokenizer: 'learn' makes new token ids, so finetune.model must be 'scratch' "
+                             "(a pretrained model needs its own tokenizer: give its folder or Hub id)")
         if self.finetune.model == "scratch" and self.finetune.max_length > self.finetune.scratch.n_positions:
             raise ValueError(
                 f"finetune.max_length: {self.finetune.max_length} exceeds the model's context "

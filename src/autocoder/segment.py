@@ -24,7 +24,8 @@ from autocoder.atomic import atomic_dir, write_json
 from autocoder.corpus import TOKENIZER_DIR, CorpusWriter, Meta, window_counts
 from autocoder.errors import UserError
 from autocoder.params import Params, SegmentParams
-from autocoder.tokenizer import load_tokenizer, text_encoder
+from autocoder.split import file_position
+from autocoder.tokenizer import LEARN, learn_bpe, load_tokenizer, text_encoder, with_control_tokens
 
 STATS_FILE = Path("metrics/segment_stats.json")
 SKIP_REASONS = ("symlink", "special_file", "unknown_extension", "too_large", "unreadable", "binary",
@@ -165,6 +166,22 @@ def tokenize_files(files: list[SourceFile], tokenizer_json: str, params: Segment
             progress.update(len(batch))
 
 
+def train_texts(files: list[SourceFile], params: Params) -> Iterator[str]:
+    """The texts of the files that the split stage will put in train (split.file_position), each
+    content once: the learned tokenizer never sees a dev or test file."""
+    held_out = params.split.dev_ratio + params.split.test_ratio
+    seen: set[str] = set()
+    for file in tqdm(files, unit="file", desc="learn tokenizer", mininterval=5):
+        try:
+            data, text = read_source(file.full_path, params.segment.max_line_chars)
+        except Skip:
+            continue
+        sha256 = hashlib.sha256(data).hexdigest()
+        if sha256 not in seen and file_position(sha256, params.split.seed) >= held_out:
+            seen.add(sha256)
+            yield text
+
+
 def _stats(writer: CorpusWriter, params: Params, seen: Counter) -> dict:
     seg = params.segment
     rows = {key: np.asarray(writer.rows[key]) for key in ("language", "n_bytes", "n_tokens")}
@@ -200,7 +217,11 @@ def run(params: Params) -> None:
         extensions = ", ".join(ext for lang in params.languages.values() for ext in lang.extensions)
         raise UserError(f"{raw_dir}: none of the {seen['files']} files seen has an extension of languages "
                         f"({extensions}) and at most segment.max_file_bytes ({seg.max_file_bytes}) bytes")
-    tokenizer = load_tokenizer(seg.tokenizer, list(params.control_tokens().values()))
+    control_tokens = list(params.control_tokens().values())
+    if seg.tokenizer == LEARN:
+        tokenizer = with_control_tokens(learn_bpe(train_texts(files, params), seg.vocab_size), control_tokens)
+    else:
+        tokenizer = load_tokenizer(seg.tokenizer, control_tokens)
     dtype = "uint16" if len(tokenizer) <= 65535 else "uint32"
     meta = Meta(tokenizer=seg.tokenizer, segment_len=seg.segment_len, stride=seg.stride, dtype=dtype,
                 control_token_ids={lang: tokenizer.convert_tokens_to_ids(token)

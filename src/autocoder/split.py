@@ -5,9 +5,9 @@ windows 10 tokens to its left and right: dev perplexity measured recall, not com
 file feeds two splits, and `metrics/contamination.json` measures the leak that remains (code copied
 between files) next to the leak of the seed's window-level split of the same data.
 
-Ratios count windows (at the corpus' segment_len/stride), as the seed's 9:1 did. Files are ordered
-by a seeded hash of their content sha256 and cut by cumulative window share, so adding or removing a
-file moves only the files next to a cut, never reshuffles the rest.
+Each file's split follows from a seeded hash of its content alone (file_position): dev_ratio is each
+file's chance of being dev, so about that share of the windows is dev, as the seed's 9:1 was over
+windows. Adding or removing a file moves no other file.
 
 Contamination is measured with 64-bit hashes of every n-gram (n = contamination_ngram): a dev
 window is contaminated when one of its n-grams occurs inside a train window. Windows never cross
@@ -57,27 +57,42 @@ def open_corpus(segments_dir: str | Path) -> Corpus:
                         "run the segment stage first") from None
 
 
-def assign(corpus: Corpus, sp: SplitParams) -> np.ndarray:
-    """The split code (an index into SPLITS) of every corpus row, deterministic under sp.seed.
+def file_position(sha256: str, seed: int) -> float:
+    """Where a file falls in [0, 1): a seeded hash of its content, nothing else. A file with
+    position below dev_ratio is dev, below dev_ratio + test_ratio test, else train, whatever the
+    other files: the segment stage knows the train files before the split exists (it learns the
+    tokenizer from them alone), and a larger corpus with the same seed keeps the smaller one's dev
+    files in dev (a base model trained on it never saw them)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{sha256}".encode()).digest()[:8], "big") / 2**64
 
-    Files in seeded-hash order fill dev, then test, then train, each file going where the middle
-    of its windows falls. Every split with a non-zero ratio gets at least one file.
+
+def assign_by_content(sha256s, sp: SplitParams) -> np.ndarray:
+    """The split code (an index into SPLITS) of each file, from its content hash (file_position).
+
+    Ratios are shares of files' expected windows: each file's chance of landing in dev is dev_ratio.
+    A corpus too small for the rule to give every split with a non-zero ratio one file (a handful of
+    files) moves the files nearest to each cut across it.
     """
+    positions = np.array([file_position(sha, sp.seed) for sha in sha256s])
+    split = np.zeros(len(positions), dtype=np.int8)
+    split[positions < sp.dev_ratio + sp.test_ratio] = 2
+    split[positions < sp.dev_ratio] = 1
+    order = np.argsort(positions, kind="stable")
+    for code, ratio, nearest in ((1, sp.dev_ratio, order[0]), (2, sp.test_ratio, order[-1])):
+        if ratio > 0 and not (split == code).any():
+            split[nearest] = code
+    return split
+
+
+def assign(corpus: Corpus, sp: SplitParams) -> np.ndarray:
+    """The split code of every corpus row (assign_by_content), deterministic under sp.seed."""
     n_files, has_test = len(corpus), int(sp.test_ratio > 0)
     if n_files < 2 + has_test:
         raise UserError(f"split: the corpus has {n_files} file(s); dev_ratio {sp.dev_ratio} and "
                         f"test_ratio {sp.test_ratio} need at least {2 + has_test}, one per split")
-    keys = np.array([int.from_bytes(hashlib.sha256(f"{sp.seed}:{sha}".encode()).digest()[:8], "big")
-                     for sha in corpus.files["sha256"]], dtype=np.uint64)
-    order = np.lexsort((corpus.files["file_id"], keys))
-    weight = window_counts(corpus.files["n_tokens"][order], corpus.meta.segment_len, corpus.meta.stride)
-    middle = np.cumsum(weight) - weight / 2
-    cuts = np.searchsorted(middle, np.array([sp.dev_ratio, sp.dev_ratio + sp.test_ratio]) * weight.sum())
-    n_dev = min(max(int(cuts[0]), 1), n_files - 1 - has_test)
-    n_held = min(max(int(cuts[1]), n_dev + has_test), n_files - 1)
-    split = np.zeros(n_files, dtype=np.int8)
-    split[order[:n_dev]] = 1
-    split[order[n_dev:n_held]] = 2
+    split = assign_by_content(corpus.files["sha256"], sp)
+    if not (split == 0).any():
+        raise UserError(f"split: no train file left among {n_files} files; lower dev_ratio/test_ratio")
     return split
 
 

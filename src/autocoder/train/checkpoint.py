@@ -25,7 +25,8 @@ from autocoder.params import FinetuneParams
 
 PROGRESS_FILE = "progress.json"
 # Knobs that change how a run is watched or where it writes, not what it computes.
-_NOT_FINGERPRINTED = {"checkpoint_every", "log_every", "out_dir", "checkpoint_dir", "num_processes", "mixed_precision"}
+_NOT_FINGERPRINTED = {"checkpoint_every", "log_every", "out_dir", "checkpoint_dir", "num_processes", "mixed_precision",
+                      "compile"}
 
 
 def fingerprint(ft: FinetuneParams, data_hash: str, num_processes: int, mixed_precision: str) -> str:
@@ -101,7 +102,7 @@ def save_best(accelerator: Accelerator, model, ckpt_dir: Path, step: int) -> Non
         tmp = target.with_name(f".{target.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         with removed_on_error(tmp, target):
-            accelerator.unwrap_model(model).save_pretrained(tmp)
+            accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(tmp)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
     accelerator.wait_for_everyone()

@@ -7,14 +7,14 @@ order is a keyed permutation computed per index, so no array of all windows is e
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from autocoder.corpus import Windows
-
-IGNORE = -100  # label of positions the loss skips (padding, tokens already scored)
+from autocoder.examples import IGNORE, FimTransform
 
 
 class Permutation:
@@ -50,22 +50,28 @@ class Permutation:
 
 
 class TrainWindows(Dataset):
-    """The train windows in a seeded order that changes every epoch (set_epoch, called by accelerate's
-    data loader); an example is (input ids, labels), the labels being the ids themselves."""
+    """The train windows (sliding corpus.Windows or examples.PackedWindows) in a seeded order that
+    changes every epoch (set_epoch, called by accelerate's data loader). An example is (input ids,
+    labels): the ids themselves, or a FIM example drawn with a generator seeded by (seed, epoch,
+    window), so a resumed run sees the examples an uninterrupted one would."""
 
-    def __init__(self, windows: Windows, seed: int):
-        self.windows, self.seed = windows, seed
+    def __init__(self, windows, seed: int, fim: FimTransform | None = None):
+        self.windows, self.seed, self.fim = windows, seed, fim
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         self.order = Permutation(len(self.windows), f"{self.seed}/{epoch}".encode())
 
     def __len__(self) -> int:
         return len(self.windows)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        ids = self.windows[self.order[i]]
-        return ids, ids
+        w = self.order[i]
+        ids = self.windows[w]
+        if self.fim is None:
+            return ids, ids
+        return self.fim(ids, np.random.default_rng([self.seed, self.epoch, w]))
 
 
 class DevWindows(Dataset):
@@ -75,11 +81,23 @@ class DevWindows(Dataset):
     tokens serve as context but are not scored again (their labels are IGNORE).
     """
 
-    def __init__(self, windows: Windows, limit: int | None):
+    def __init__(self, windows: Windows, limit: int | None, tokenizer=None):
         assert windows.stride == windows.segment_len
         self.windows = windows
         n = len(windows)
         self.picked = np.unique(np.linspace(0, n - 1, min(limit or n, n)).round().astype(np.int64))
+        self.tokens_per_byte = self._tokens_per_byte(tokenizer) if tokenizer is not None else math.nan
+
+    def _tokens_per_byte(self, tokenizer) -> float:
+        """Scored tokens per UTF-8 byte of their text: turns the dev loss into bits per byte, which
+        compares models across tokenizers."""
+        n_tokens = n_bytes = 0
+        for i in range(len(self)):
+            ids, labels = self[i]
+            scored = ids[labels != IGNORE][1:]  # the control token is never scored
+            n_tokens += len(scored)
+            n_bytes += len(tokenizer.decode(scored.tolist(), clean_up_tokenization_spaces=False).encode())
+        return n_tokens / max(n_bytes, 1)
 
     def __len__(self) -> int:
         return len(self.picked)

@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, PretrainedConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from autocoder.corpus import (CONTROL_IDS, FILES_FILE, META_FILE, PROMPT_FORMAT_KEY, SPLIT_FILE, TOKENIZER_DIR,
                               Corpus, split_rows)
 from autocoder.errors import UserError
 from autocoder.hub import hub_offline
-from autocoder.params import FinetuneParams, Params
-from autocoder.tokenizer import fingerprint
+from autocoder.params import FinetuneParams, Params, ScratchModel
+from autocoder.tokenizer import FIM_TOKENS, fingerprint, has_fim_tokens
 from autocoder.train.data import dev_split_hash
 
 
@@ -51,13 +51,17 @@ def check_inputs(params: Params) -> Inputs:
         raise UserError(f"split.out_dir: {split_dir} has {len(train_rows)} train and {len(dev_rows)} dev files; "
                         "finetune needs both")
     window = corpus.meta.segment_len + 2
-    if window > ft.max_length:
+    if ft.windows == "sliding" and window > ft.max_length:
         raise UserError(f"finetune.max_length: {ft.max_length} is shorter than the data's windows "
                         f"(segment_len {corpus.meta.segment_len} + control token + eos = {window})")
     try:
         tokenizer = AutoTokenizer.from_pretrained(seg_dir / TOKENIZER_DIR)
     except (OSError, ValueError) as e:
         raise UserError(f"segment.out_dir: cannot load {seg_dir / TOKENIZER_DIR} ({_first_line(e)})") from None
+    if ft.fim_rate > 0 and not has_fim_tokens(tokenizer):
+        raise UserError(f"finetune.fim_rate: {ft.fim_rate} needs the tokenizer's fill-in-the-middle tokens "
+                        f"({', '.join(FIM_TOKENS)}), which {seg_dir / TOKENIZER_DIR} lacks (segment.tokenizer: "
+                        "learn makes them); set fim_rate: 0")
     model_config = check_model(ft, tokenizer)
     tok_fingerprint = fingerprint(tokenizer)
     data_hash = hashlib.sha256(tok_fingerprint.encode())
@@ -82,11 +86,7 @@ def _source(name: str) -> tuple[str, bool]:
 def check_model(ft: FinetuneParams, tokenizer) -> PretrainedConfig:
     """The model's config, after checking (cheaply: no weights are loaded) that it can be trained here."""
     if ft.model == "scratch":
-        s = ft.scratch
-        return GPT2Config(n_layer=s.n_layer, n_embd=s.n_embd, n_head=s.n_head, n_positions=s.n_positions,
-                          resid_pdrop=s.dropout, embd_pdrop=s.dropout, attn_pdrop=s.dropout,
-                          vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
-                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        return scratch_config(ft.scratch, tokenizer)
     name, local = _source(ft.model)
     if local and not Path(name).is_dir():
         raise UserError(f"finetune.model: {ft.model!r} is not a folder")
@@ -113,6 +113,23 @@ def check_model(ft: FinetuneParams, tokenizer) -> PretrainedConfig:
             except (SafetensorError, OSError) as e:
                 raise UserError(f"finetune.model: {path} is corrupt ({_first_line(e)})") from None
     return config
+
+
+def scratch_config(s: ScratchModel, tokenizer) -> PretrainedConfig:
+    """The config of finetune.scratch: a Llama-style decoder (RoPE, RMSNorm, SwiGLU, tied embeddings)
+    or GPT-2's shape, sized for the data's tokenizer."""
+    tokens = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.eos_token_id,
+              "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    if s.architecture == "gpt2":
+        return GPT2Config(n_layer=s.n_layer, n_embd=s.n_embd, n_head=s.n_head, n_positions=s.n_positions,
+                          n_inner=s.intermediate_size, resid_pdrop=s.dropout, embd_pdrop=s.dropout,
+                          attn_pdrop=s.dropout, **tokens)
+    # SwiGLU's three matrices at 8/3 the width cost what GPT-2's two at 4x do (LLaMA), rounded to 64.
+    intermediate = s.intermediate_size or 64 * round(8 * s.n_embd / 3 / 64)
+    return LlamaConfig(hidden_size=s.n_embd, num_hidden_layers=s.n_layer, num_attention_heads=s.n_head,
+                       num_key_value_heads=s.n_kv_head or s.n_head, intermediate_size=intermediate,
+                       max_position_embeddings=s.n_positions, rope_theta=s.rope_theta,
+                       attention_dropout=s.dropout, tie_word_embeddings=True, **tokens)
 
 
 def build_model(ft: FinetuneParams, config: PretrainedConfig, tokenizer) -> torch.nn.Module:

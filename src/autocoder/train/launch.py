@@ -35,12 +35,22 @@ def launched_by_accelerate() -> bool:
     return any(name in os.environ for name in LAUNCHED_ENV)
 
 
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Does this CPU compute in bf16 natively (avx512_bf16 or amx_bf16)? There, bf16 autocast trains
+    about 2x faster than fp32; elsewhere it is emulated and slower, so 'auto' keeps fp32."""
+    try:
+        flags = next((line for line in Path(cpuinfo).read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:  # not Linux
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
 def resolve_mixed_precision(setting: str) -> str:
-    """'auto': bf16 on GPUs that support it, fp16 on other GPUs, no on the CPU."""
+    """'auto': bf16 on GPUs that support it, fp16 on other GPUs; bf16 on CPUs with native bf16, else no."""
     if setting != "auto":
         return setting
     if not torch.cuda.is_available():
-        return "no"
+        return "bf16" if cpu_has_bf16() else "no"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 

@@ -23,7 +23,7 @@ import transformers
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Subset
-from transformers import get_linear_schedule_with_warmup
+from transformers import get_scheduler
 
 from autocoder import tracking
 from autocoder.atomic import atomic_dir, write_json
@@ -32,6 +32,7 @@ from autocoder.errors import UserError
 from autocoder.params import Params
 from autocoder.train import checkpoint
 from autocoder.train.checkpoint import Progress
+from autocoder.examples import FimTransform, PackedWindows
 from autocoder.train.data import IGNORE, DevWindows, TrainWindows, collate
 from autocoder.train.inputs import Inputs, _first_line, build_model
 from autocoder.train.launch import resolve_mixed_precision
@@ -39,14 +40,16 @@ from autocoder.train.launch import resolve_mixed_precision
 STAGE = "finetune"
 METRICS_FILE = Path("metrics/finetune.json")
 PLOTS_FILE = Path("plots/finetune.csv")
-PLOT_COLUMNS = ["step", "train_loss", "dev_loss", "dev_perplexity", "lr", "tokens_per_s"]
+PLOT_COLUMNS = ["step", "tokens", "train_minutes", "train_loss", "dev_loss", "dev_perplexity", "dev_bits_per_byte",
+                "lr", "tokens_per_s"]
 
 
 def train(params: Params, inputs: Inputs) -> None:
     ft = params.finetune
     # torchrun on a machine without GPUs: DDP over gloo on the CPU.
     no_gpu_ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    accelerator = Accelerator(cpu=no_gpu_ddp, mixed_precision=resolve_mixed_precision(ft.mixed_precision))
+    accelerator = Accelerator(cpu=no_gpu_ddp, mixed_precision=resolve_mixed_precision(ft.mixed_precision),
+                              dynamo_backend="inductor" if ft.compile else "no")
     transformers.utils.logging.disable_progress_bar()  # a bar per saved model would drown the log
     try:
         _train(params, inputs, accelerator)
@@ -64,19 +67,25 @@ def _train(params: Params, inputs: Inputs, accelerator: Accelerator) -> None:
 
     set_seed(ft.seed)
     model = build_model(ft, inputs.model_config, inputs.tokenizer)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=ft.learning_rate, weight_decay=ft.weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(model, ft.weight_decay), lr=ft.learning_rate)
     pad_id = inputs.tokenizer.pad_token_id
+    if ft.windows == "packed":
+        windows = PackedWindows(inputs.corpus, inputs.train_rows, ft.max_length, ft.seed)
+    else:
+        windows = inputs.corpus.windows(inputs.train_rows)
+    fim = FimTransform(inputs.tokenizer, ft.fim_rate, ft.fim_spm_rate) if ft.fim_rate > 0 else None
     # A generator of its own: starting an epoch must not draw from the global RNG that dropout uses,
     # or a resumed run would drift from an uninterrupted one.
-    loader = DataLoader(TrainWindows(inputs.corpus.windows(inputs.train_rows), ft.seed), batch_size=ft.batch_size,
+    loader = DataLoader(TrainWindows(windows, ft.seed, fim), batch_size=ft.batch_size,
                         collate_fn=partial(collate, pad_id=pad_id), generator=torch.Generator())
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     total_steps = ft.max_steps or max(1, ft.epochs * len(loader) // ft.grad_accum)
     # Stepped once per optimizer step by hand (a prepared scheduler steps once per process).
-    scheduler = get_linear_schedule_with_warmup(optimizer, round(ft.warmup_ratio * total_steps), total_steps)
+    scheduler = get_scheduler(ft.lr_scheduler, optimizer, round(ft.warmup_ratio * total_steps), total_steps,
+                              scheduler_specific_kwargs={"min_lr_rate": 0.1} if ft.lr_scheduler == "cosine_with_min_lr" else None)
     accelerator.register_for_checkpointing(scheduler)
     dev_set = DevWindows(inputs.corpus.windows(inputs.dev_rows, stride=inputs.corpus.meta.segment_len),
-                         ft.eval_max_windows)
+                         ft.eval_max_windows, inputs.tokenizer)
 
     fp = checkpoint.fingerprint(ft, inputs.data_hash, accelerator.num_processes, accelerator.mixed_precision)
     progress = Progress()
@@ -128,11 +137,13 @@ def _train(params: Params, inputs: Inputs, accelerator: Accelerator) -> None:
             seconds = time.perf_counter() - started
             progress.tokens_seen += int(window_tokens)
             progress.train_seconds += seconds
-            row = {"step": step, "train_loss": loss_total / accelerator.num_processes / steps, "lr": lr,
+            row = {"step": step, "tokens": progress.tokens_seen, "train_minutes": progress.train_seconds / 60,
+                   "train_loss": loss_total / accelerator.num_processes / steps, "lr": lr,
                    "tokens_per_s": window_tokens / seconds}
             if eval_due:
                 dev_loss = evaluate(accelerator, model, dev_set, ft.batch_size, pad_id)
-                row |= {"dev_loss": dev_loss, "dev_perplexity": math.exp(dev_loss)}
+                row |= {"dev_loss": dev_loss, "dev_perplexity": math.exp(dev_loss),
+                        "dev_bits_per_byte": dev_loss / math.log(2) * dev_set.tokens_per_byte}
                 if dev_loss < progress.best_dev_loss:
                     progress.best_dev_loss, progress.best_step, progress.evals_without_improvement = dev_loss, step, 0
                     checkpoint.save_best(accelerator, model, ckpt_dir, step)
@@ -156,6 +167,17 @@ def _train(params: Params, inputs: Inputs, accelerator: Accelerator) -> None:
     accelerator.wait_for_everyone()
 
 
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW's groups: weight decay on the matrices of the layers, none on norms, biases and
+    embeddings (decaying those only pulls them to zero, as nanoGPT and run_clm_no_trainer note)."""
+    decay, no_decay = [], []
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 and id(param) not in embeddings else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def _micro_batches(accelerator: Accelerator, loader, start: int):
     """This process' micro-batches from number `start` on, epoch after epoch; a resumed run starts
     at its step * grad_accum, so it sees the batches an uninterrupted run would."""
@@ -169,7 +191,8 @@ def _micro_batches(accelerator: Accelerator, loader, start: int):
 @torch.no_grad()
 def evaluate(accelerator: Accelerator, model, dev_set: DevWindows, batch_size: int, pad_id: int) -> float:
     """Token-weighted mean loss over the dev windows (each process scores every N-th window)."""
-    raw = accelerator.unwrap_model(model)  # keeps the mixed-precision autocast
+    # Uncompiled (dev windows vary in length), but with the mixed-precision autocast.
+    raw = accelerator.unwrap_model(model, keep_torch_compile=False)
     raw.eval()
     share = Subset(dev_set, range(accelerator.process_index, len(dev_set), accelerator.num_processes))
     totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
@@ -239,7 +262,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     text = io.StringIO()
     writer = csv.DictWriter(text, PLOT_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: (v if k == "step" else f"{v:.6g}") for k, v in row.items()} for row in rows)
+    writer.writerows({k: (v if k in ("step", "tokens") else f"{v:.6g}") for k, v in row.items()} for row in rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text.getvalue())
