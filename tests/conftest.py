@@ -131,7 +131,9 @@ def copy_project(dest: Path) -> Path:
                            capture_output=True, text=True).stdout.split("\n")
     for rel in filter(None, files):
         src = ROOT / rel
-        if src.is_file() and not rel.startswith(("data/", "models/", "metrics/", "plots/")) and rel != "dvc.lock":
+        shipped = rel.startswith("models/autocoder-base/")  # dvc.yaml's deps: the shipped base model
+        if src.is_file() and (shipped or not rel.startswith(("data/", "models/", "metrics/", "plots/"))) \
+                and rel != "dvc.lock":
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     return dest
@@ -140,9 +142,10 @@ def copy_project(dest: Path) -> Path:
 def tiny_params(project: Path, corpus: Path) -> dict:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["clone"]["sources"] = [{"name": "fixture", "path": str(corpus), "languages": ["python", "java"]}]
-    params["segment"].update(segment_len=62, stride=16, workers=1)
+    params["segment"].update(tokenizer="gpt2", segment_len=62, stride=16, workers=1)
     params["split"].update(dev_ratio=0.25)
     params["finetune"].update(
+        model="scratch", windows="sliding", fim_rate=0.0, compile=False, mixed_precision="no",
         scratch={"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64}, max_length=64,
         max_steps=8, eval_every=4, checkpoint_every=4, eval_max_windows=16, learning_rate=1e-3,
     )

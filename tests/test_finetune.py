@@ -26,13 +26,16 @@ from autocoder.errors import UserError
 from autocoder.params import Params
 from autocoder.train import checkpoint, run
 from autocoder.train.data import IGNORE, DevWindows, Permutation, TrainWindows, collate
-from autocoder.train.launch import hardware_flags
+from autocoder.train.launch import hardware_flags, resolve_mixed_precision
 from conftest import ROOT, VENV_BIN, real_code_files, write_corpus
 
 SEGMENT_LEN = 30
 DEV = {"py/heapq.py", "py/shlex.py", "java/Factorial5.java"}
-TINY = {"scratch": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64, "dropout": 0.0},
-        "max_length": 64, "batch_size": 2, "learning_rate": 1e-3, "max_steps": 12, "eval_every": 4,
+# The GPT-2 tokenizer of the corpus fixture has no FIM tokens; sliding windows, fp32 and no compile
+# keep these runs small and exactly comparable (the recipe's packed windows, FIM and bf16 have tests
+# of their own: test_recipe.py, and test_learned_recipe_trains below).
+TINY = {"model": "scratch", "scratch": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64, "dropout": 0.0},
+        "windows": "sliding", "fim_rate": 0.0, "compile": False, "mixed_precision": "no", "max_length": 64, "batch_size": 2, "learning_rate": 1e-3, "max_steps": 12, "eval_every": 4,
         "checkpoint_every": 4, "log_every": 2, "eval_max_windows": 16, "early_stopping_patience": None}
 CKPT, OUT = Path("models/checkpoints"), Path("models/finetune")
 
@@ -259,7 +262,7 @@ def test_pretrained_model_gets_the_datas_tokens(project, tmp_path, gpt2_tokenize
 def test_launch_flags_follow_the_hardware_unless_configured():
     two = hardware_flags(2, "auto")
     assert "--multi_gpu" in two and two[two.index("--main_process_port") + 1] == "0"
-    assert two[two.index("--mixed_precision") + 1] == "no"  # auto on a CPU
+    assert two[two.index("--mixed_precision") + 1] == resolve_mixed_precision("auto")  # bf16 on this CPU
     assert "--multi_gpu" not in hardware_flags(1, "auto")  # accelerate refuses it for one process
     if "OMP_NUM_THREADS" not in os.environ:
         threads = int(two[two.index("--num_cpu_threads_per_process") + 1])
@@ -300,3 +303,39 @@ def test_collate_pads_to_the_longest_and_ignores_padding():
     assert batch["input_ids"][1].tolist() == [0, 1, 2, 99, 99]
     assert batch["labels"][1].tolist() == [0, 1, 2, IGNORE, IGNORE]
     assert batch["attention_mask"][1].tolist() == [1, 1, 1, 0, 0]
+
+
+def test_learned_recipe_trains(tmp_path, monkeypatch, mlflow_db):
+    """The default's recipe end to end in the stage: a learned code tokenizer with FIM tokens, the
+    Llama scratch model, packed windows, fill-in-the-middle and bf16 autocast where the CPU has it."""
+    from autocoder.tokenizer import learn_bpe, with_control_tokens
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    files = real_code_files()
+    tokenizer = with_control_tokens(learn_bpe([text for path, (_, text) in files.items() if path not in DEV], 700),
+                                    ["<python>", "<java>"])
+    write_corpus(tmp_path / "data", tokenizer, files, DEV, segment_len=62, stride=62)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["segment"].update(segment_len=62, stride=62)
+    raw["finetune"].update({**TINY, "windows": "packed", "fim_rate": 0.5, "mixed_precision": "auto",
+                            "scratch": {**TINY["scratch"], "architecture": "llama"}})
+    Params.model_validate(raw)
+    Path("params.yaml").write_text(yaml.safe_dump(raw))
+    # A process of its own: accelerate's state (the precision) is set once per process.
+    with open("train.log", "w") as log:
+        assert start("autocoder.cli", "finetune", stdout=log, stderr=subprocess.STDOUT).wait() == 0, \
+            Path("train.log").read_text()
+
+    best = OUT / "best"
+    config = json.loads((best / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["vocab_size"] == len(tokenizer)
+    assert Completer.from_pretrained(best).can_infill
+    rows = plot_rows()
+    assert all(math.isfinite(float(r["train_loss"])) for r in rows)
+    assert all(float(r["dev_bits_per_byte"]) > 0 for r in rows if r["dev_loss"])
+    run_ = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}").get_run(run_info()["run_id"])
+    assert run_.data.tags["mixed_precision"] == resolve_mixed_precision("auto")
+    # Packed windows of max_length: every position is a real token but the padding that ends a FIM
+    # example whose re-encoded text came out shorter.
+    assert 0.9 < metrics()["tokens_seen"] / (12 * TINY["batch_size"] * TINY["max_length"]) <= 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -12,7 +13,7 @@ from transformers import AutoTokenizer
 
 from autocoder.corpus import TOKENIZER_DIR, Corpus
 from autocoder.errors import UserError
-from autocoder.params import Params
+from autocoder.params import Params, SplitParams
 from autocoder.segment import Skip, read_source, run
 from conftest import JAVA_SNIPPET, STDLIB
 
@@ -201,3 +202,37 @@ def test_unreadable_file_is_skipped(tmp_path):
     with pytest.raises(Skip) as skip:
         read_source(str(tmp_path), MAX_LINE_CHARS)  # a folder cannot be read as a file
     assert skip.value.reason == "unreadable"
+
+
+def test_learned_tokenizer_comes_from_train_files_only_and_is_reproducible(tmp_path):
+    """segment.tokenizer: learn: a BPE learned from the files the split will put in train, the same
+    bytes on every run, loadable by AutoTokenizer, and encoding the corpus with its ids."""
+    from autocoder.split import file_position
+    from autocoder.tokenizer import FIM_TOKENS, learn_bpe
+
+    raw = tmp_path / "data/raw"
+    texts = {f"pysrc/m{i}.py": (STDLIB / name).read_text()
+             for i, name in enumerate(["bisect.py", "heapq.py", "glob.py", "shlex.py", "textwrap.py", "fnmatch.py"])}
+    for path, text in texts.items():
+        write(raw / path, text)
+    split = SplitParams(dev_ratio=0.4, seed=1)
+    for out in ("segments", "again"):
+        params = make_params(tmp_path, tokenizer="learn", vocab_size=500, out=out).model_copy(update={"split": split})
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(tmp_path)
+            run(params)
+    first, again = (tmp_path / name / TOKENIZER_DIR for name in ("segments", "again"))
+    assert (first / "tokenizer.json").read_bytes() == (again / "tokenizer.json").read_bytes()
+
+    held_out = split.dev_ratio
+    train = [text for _, text in sorted(texts.items())
+             if file_position(hashlib.sha256(text.encode()).hexdigest(), split.seed) >= held_out]
+    assert 0 < len(train) < len(texts)  # some file is held out, so the check below can fail
+    tok = AutoTokenizer.from_pretrained(first)
+    expected = learn_bpe(train, 500)
+    sample = (STDLIB / "heapq.py").read_text()
+    assert tok.encode(sample) == expected.encode(sample)
+    assert all(t in tok.get_added_vocab() for t in (*FIM_TOKENS, "<python>", "<java>"))
+    corpus = Corpus(tmp_path / "segments")
+    row = row_of(corpus, "pysrc", "m0.py")
+    assert corpus.file_tokens(row).tolist() == tok.encode(texts["pysrc/m0.py"])

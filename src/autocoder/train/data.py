@@ -125,7 +125,7 @@ def collate(examples: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> dict:
         input_ids[row, : len(ids)] = torch.from_numpy(ids)
         labels[row, : len(lab)] = torch.from_numpy(lab)
         attention_mask[row, : len(ids)] = 1
-    n_tokens = sum(len(ids) for ids, _ in examples)
+    n_tokens = sum(int((ids != pad_id).sum()) for ids, _ in examples)  # FIM examples may end in padding
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "n_tokens": n_tokens}
 
 
