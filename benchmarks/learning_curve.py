@@ -5,9 +5,11 @@
 RUN_DIR is a project folder after `dvc repro` (its plots/finetune.csv, and metrics/metrics.json
 when evaluate ran). For each run it writes benchmarks/results/learning_curve_<NAME>.csv: one row per
 dev evaluation of the training (train_minutes, tokens, dev_bits_per_byte on that run's own dev
-windows), and, when the run was evaluated, a last row with the evaluate stage's figures (dev
-bits/byte over the whole scored dev set, line completion exact match per language) at the run's
-final minute. `dvc plots show` draws the files (dvc.yaml, plot `learning_curve`).
+windows, "finetune dev windows"); rows measured by the evaluate stage's own code (dev bits/byte
+over the scored dev files, line completion exact match per language): the run's
+metrics/metrics.json at its last step, and benchmarks/results/evaluate_<NAME>-step<N>.json
+(benchmarks/evaluate_model.py on the checkpoint of step N) at step N. `dvc plots show` draws the
+files (dvc.yaml, plots `learning_curve_minutes` and `learning_curve_tokens`).
 """
 
 from __future__ import annotations
@@ -23,19 +25,25 @@ COLUMNS = ["train_minutes", "tokens", "dev_bits_per_byte", "line_exact_match_pyt
            "measured_by"]
 
 
-def curve(run_dir: Path) -> list[dict]:
-    rows = [r for r in csv.DictReader((run_dir / "plots/finetune.csv").open()) if r["dev_bits_per_byte"]]
+def evaluated(row: dict, metrics: dict, how: str) -> dict:
+    lines = metrics["line_completion"]
+    return {"train_minutes": row["train_minutes"], "tokens": row["tokens"],
+            "dev_bits_per_byte": round(metrics["dev_bits_per_byte"], 4),
+            **{f"line_exact_match_{lang}": round(lines[lang]["exact_match"], 4) for lang in lines}, "measured_by": how}
+
+
+def curve(name: str, run_dir: Path) -> list[dict]:
+    rows = list(csv.DictReader((run_dir / "plots/finetune.csv").open()))
+    by_step = {int(r["step"]): r for r in rows}
     out = [{"train_minutes": r["train_minutes"], "tokens": r["tokens"], "dev_bits_per_byte": r["dev_bits_per_byte"],
-            "measured_by": "finetune dev windows"} for r in rows]
+            "measured_by": "finetune dev windows"} for r in rows if r["dev_bits_per_byte"]]
+    for path in sorted(RESULTS.glob(f"evaluate_{name}-step*.json"), key=lambda p: int(p.stem.rsplit("step", 1)[1])):
+        step = int(path.stem.rsplit("step", 1)[1])
+        out.append(evaluated(by_step[step], json.loads(path.read_text()), f"evaluate_model.py, step {step}"))
     metrics_file = run_dir / "metrics/metrics.json"
     if metrics_file.exists():
-        metrics = json.loads(metrics_file.read_text())
-        lines = metrics["line_completion"]
-        out.append({"train_minutes": rows[-1]["train_minutes"], "tokens": rows[-1]["tokens"],
-                    "dev_bits_per_byte": round(metrics["dev_bits_per_byte"], 4),
-                    **{f"line_exact_match_{lang}": round(lines[lang]["exact_match"], 4) for lang in lines},
-                    "measured_by": "evaluate stage"})
-    return out
+        out.append(evaluated(rows[-1], json.loads(metrics_file.read_text()), "evaluate stage"))
+    return sorted(out, key=lambda r: float(r["train_minutes"]))
 
 
 def main() -> None:
@@ -48,7 +56,7 @@ def main() -> None:
         with path.open("w", newline="") as f:
             writer = csv.DictWriter(f, COLUMNS, lineterminator="\n")
             writer.writeheader()
-            writer.writerows(curve(Path(run_dir)))
+            writer.writerows(curve(name, Path(run_dir)))
         print(f"{path.relative_to(ROOT)}")
 
 

@@ -54,6 +54,9 @@ def _build_parser() -> argparse.ArgumentParser:
     comp.add_argument("prompt", help="the code context to complete")
     comp.add_argument("--lang", required=True, help="language (a key of params.yaml languages)")
     add_model_args(comp)
+    suffix = comp.add_mutually_exclusive_group()
+    suffix.add_argument("--suffix", help="the code after the cursor: fill in the middle (a model with FIM tokens)")
+    suffix.add_argument("--suffix-file", type=argparse.FileType("r"), help="the code after the cursor, from a file")
     comp.add_argument("--num", type=int, default=1, help="number of completions (more than 1 needs --temperature > 0)")
     comp.add_argument("--json", action="store_true", help="print completions with their confidence as JSON")
 

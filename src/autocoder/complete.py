@@ -286,8 +286,9 @@ def _completer_for(args) -> Completer:
 
 def complete_command(args) -> None:
     completer = _completer_for(args)
+    suffix = args.suffix_file.read() if args.suffix_file else args.suffix
     completions = completer.complete(args.lang, args.prompt, max_new_tokens=args.max_new_tokens,
-                                     temperature=args.temperature, top_p=args.top_p, num=args.num)
+                                     temperature=args.temperature, top_p=args.top_p, num=args.num, suffix=suffix)
     if args.json:
         print(json.dumps({"lang": args.lang, "prompt": args.prompt,
                           "completions": [asdict(c) for c in completions]}, indent=2))

@@ -1,0 +1,51 @@
+"""The base model shipped in the repository: safetensors only, its tokenizer, and that it completes."""
+
+from __future__ import annotations
+
+import ast
+import json
+
+from transformers import AutoConfig
+
+from autocoder.complete import CONTROL_IDS, Completer
+from autocoder.params import load_params
+from autocoder.tokenizer import FIM_TOKENS
+from conftest import ROOT
+
+BASE = ROOT / "models/autocoder-base"
+MAX_BYTES = 30 * 2**20
+
+
+def test_shipped_base_is_safetensors_with_its_tokenizer_and_card():
+    files = {p.name: p.stat().st_size for p in BASE.iterdir() if p.is_file()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "README.md"} <= set(files)
+    assert not [name for name in files if name.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl"))]
+    assert sum(files.values()) <= MAX_BYTES
+    config = AutoConfig.from_pretrained(BASE)
+    assert config.model_type == "llama" and getattr(config, "prompt_format", None) == CONTROL_IDS
+    default = load_params(ROOT / "params.yaml")
+    assert default.finetune.model == default.segment.tokenizer == "models/autocoder-base"
+
+
+def test_shipped_base_completes_and_infills():
+    completer = Completer.from_pretrained(BASE)  # safetensors only (use_safetensors=True)
+    assert set(completer.languages) == {"python", "java"}
+    assert all(token in completer.tokenizer.get_added_vocab() for token in FIM_TOKENS)
+    [completion] = completer.complete("python", "def factorial(n):", max_new_tokens=64)
+    assert completion.text.strip() and completion.stop in ("pattern", "eos")  # it ends by itself
+    ast.parse("def factorial(n):" + completion.text)
+    [middle] = completer.complete("python", "def add(a, b):\n    return ", suffix="\n\n\nprint(add(1, 2))\n",
+                                  max_new_tokens=16)
+    assert middle.text.strip()
+
+
+def test_cli_fills_in_the_middle_with_the_shipped_base(capsys, tmp_path):
+    from autocoder.cli import main
+
+    suffix = tmp_path / "after.py"
+    suffix.write_text("\n    return total\n")
+    main(["complete", "--model", str(BASE), "--lang", "python", "--suffix-file", str(suffix), "--json",
+          "def total_of(items):\n    total = 0\n    for item in items:\n"])
+    out = json.loads(capsys.readouterr().out)
+    [completion] = out["completions"]
+    assert completion["text"].strip() and completion["stop"] in ("pattern", "eos")
