@@ -57,8 +57,9 @@ def seed_complete(completer: Completer, prompt: list[int]) -> tuple[str, int]:
 
 
 def ours_complete(completer: Completer, lang: str, context: str, prompt: list[int]) -> tuple[str, int]:
+    # heal=False: the same prompt tokens as the seed's way, so both must give the same text.
     [completion] = completer.complete(lang, context, max_new_tokens=SEED_MAX_LENGTH - len(prompt),
-                                      max_context_tokens=len(prompt) - 1)
+                                      max_context_tokens=len(prompt) - 1, heal=False)
     return completion.text, completion.n_tokens
 
 

@@ -1,4 +1,4 @@
-"""The loop guard, on and off: line completion, infilling and the seed's prompts under each setting.
+"""The loop guard, on and off: line completion and the seed's prompts under each setting.
 
     python benchmarks/loop_guard.py [--model DIR] [--lines 200]
 
@@ -27,7 +27,6 @@ SETTINGS = {
     "penalty 1.1": {"repetition_penalty": 1.1, "no_repeat_ngram_size": 0},
     "penalty 1.2": {"repetition_penalty": 1.2, "no_repeat_ngram_size": 0},
     "no repeated 8-grams": {"repetition_penalty": 1.0, "no_repeat_ngram_size": 8},
-    "penalty 1.1 + no repeated 8-grams": {"repetition_penalty": 1.1, "no_repeat_ngram_size": 8},
 }
 
 
@@ -43,13 +42,9 @@ def main() -> None:
     languages = list(params.languages)
     report = {"model": args.model, "lines_per_language": args.lines, "settings": {}}
     for name, guard in SETTINGS.items():
-        cfg = params.evaluate.model_copy(update={**guard, "line_completion_lines": args.lines,
-                                                 "infill_lines": args.lines})
+        cfg = params.evaluate.model_copy(update={**guard, "line_completion_lines": args.lines})
         lines = evaluate.line_completion_examples(completer, corpus, dev_rows, cfg)
         result = {"line_completion": evaluate.line_completion_scores(lines, languages)}
-        if completer.can_infill:
-            infill = evaluate.infill_examples(completer, corpus, dev_rows, cfg)
-            result["infill"] = evaluate.line_completion_scores(infill, languages)
         samples, _ = evaluate.sample_prompts(completer, cfg.model_copy(update={"latency_repeats": 0}))
         result["samples"] = evaluate.samples_summary(samples)
         report["settings"][name] = {**guard, **result}

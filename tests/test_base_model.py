@@ -49,3 +49,17 @@ def test_cli_fills_in_the_middle_with_the_shipped_base(capsys, tmp_path):
     out = json.loads(capsys.readouterr().out)
     [completion] = out["completions"]
     assert completion["text"].strip() and completion["stop"] in ("pattern", "eos")
+
+
+def test_token_healing_completes_the_line_after_a_line_break():
+    """A context that ends at a line break ends with a bare newline token, which the code tokenizer
+    never produces before indented code (it merges the newline with the indentation): unhealed, the
+    model starts anywhere but at the indentation; healed, it writes the indented next line."""
+    from autocoder.complete import END_OF_LINE
+
+    completer = Completer.from_pretrained(BASE)
+    context = "def total_of(items):\n    total = 0\n    for item in items:\n"
+    [healed] = completer.complete("python", context, max_new_tokens=24, stop=END_OF_LINE)
+    [unhealed] = completer.complete("python", context, max_new_tokens=24, stop=END_OF_LINE, heal=False)
+    assert healed.text.startswith("        ") and healed.text.strip()
+    assert not unhealed.text.startswith("        ")

@@ -26,6 +26,13 @@ four special tokens, or max_context_tokens if smaller) the suffix keeps at most 
 mostly says where to stop) of its first tokens, and the prefix the rest, its last tokens. The seed
 format and tokenizers without the FIM tokens (GPT-2) cannot infill: a suffix is then a UserError.
 
+Token healing (on by default): a tokenizer made for code spells a newline and the next line's
+indentation as one token, so a context that ends at a line break ends with a bare "\n" token that
+left-to-right training never saw before indented code, and the model answers with a blank line. The
+context's last token is taken back and the first generated token must start with its text
+(Guidance's token healing); the completion is what follows that text. The same holds for the prefix
+of a fill-in-the-middle prompt.
+
 Loop guard: `repetition_penalty` (CTRL's: the logits of every token already in the prompt or the
 completion are divided by it when positive, multiplied when negative) and `no_repeat_ngram_size`
 (no n-gram of the prompt + completion occurs twice) are transformers' logits processors, applied to
@@ -71,14 +78,14 @@ class StopCheck:
     """Why a completion is over after its newest token: "eos", "pattern" (the generated text now
     matches `pattern`, so the newest token completed the match) or None (not over)."""
 
-    def __init__(self, tokenizer, pattern: re.Pattern):
-        self.tokenizer, self.pattern = tokenizer, pattern
+    def __init__(self, tokenizer, pattern: re.Pattern, healed: str = ""):
+        self.tokenizer, self.pattern, self.healed = tokenizer, pattern, healed
 
     def __call__(self, ids: list[int]) -> str | None:
         if ids[-1] == self.tokenizer.eos_token_id:
             return "eos"
         text = self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        return "pattern" if self.pattern.search(text) else None
+        return "pattern" if self.pattern.search(text[len(self.healed):]) else None
 
 
 class Completer:
@@ -89,6 +96,7 @@ class Completer:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
+        self._token_texts: list[str] | None = None  # each token's text, for token healing
         self.prompt_format = prompt_format or getattr(model.config, PROMPT_FORMAT_KEY, None) or SEED_TEXT
         added = tokenizer.get_added_vocab()
         if control_tokens is None:  # no params: every added "<name>" token that is not eos/pad/FIM/...
@@ -156,9 +164,10 @@ class Completer:
                  top_p: float = 1.0, num: int = 1, stop: re.Pattern = BLANK_LINE,
                  max_context_tokens: int | None = None, suffix: str | None = None,
                  max_suffix_tokens: int | None = None, repetition_penalty: float = 1.0,
-                 no_repeat_ngram_size: int = 0) -> list[Completion]:
+                 no_repeat_ngram_size: int = 0, heal: bool = True) -> list[Completion]:
         """`num` completions of `context`: greedy when temperature is 0, else sampled (top-p). With a
-        `suffix`, the completion fills in between `context` and `suffix` (the module docstring)."""
+        `suffix`, the completion fills in between `context` and `suffix` (the module docstring).
+        `heal`: token healing of the context's last token (the module docstring)."""
         _check_generation_args(max_new_tokens, temperature, top_p, num)
         _check_loop_guard(repetition_penalty, no_repeat_ngram_size)
         specials = 1 if suffix is None else 4  # control (+ <fim_prefix>, <fim_suffix>, <fim_middle>)
@@ -167,6 +176,9 @@ class Completer:
             raise UserError(f"max_new_tokens {max_new_tokens} leaves no room for a context in the model's "
                             f"{self.model.config.max_position_embeddings} positions")
         keep = min(room, max_context_tokens or room)
+        healed, allowed = (self._healed_tail(context) if heal else ""), None
+        if healed:  # the context's last token, taken back: the first generated token must re-spell it
+            context, allowed = context[: -len(healed)], self._tokens_starting_with(healed)
         if suffix is None:
             prompt = self.prompt_ids(lang, context)
             prompt = prompt[:1] + prompt[1:][-keep:]  # the control token and the nearest left context
@@ -177,7 +189,7 @@ class Completer:
             processors.append(RepetitionPenaltyLogitsProcessor(float(repetition_penalty)))
         if no_repeat_ngram_size > 0:
             processors.append(NoRepeatNGramLogitsProcessor(int(no_repeat_ngram_size)))
-        check = StopCheck(self.tokenizer, stop)
+        check = StopCheck(self.tokenizer, stop, healed)
         generated: list[list[int]] = [[] for _ in range(num)]
         logprobs: list[list[float]] = [[] for _ in range(num)]
         stops: list[str | None] = [None] * num
@@ -188,6 +200,9 @@ class Completer:
                 out = self.model(input_ids=inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
                 cache, logits = out.past_key_values, out.logits[:, -1].float()
                 scores = processors(sequence, logits.clone()) if processors else logits  # logits: the confidence
+                if allowed is not None:  # the first token re-spells the healed one
+                    scores = scores.masked_fill(~allowed, float("-inf"))
+                    allowed = None
                 tokens = _sample(scores, temperature, top_p) if temperature > 0 else scores.argmax(-1)
                 token_logprobs = logits.log_softmax(-1).gather(1, tokens[:, None])[:, 0]
                 for row, (token, logprob) in enumerate(zip(tokens.tolist(), token_logprobs.tolist())):
@@ -200,12 +215,30 @@ class Completer:
                 inputs = tokens[:, None]
                 if processors:
                     sequence = torch.cat([sequence, inputs], dim=1)
-        return [self._completion(ids, row_logprobs, reason or "length", stop)
+        return [self._completion(ids, row_logprobs, reason or "length", stop, healed)
                 for ids, row_logprobs, reason in zip(generated, logprobs, stops)]
 
-    def _completion(self, ids: list[int], logprobs: list[float], reason: str, stop: re.Pattern) -> Completion:
+    def _completion(self, ids: list[int], logprobs: list[float], reason: str, stop: re.Pattern,
+                    healed: str) -> Completion:
         text = self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        return Completion(cut_at(stop, text), sum(logprobs) / len(logprobs), len(ids), reason)
+        return Completion(cut_at(stop, text[len(healed):]), sum(logprobs) / len(logprobs), len(ids), reason)
+
+    def _healed_tail(self, context: str) -> str:
+        """The text of the context's last token, when token healing can take it back."""
+        ids = self.tokenizer.encode(context[-256:]) if context else []  # the tail is enough for the last token
+        tail = self.tokenizer.decode(ids[-1:], clean_up_tokenization_spaces=False) if ids else ""
+        if not tail or "\ufffd" in tail or tail in self.tokenizer.all_special_tokens or not context.endswith(tail):
+            return ""
+        return tail
+
+    def _tokens_starting_with(self, text: str) -> torch.Tensor:
+        """A mask of the vocabulary's tokens whose text starts with `text` (one row, on the device)."""
+        if self._token_texts is None:
+            self._token_texts = [self.tokenizer.decode([i], clean_up_tokenization_spaces=False)
+                                 for i in range(len(self.tokenizer))]
+        mask = torch.zeros(self.model.config.vocab_size, dtype=torch.bool, device=self.device)
+        mask[[i for i, t in enumerate(self._token_texts) if t.startswith(text) and i < len(mask)]] = True
+        return mask
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:

@@ -16,6 +16,8 @@ MLflow run, register it, and make it the champion if it is the best comparable m
   the text before the line (prefix, ending with its newline) and after it (suffix, from the next
   line on), at most `infill_max_context` tokens of both (the suffix at most a quarter), and writes
   the middle greedily until a newline or eos.
+- Both line measures are token-healed (complete.py): their context ends with the line break before the
+  target line.
 - Both line measures, per language: exact match (CodeXGLUE's: the whitespace-split tokens of the
   predicted and the true line are equal), edit similarity (difflib.SequenceMatcher ratio, 0..1, no
   autojunk, of both lines with the whitespace around them stripped), `hit_max_new_tokens` (the share
