@@ -46,20 +46,21 @@ SEGMENTS, SPLIT = Path("data/segments"), Path("data/split")  # the pipeline's ou
 RESULTS = Path(__file__).parent / "results" / "complete.json"
 
 
-def seed_complete(completer: Completer, prompt: list[int]) -> tuple[str, int]:
+def seed_complete(completer: Completer, prompt: list[int], penalty: float) -> tuple[str, int]:
     """The seed's interact loop: generate to max_length, then cut the text at the first blank line."""
     input_ids = torch.tensor([prompt], device=completer.device)
     out = completer.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_length=SEED_MAX_LENGTH,
-                                   do_sample=False, pad_token_id=completer.tokenizer.pad_token_id)
+                                   do_sample=False, pad_token_id=completer.tokenizer.pad_token_id,
+                                   repetition_penalty=penalty)
     generated = out[0, len(prompt):].tolist()
     text = completer.tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     return cut_at(BLANK_LINE, text), len(generated)
 
 
-def ours_complete(completer: Completer, lang: str, context: str, prompt: list[int]) -> tuple[str, int]:
+def ours_complete(completer: Completer, lang: str, context: str, prompt: list[int], penalty: float) -> tuple[str, int]:
     # heal=False: the same prompt tokens as the seed's way, so both must give the same text.
     [completion] = completer.complete(lang, context, max_new_tokens=SEED_MAX_LENGTH - len(prompt),
-                                      max_context_tokens=len(prompt) - 1, heal=False)
+                                      max_context_tokens=len(prompt) - 1, heal=False, repetition_penalty=penalty)
     return completion.text, completion.n_tokens
 
 
@@ -107,6 +108,8 @@ def main() -> None:
                         help="also take contexts from this many held-out dev files per language (data/split)")
     parser.add_argument("--per-file", type=int, default=2, help="contexts per file")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per prompt and way")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0,
+                        help="the loop guard, in both ways (generate's repetition_penalty; evaluate.repetition_penalty)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's); 1 is steadier on a busy machine")
     args = parser.parse_args()
     if args.threads:
@@ -128,8 +131,8 @@ def main() -> None:
     for group, lang, context in prompts:
         full = completer.prompt_ids(lang, context)
         prompt = full[:1] + full[1:][-CONTEXT_TOKENS:]
-        ways = {"seed": lambda: seed_complete(completer, prompt),
-                "ours": lambda: ours_complete(completer, lang, context, prompt)}
+        ways = {"seed": lambda: seed_complete(completer, prompt, args.repetition_penalty),
+                "ours": lambda: ours_complete(completer, lang, context, prompt, args.repetition_penalty)}
         results = {way: run() for way, run in ways.items()}  # warm-up, and the texts to compare
         mine = {way: [] for way in ways}  # this prompt's latencies
         for _ in range(args.repeats):
@@ -158,6 +161,7 @@ def main() -> None:
         "model": str(model_dir), "prompt_format": completer.prompt_format, "vocab_size": len(completer.tokenizer),
         "model_parameters": sum(p.numel() for p in completer.model.parameters()),
         "device": completer.device, "torch_threads": torch.get_num_threads(), "repeats": args.repeats,
+        "repetition_penalty": args.repetition_penalty,
         "cpu": platform.processor() or platform.machine(), "load_average_1min": os.getloadavg()[0],
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

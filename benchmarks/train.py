@@ -178,6 +178,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="measure each variant this many times; keep the best")
     parser.add_argument("--segments", type=Path, default=ROOT / "data/segments")
     parser.add_argument("--split", type=Path, default=ROOT / "data/split")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("work", nargs="?", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -198,9 +199,9 @@ def main() -> None:
             segments, split = build_corpus(Path(tmp))
             corpus = "the Python standard library's top-level modules"
         raw = base_params(segments, split, args.steps)
-        runs: dict[str, list[dict]] = {which: [] for which in VARIANTS}
+        runs: dict[str, list[dict]] = {which: [] for which in args.variants}
         for repeat in range(args.repeats):
-            order = list(VARIANTS) if repeat % 2 == 0 else list(reversed(VARIANTS))  # no order bias
+            order = args.variants if repeat % 2 == 0 else args.variants[::-1]  # no order bias
             for which in order:
                 runs[which].append(child(which, raw, args.threads))
                 print(f"{which}: {runs[which][-1]['tokens_per_s']:.0f} tokens/s", file=sys.stderr)

@@ -1,4 +1,7 @@
-"""Completion: the stop criterion, the seed's prompt format, `autocoder complete` and `interact`."""
+"""Completion: the stop criterion, the seed's prompt format, `autocoder complete` and `interact`.
+
+Completer calls here pass heal=False: they compare with the seed's way (`generate` on the prompt's
+tokens as they are); token healing is tested on the shipped base model (test_base_model.py)."""
 
 from __future__ import annotations
 
@@ -83,19 +86,19 @@ def test_stop_check_fires_on_the_token_that_completes_a_blank_line(gpt2_tokenize
 
 def test_greedy_completion_is_the_seed_text_and_stops_at_the_blank_line(bigram_dir):
     completer = Completer.from_pretrained(bigram_dir)
-    [completion] = completer.complete("python", "def f", max_new_tokens=MAX_NEW)
+    [completion] = completer.complete("python", "def f", max_new_tokens=MAX_NEW, heal=False)
     assert completion.text == "(): return 1" == seed_way(completer, "python", "def f", MAX_NEW)
     assert completion.stop == "pattern" and completion.n_tokens == 6 < MAX_NEW
     assert -1 < completion.confidence < 0
-    [java] = completer.complete("java", "class A", max_new_tokens=MAX_NEW)
+    [java] = completer.complete("java", "class A", max_new_tokens=MAX_NEW, heal=False)
     assert (java.text, java.stop, java.n_tokens) == (" {}", "eos", 3)
-    [line] = completer.complete("python", "def f", max_new_tokens=MAX_NEW, stop=END_OF_LINE)
+    [line] = completer.complete("python", "def f", max_new_tokens=MAX_NEW, stop=END_OF_LINE, heal=False)
     assert line.text == "(): return 1" and line.n_tokens == 5
 
 
 def test_without_a_blank_line_it_runs_to_max_new_tokens_like_the_seed(tiny_model_dir):
     completer = Completer.from_pretrained(tiny_model_dir)
-    [completion] = completer.complete("java", "class Main {", max_new_tokens=12)
+    [completion] = completer.complete("java", "class Main {", max_new_tokens=12, heal=False)
     assert completion.stop == "length" and completion.n_tokens == 12
     assert completion.text == seed_way(completer, "java", "class Main {", 12)
     assert math.isfinite(completion.confidence)
@@ -114,22 +117,22 @@ def test_seed_checkpoints_get_the_seed_prompt(tiny_model_dir, bigram_dir, gpt2_t
 
 def test_sampling_and_argument_errors(bigram_dir):
     completer = Completer.from_pretrained(bigram_dir)
-    completions = completer.complete("python", "def f", max_new_tokens=8, temperature=0.8, top_p=0.9, num=3)
+    completions = completer.complete("python", "def f", max_new_tokens=8, temperature=0.8, top_p=0.9, num=3, heal=False)
     assert len(completions) == 3 and all(math.isfinite(c.confidence) for c in completions)
     # a nucleus smaller than the top token's probability leaves only that token: the greedy text
-    nucleus = completer.complete("python", "def f", max_new_tokens=MAX_NEW, temperature=1.0, top_p=1e-6, num=2)
+    nucleus = completer.complete("python", "def f", max_new_tokens=MAX_NEW, temperature=1.0, top_p=1e-6, num=2, heal=False)
     assert [c.text for c in nucleus] == ["(): return 1"] * 2
     with pytest.raises(UserError, match="num"):
-        completer.complete("python", "def f", num=2)
+        completer.complete("python", "def f", num=2, heal=False)
     with pytest.raises(UserError, match="'cobol'.*python, java"):
-        completer.complete("cobol", "def f")
+        completer.complete("cobol", "def f", heal=False)
     with pytest.raises(UserError, match="max_new_tokens"):
-        completer.complete("python", "def f", max_new_tokens=400)  # the model has 256 positions
+        completer.complete("python", "def f", max_new_tokens=400, heal=False)  # the model has 256 positions
 
 
 def test_long_context_keeps_the_nearest_tokens(bigram_dir):
     completer = Completer.from_pretrained(bigram_dir)
-    [completion] = completer.complete("python", "x = 0\n" * 300 + "def f", max_new_tokens=MAX_NEW)
+    [completion] = completer.complete("python", "x = 0\n" * 300 + "def f", max_new_tokens=MAX_NEW, heal=False)
     assert completion.text == "(): return 1"
 
 
@@ -154,9 +157,9 @@ def test_no_repeat_ngram_size_keeps_a_looping_model_from_repeating_a_bigram(gpt2
     monkeypatch.setattr(complete_module, "StopCheck", RecordingStopCheck)
     completer = Completer(bigram_model(gpt2_tokenizer, [[" a", " b", " c", " a"]]), gpt2_tokenizer)  # a loop
     prompt = completer.prompt_ids("python", " a")
-    [looping] = completer.complete("python", " a", max_new_tokens=12, stop=NEVER)
+    [looping] = completer.complete("python", " a", max_new_tokens=12, stop=NEVER, heal=False)
     assert looping.text == " b c a" * 4 and len(set(bigrams(RecordingStopCheck.seen))) == 3
-    [guarded] = completer.complete("python", " a", max_new_tokens=12, stop=NEVER, no_repeat_ngram_size=2)
+    [guarded] = completer.complete("python", " a", max_new_tokens=12, stop=NEVER, no_repeat_ngram_size=2, heal=False)
     ids = prompt + RecordingStopCheck.seen
     assert guarded.n_tokens == len(RecordingStopCheck.seen) == 12
     assert len(set(bigrams(ids))) == len(bigrams(ids))  # no bigram twice, the prompt's included
@@ -174,19 +177,19 @@ def hf_way(completer: Completer, lang: str, context: str, max_new_tokens: int, *
 
 def test_loop_guard_decodes_as_transformers_generate_and_off_is_plain_greedy(tiny_model_dir):
     completer = Completer.from_pretrained(tiny_model_dir)
-    plain = completer.complete("java", "class Main {", max_new_tokens=16, stop=NEVER)
+    plain = completer.complete("java", "class Main {", max_new_tokens=16, stop=NEVER, heal=False)
     off = completer.complete("java", "class Main {", max_new_tokens=16, stop=NEVER, repetition_penalty=1.0,
-                             no_repeat_ngram_size=0)
+                             no_repeat_ngram_size=0, heal=False)
     assert off == plain and plain[0].text == hf_way(completer, "java", "class Main {", 16)
     guard = {"repetition_penalty": 1.5, "no_repeat_ngram_size": 2}
-    [guarded] = completer.complete("java", "class Main {", max_new_tokens=16, stop=NEVER, **guard)
+    [guarded] = completer.complete("java", "class Main {", max_new_tokens=16, stop=NEVER, **guard, heal=False)
     assert guarded.text == hf_way(completer, "java", "class Main {", 16, **guard) != plain[0].text
     assert guarded.n_tokens == 16 and math.isfinite(guarded.confidence)
     for bad, what in [({"repetition_penalty": 0.0}, "repetition_penalty"),
                       ({"repetition_penalty": float("nan")}, "repetition_penalty"),
                       ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size")]:
         with pytest.raises(UserError, match=what):
-            completer.complete("java", "class Main {", **bad)
+            completer.complete("java", "class Main {", **bad, heal=False)
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +214,7 @@ def test_a_suffix_makes_the_psm_prompt_of_fim_training(fim_model_dir, monkeypatc
     def prompt_of(prefix: str, suffix: str, **kwargs) -> list[int]:
         prompts.clear()
         [completion] = completer.complete("python", prefix, suffix=suffix, max_new_tokens=4, stop=END_OF_LINE,
-                                          **kwargs)
+                                          **kwargs, heal=False)
         assert completion.stop in {"pattern", "eos", "length"}
         return prompts[0][0]
 
@@ -238,7 +241,7 @@ def test_a_model_without_fim_tokens_refuses_a_suffix_in_one_line(tiny_model_dir,
                       Completer.from_pretrained(fim_model_dir)]:  # the seed's prompt format cannot infill
         assert not completer.can_infill
         with pytest.raises(UserError) as error:
-            completer.complete("python", "def f(", suffix="):\n    pass\n")
+            completer.complete("python", "def f(", suffix="):\n    pass\n", heal=False)
         message = str(error.value)
         assert "\n" not in message and "has no fill-in-the-middle tokens" in message
         assert FIM_PREFIX in message and "complete without a suffix" in message

@@ -49,6 +49,8 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-new-tokens", type=int, default=128)
         p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
         p.add_argument("--top-p", type=float, default=1.0)
+        p.add_argument("--repetition-penalty", type=float, default=None,
+                       help="loop guard (1.0 = off; default: params.yaml's evaluate.repetition_penalty, else 1.0)")
 
     comp = sub.add_parser("complete", help="complete code from a prompt")
     comp.add_argument("prompt", help="the code context to complete")

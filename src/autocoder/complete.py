@@ -314,14 +314,18 @@ def _completer_for(args) -> Completer:
 
     _check_generation_args(args.max_new_tokens, args.temperature, args.top_p, getattr(args, "num", 1))
     logging.disable_progress_bar()  # no "Loading weights" bar around the completion
-    return load_completer(args.model, _load_params(args))
+    params = _load_params(args)
+    if args.repetition_penalty is None:  # the loop guard the evaluate stage measured the model with
+        args.repetition_penalty = params.evaluate.repetition_penalty if params else 1.0
+    return load_completer(args.model, params)
 
 
 def complete_command(args) -> None:
     completer = _completer_for(args)
     suffix = args.suffix_file.read() if args.suffix_file else args.suffix
     completions = completer.complete(args.lang, args.prompt, max_new_tokens=args.max_new_tokens,
-                                     temperature=args.temperature, top_p=args.top_p, num=args.num, suffix=suffix)
+                                     temperature=args.temperature, top_p=args.top_p, num=args.num, suffix=suffix,
+                                     repetition_penalty=args.repetition_penalty)
     if args.json:
         print(json.dumps({"lang": args.lang, "prompt": args.prompt,
                           "completions": [asdict(c) for c in completions]}, indent=2))
@@ -357,7 +361,8 @@ def interact_command(args) -> None:
                 lang = _ask_language(completer)
             elif context.strip():
                 [completion] = completer.complete(lang, context, max_new_tokens=args.max_new_tokens,
-                                                  temperature=args.temperature, top_p=args.top_p)
+                                                  temperature=args.temperature, top_p=args.top_p,
+                                                  repetition_penalty=args.repetition_penalty)
                 print(context + completion.text)
     except EOFError:
         print(file=sys.stderr)
