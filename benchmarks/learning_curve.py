@@ -1,6 +1,6 @@
 """The learning curve in the README: dev bits per byte against training minutes and tokens.
 
-    python benchmarks/learning_curve.py NAME=RUN_DIR [NAME=RUN_DIR ...]
+    python benchmarks/learning_curve.py NAME=RUN_DIR[@TOKENS_PER_S] [NAME=RUN_DIR ...]
 
 RUN_DIR is a project folder after `dvc repro` (its plots/finetune.csv, and metrics/metrics.json
 when evaluate ran). For each run it writes benchmarks/results/learning_curve_<NAME>.csv: one row per
@@ -9,7 +9,9 @@ windows, "finetune dev windows"); rows measured by the evaluate stage's own code
 over the scored dev files, line completion exact match per language): the run's
 metrics/metrics.json at its last step, and benchmarks/results/evaluate_<NAME>-step<N>.json
 (benchmarks/evaluate_model.py on the checkpoint of step N) at step N. `dvc plots show` draws the
-files (dvc.yaml, plots `learning_curve_minutes` and `learning_curve_tokens`).
+files (dvc.yaml, plots `learning_curve_minutes` and `learning_curve_tokens`). @TOKENS_PER_S: for a
+run that shared the CPU with other jobs (its own clock then says little), train_minutes are its
+tokens at this rate, as measured for the same model and recipe on an idle machine.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ def evaluated(row: dict, metrics: dict, how: str) -> dict:
             **{f"line_exact_match_{lang}": round(lines[lang]["exact_match"], 4) for lang in lines}, "measured_by": how}
 
 
-def curve(name: str, run_dir: Path) -> list[dict]:
+def curve(name: str, run_dir: Path, tokens_per_s: float | None) -> list[dict]:
     rows = list(csv.DictReader((run_dir / "plots/finetune.csv").open()))
+    if tokens_per_s:
+        rows = [{**r, "train_minutes": f"{int(r['tokens']) / tokens_per_s / 60:.4g}"} for r in rows]
     by_step = {int(r["step"]): r for r in rows}
     out = [{"train_minutes": r["train_minutes"], "tokens": r["tokens"], "dev_bits_per_byte": r["dev_bits_per_byte"],
             "measured_by": "finetune dev windows"} for r in rows if r["dev_bits_per_byte"]]
@@ -52,11 +56,12 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     for arg in sys.argv[1:]:
         name, run_dir = arg.split("=", 1)
+        run_dir, _, rate = run_dir.partition("@")
         path = RESULTS / f"learning_curve_{name}.csv"
         with path.open("w", newline="") as f:
             writer = csv.DictWriter(f, COLUMNS, lineterminator="\n")
             writer.writeheader()
-            writer.writerows(curve(name, Path(run_dir)))
+            writer.writerows(curve(name, Path(run_dir), float(rate) if rate else None))
         print(f"{path.relative_to(ROOT)}")
 
 
