@@ -177,6 +177,12 @@ class FinetuneParams(_Strict):
     out_dir: str = "models/finetune"
     checkpoint_dir: str = "models/checkpoints"
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value):
+        # YAML 1.1 reads a bare `no` as false (and `dvc exp run -S` writes it bare): it means "no".
+        return "no" if value is False else value
+
 
 class EvaluateParams(_Strict):
     registered_model_name: str = Field("autocoder", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
