@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sysconfig
 import tarfile
 import zipfile
 from pathlib import Path
@@ -188,6 +189,18 @@ def test_license_param_and_python_stdlib(tmp_path):
     assert rec["license_files"] == ["NOTICE"] and (tmp_path / "raw" / "std" / "NOTICE").read_text() == "terms\n"
     assert set(files_of(tmp_path / "raw" / "std")) == {"NOTICE", "json/__init__.py", "json/decoder.py",
                                                        "json/encoder.py", "json/scanner.py", "json/tool.py"}
+
+
+def test_site_packages_placeholder(tmp_path):
+    """{site_packages} is the running interpreter's installed packages: this venv's pinned ones."""
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    sources.run(make_params(tmp_path, {"name": "pkgs", "path": "{site_packages}", "languages": ["python"],
+                                       "include": ["filelock/*.py"]}))
+    rec = record(tmp_path)["pkgs"]
+    assert rec["location"] == str(purelib)
+    expected = {p.name for p in (purelib / "filelock").glob("*.py")}
+    taken = {Path(f).name for f in files_of(tmp_path / "raw" / "pkgs") if f.endswith(".py")}
+    assert expected and taken == expected
 
 
 def test_sha256_pin(tmp_path):

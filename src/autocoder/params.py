@@ -44,7 +44,8 @@ class Source(_Strict):
     # Exactly one of `git` (URL or local repo path) and `path` (directory or zip/tar archive).
     git: Optional[str] = None
     rev: Optional[str] = None  # commit, tag or branch; required for git sources
-    path: Optional[str] = None  # "{python_stdlib}" expands to the running interpreter's stdlib
+    # "{python_stdlib}" and "{site_packages}" expand to the running interpreter's stdlib and packages
+    path: Optional[str] = None
     languages: list[str] = Field(min_length=1)
     # Globs on relative paths ("**" crosses folders; semantics in sources.py); empty include = all.
     include: list[str] = Field(default_factory=list)

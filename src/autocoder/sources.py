@@ -37,7 +37,9 @@ from autocoder.errors import UserError
 from autocoder.params import Language, Params, Source
 
 SOURCES_JSON = "sources.json"
-PYTHON_STDLIB = "{python_stdlib}"
+# Path placeholders: the running interpreter's standard library and its installed packages (the
+# venv's, pinned by requirements.lock), so a profile names them the same way on every machine.
+PATH_PLACEHOLDERS = {"{python_stdlib}": "stdlib", "{site_packages}": "purelib"}
 LICENSE_PREFIXES = ("LICENSE", "LICENCE", "COPYING")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 ARCHIVE_ERRORS = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
@@ -228,7 +230,7 @@ class Located:
     """A source after the cheap checks: what it is and where to read it."""
 
     kind: str  # "git", "dir" or "archive"
-    location: str  # as recorded in sources.json: the URL, or the path with {python_stdlib} expanded
+    location: str  # as recorded in sources.json: the URL, or the path with its placeholders expanded
     path: Optional[Path] = None  # dir/archive on this machine
     url: Optional[str] = None  # what git fetches (a local repository path made absolute)
 
@@ -242,7 +244,10 @@ def locate(source: Source) -> Located:
         url = os.path.abspath(source.git) if os.path.exists(source.git) else source.git
         _check_remote(url, source.rev)
         return Located("git", source.git, url=url)
-    path = Path(source.path.replace(PYTHON_STDLIB, sysconfig.get_paths()["stdlib"]))
+    path = source.path
+    for placeholder, key in PATH_PLACEHOLDERS.items():
+        path = path.replace(placeholder, sysconfig.get_paths()[key])
+    path = Path(path)
     if path.is_dir():
         return Located("dir", str(path), path=path)
     if not path.exists():
