@@ -300,3 +300,14 @@ def test_only_safetensors_weights_load(tmp_path, tiny_model_dir):
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # a pickle: never loaded
     with pytest.raises(UserError, match="safetensors"):
         Completer.from_pretrained(tmp_path)
+
+
+def test_cli_help_shows_defaults(capsys):
+    """Every option of `autocoder complete` says what it does, with its default where it has one."""
+    with pytest.raises(SystemExit):
+        cli.main(["complete", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "--max-new-tokens MAX_NEW_TOKENS most tokens generated" in text and "(default: 128)" in text
+    assert "--top-p TOP_P nucleus sampling" in text and "(default: 1.0)" in text
+    assert "0 = greedy (default: 0.0)" in text
+    assert "(default: None)" not in text and "(default: False)" not in text

@@ -37,6 +37,15 @@ def stage_main(name: str) -> None:
         sys.exit(2)
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" where a default means something and the help does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autocoder", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file (default: params.yaml)")
@@ -46,13 +55,16 @@ def _build_parser() -> argparse.ArgumentParser:
 
     def add_model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", help="model folder or Hub id (default: the registry's champion)")
-        p.add_argument("--max-new-tokens", type=int, default=128)
+        p.add_argument("--max-new-tokens", type=int, default=128,
+                       help="most tokens generated; a completion usually ends sooner, at a blank line or eos")
         p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-        p.add_argument("--top-p", type=float, default=1.0)
+        p.add_argument("--top-p", type=float, default=1.0,
+                       help="nucleus sampling: sample from the most likely tokens that make up this probability")
         p.add_argument("--repetition-penalty", type=float, default=None,
                        help="loop guard (1.0 = off; default: params.yaml's evaluate.repetition_penalty, else 1.0)")
 
-    comp = sub.add_parser("complete", help="complete code from a prompt")
+    comp = sub.add_parser("complete", help="complete code from a prompt",
+                          formatter_class=_DefaultsFormatter)
     comp.add_argument("prompt", help="the code context to complete")
     comp.add_argument("--lang", required=True, help="language (a key of params.yaml languages)")
     add_model_args(comp)
@@ -62,7 +74,8 @@ def _build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--num", type=int, default=1, help="number of completions (more than 1 needs --temperature > 0)")
     comp.add_argument("--json", action="store_true", help="print completions with their confidence as JSON")
 
-    inter = sub.add_parser("interact", help="a REPL: type code, get completions (change_lang, exit)")
+    inter = sub.add_parser("interact", help="a REPL: type code, get completions (change_lang, exit)",
+                           formatter_class=_DefaultsFormatter)
     inter.add_argument("--lang", default=None, help="start in this language")
     add_model_args(inter)
     return parser
