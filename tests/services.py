@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from conftest import VENV_BIN
+from helpers import VENV_BIN
 
 START_TIMEOUT = 120  # seconds: the MLflow server migrates a fresh database on its first start
 

@@ -10,7 +10,7 @@ from transformers import AutoConfig
 from autocoder.complete import CONTROL_IDS, Completer
 from autocoder.params import load_params
 from autocoder.tokenizer import FIM_TOKENS
-from conftest import ROOT
+from helpers import ROOT
 
 BASE = ROOT / "models/autocoder-base"
 MAX_BYTES = 30 * 2**20

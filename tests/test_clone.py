@@ -16,7 +16,7 @@ import yaml
 from autocoder import sources
 from autocoder.errors import UserError
 from autocoder.params import Params, load_params
-from conftest import ROOT
+from helpers import ROOT
 
 LANGUAGES = {"python": {"extensions": [".py"]}, "java": {"extensions": [".java"]}}
 GIT_IDENTITY = {

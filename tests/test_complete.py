@@ -24,7 +24,7 @@ from autocoder.complete import (BLANK_LINE, CONTROL_IDS, END_OF_LINE, PROMPT_FOR
                                 StopCheck, cut_at)
 from autocoder.errors import UserError
 from autocoder.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, FIM_TOKENS, load_tokenizer
-from conftest import CONTROL_TOKENS, ROOT, save_tiny_model
+from helpers import CONTROL_TOKENS, ROOT, save_tiny_model
 
 # Greedy paths of the bigram model: "def f" -> "(): return 1" then newlines; "class A" -> " {}" then eos.
 CHAINS = [[" f", "()", ":", " return", " 1", "\n", "\n"], [" A", " {", "}", "<|endoftext|>"]]

@@ -20,7 +20,7 @@ from autocoder.params import EvaluateParams
 from autocoder.registry import CHAMPION, Measurement
 from autocoder.tracking import read_run_info
 from autocoder.tokenizer import FIM_TOKENS, load_tokenizer
-from conftest import CONTROL_TOKENS, finetuned_project, real_code_files, save_tiny_model
+from helpers import CONTROL_TOKENS, finetuned_project, real_code_files, save_tiny_model
 
 LINE_KEYS = {"exact_match", "edit_similarity", "hit_max_new_tokens", "repeats", "lines"}
 

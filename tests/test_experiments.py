@@ -15,7 +15,7 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import kill_processes_in, make_tiny_project, run
+from helpers import kill_processes_in, make_tiny_project, run
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,7 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import VENV_BIN, kill_processes_in, make_tiny_project, run
+from helpers import VENV_BIN, kill_processes_in, make_tiny_project, run
 
 pytestmark = pytest.mark.slow
 

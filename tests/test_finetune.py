@@ -27,7 +27,7 @@ from autocoder.params import Params
 from autocoder.train import checkpoint, run
 from autocoder.train.data import IGNORE, DevWindows, Permutation, TrainWindows, collate
 from autocoder.train.launch import hardware_flags, resolve_mixed_precision
-from conftest import ROOT, VENV_BIN, real_code_files, write_corpus
+from helpers import ROOT, VENV_BIN, real_code_files, write_corpus
 
 SEGMENT_LEN = 30
 DEV = {"py/heapq.py", "py/shlex.py", "java/Factorial5.java"}

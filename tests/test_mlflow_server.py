@@ -13,7 +13,7 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import make_tiny_project, run
+from helpers import make_tiny_project, run
 from services import mlflow_server, postgres
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from autocoder.params import ParamsError, load_params
-from conftest import ROOT
+from helpers import ROOT
 
 
 def _write(tmp_path, mutate):
@@ -60,3 +60,25 @@ def test_bad_params_name_the_key(tmp_path, mutate, key):
 def test_missing_params_file(tmp_path):
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    leaves = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "prompts":
+            leaves.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves
+
+
+def test_schema_defaults_are_the_default_params_yaml():
+    """One source for each default: a key left out of a params file means what params.yaml says."""
+    from autocoder.params import Params
+
+    committed = load_params(ROOT / "params.yaml")
+    defaults = Params(languages=committed.languages, clone=committed.clone)
+    differ = {key: (value, _leaves(committed.model_dump())[key])
+              for key, value in _leaves(defaults.model_dump()).items()
+              if key != "evaluate.prompts" and value != _leaves(committed.model_dump())[key]}
+    assert differ == {}

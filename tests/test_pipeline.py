@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import make_tiny_project, run
+from helpers import make_tiny_project, run
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from autocoder.split import file_position
 from autocoder.tokenizer import EOS_TOKEN, FIM_TOKENS, PAD_TOKEN, has_fim_tokens, learn_bpe, with_control_tokens
 from autocoder.train.inputs import scratch_config
 from autocoder.train.launch import cpu_has_bf16, resolve_mixed_precision
-from conftest import CONTROL_TOKENS, STDLIB, write_corpus
+from helpers import CONTROL_TOKENS, STDLIB, write_corpus
 
 CODE = [(STDLIB / name).read_text() for name in ("bisect.py", "heapq.py", "textwrap.py", "shlex.py", "glob.py")]
 

@@ -21,7 +21,7 @@ from autocoder import cli, registry, serving
 from autocoder.complete import CONTROL_IDS
 from autocoder.registry import CHAMPION, champion_uri
 from autocoder.tracking import read_run_info
-from conftest import TINY_DEV, finetuned_project, real_code_files, save_tiny_model, write_corpus
+from helpers import TINY_DEV, finetuned_project, real_code_files, save_tiny_model, write_corpus
 
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory, gpt2_tokenizer, _migrated_mlflow_db):

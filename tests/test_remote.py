@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import make_tiny_project, run, tiny_params
+from helpers import make_tiny_project, run, tiny_params
 from services import sshd
 
 pytestmark = pytest.mark.slow

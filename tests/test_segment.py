@@ -15,7 +15,7 @@ from autocoder.corpus import TOKENIZER_DIR, Corpus
 from autocoder.errors import UserError
 from autocoder.params import Params, SplitParams
 from autocoder.segment import Skip, read_source, run
-from conftest import JAVA_SNIPPET, STDLIB
+from helpers import JAVA_SNIPPET, STDLIB
 
 SEGMENT_LEN, STRIDE, MAX_FILE_BYTES, MAX_LINE_CHARS = 32, 8, 200_000, 500
 BISECT = (STDLIB / "bisect.py").read_text()

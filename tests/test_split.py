@@ -13,7 +13,7 @@ from autocoder.corpus import SPLIT_FILE, Corpus, CorpusWriter, Meta, read_split,
 from autocoder.errors import UserError
 from autocoder.params import SplitParams, load_params
 from autocoder.split import assign_by_content, _BASE, METRICS_FILE, assign, contamination_report, corpus_windows, ngram_hashes, run
-from conftest import ROOT
+from helpers import ROOT
 
 
 def random_files(n_files: int, seed: int = 0, lengths=(300, 3000)) -> list[np.ndarray]:

@@ -5,7 +5,7 @@ import json
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from autocoder.tokenizer import _tiktoken_encoding, fingerprint, load_tokenizer, text_encoder
-from conftest import STDLIB, real_code_files
+from helpers import STDLIB, real_code_files
 
 
 def test_gpt2_ids_offline(gpt2_tokenizer, monkeypatch):

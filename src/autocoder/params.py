@@ -2,6 +2,9 @@
 
 Every stage calls `load_params()` first, so a typo, a wrong type or an impossible combination fails
 before any work starts, with a message naming the key (`segment.stride: ...`).
+
+A key left out of a params file takes its default here, which is the default params.yaml's value
+(tests/test_params.py keeps the two equal), so a profile states only what it changes.
 """
 
 from __future__ import annotations
@@ -90,10 +93,10 @@ class NearDedup(_Strict):
 
 class SegmentParams(_Strict):
     # "learn" (a byte-level BPE learned from the train files), "gpt2", a Hub id, or a local folder
-    tokenizer: str = "gpt2"
+    tokenizer: str = "models/autocoder-base"
     vocab_size: int = Field(8192, ge=300)  # of a learned tokenizer, special tokens included
     segment_len: int = Field(254, gt=0)  # tokens per window, before the control token and eos
-    stride: int = Field(10, gt=0)
+    stride: int = Field(254, gt=0)
     workers: int = Field(0, ge=0)  # 0 = all cores
     files_per_batch: int = Field(64, gt=0)
     max_file_bytes: int = Field(1_000_000, gt=0)
@@ -142,7 +145,7 @@ class ScratchModel(_Strict):
 
 
 class FinetuneParams(_Strict):
-    model: str = Field("scratch", min_length=1)  # "scratch", a Hub id (distilgpt2, gpt2-medium, ...) or a local folder
+    model: str = Field("models/autocoder-base", min_length=1)  # "scratch", a Hub id (distilgpt2, gpt2-medium, ...) or a local folder
     scratch: ScratchModel = ScratchModel()
     num_processes: int = Field(1, gt=0)  # accelerate processes: GPUs, or CPU processes (gloo)
     # auto: bf16 on GPUs that have it, else fp16; bf16 autocast on CPUs with native bf16 (avx512_bf16,
@@ -150,30 +153,30 @@ class FinetuneParams(_Strict):
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     # torch.compile (inductor) of the training forward and backward: ~1.8x tokens/s for the scratch
     # Llama in bf16 on 2 CPU cores (benchmarks/train.py), after a one-off compile of about a minute.
-    compile: bool = False
-    learning_rate: float = Field(5e-5, gt=0)
-    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup", "cosine_with_min_lr"] = "linear"
-    weight_decay: float = Field(0.0, ge=0)  # not applied to norms, biases and embeddings
-    warmup_ratio: float = Field(0.2, ge=0, le=1)
+    compile: bool = True
+    learning_rate: float = Field(6e-4, gt=0)
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup", "cosine_with_min_lr"] = "cosine_with_min_lr"
+    weight_decay: float = Field(0.1, ge=0)  # not applied to norms, biases and embeddings
+    warmup_ratio: float = Field(0.05, ge=0, le=1)
     # Train windows: "sliding" = segment's windows (segment_len every stride tokens, the seed's way,
     # for fine-tuning); "packed" = the train files one after another, each as control token + tokens
     # + eos, cut into non-overlapping max_length windows: every token seen once per epoch, no padding.
-    windows: Literal["sliding", "packed"] = "sliding"
+    windows: Literal["sliding", "packed"] = "packed"
     # Fill-in-the-middle: the share of train windows turned into (prefix, suffix) -> middle examples,
     # and the share of those in SPM order (the rest PSM); needs a tokenizer with FIM tokens.
-    fim_rate: float = Field(0.0, ge=0, le=1)
+    fim_rate: float = Field(0.5, ge=0, le=1)
     fim_spm_rate: float = Field(0.5, ge=0, le=1)
     max_grad_norm: Optional[float] = Field(1.0, gt=0)  # gradient clipping; None = off
-    batch_size: int = Field(4, gt=0)  # per device
+    batch_size: int = Field(8, gt=0)  # per device
     grad_accum: int = Field(1, gt=0)
     max_length: int = Field(256, gt=2)
     epochs: int = Field(1, gt=0)
-    max_steps: Optional[int] = Field(None, gt=0)  # optimizer steps; overrides epochs when set
-    eval_every: int = Field(200, gt=0)  # optimizer steps between dev evaluations (and after the last step)
-    eval_max_windows: Optional[int] = Field(None, gt=0)  # dev windows per evaluation; None = all
-    early_stopping_patience: Optional[int] = Field(None, gt=0)  # evaluations without improvement
-    checkpoint_every: int = Field(100, gt=0)  # optimizer steps between resumable checkpoints
-    log_every: int = Field(10, gt=0)
+    max_steps: Optional[int] = Field(1000, gt=0)  # optimizer steps; overrides epochs when set
+    eval_every: int = Field(250, gt=0)  # optimizer steps between dev evaluations (and after the last step)
+    eval_max_windows: Optional[int] = Field(128, gt=0)  # dev windows per evaluation; None = all
+    early_stopping_patience: Optional[int] = Field(3, gt=0)  # evaluations without improvement
+    checkpoint_every: int = Field(250, gt=0)  # optimizer steps between resumable checkpoints
+    log_every: int = Field(50, gt=0)
     seed: int = 42
     out_dir: str = "models/finetune"
     checkpoint_dir: str = "models/checkpoints"
@@ -187,7 +190,7 @@ class FinetuneParams(_Strict):
 
 class EvaluateParams(_Strict):
     registered_model_name: str = Field("autocoder", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    perplexity_max_tokens: Optional[int] = Field(200_000, gt=0)  # dev tokens scored (whole files); None = all
+    perplexity_max_tokens: Optional[int] = Field(50_000, gt=0)  # dev tokens scored (whole files); None = all
     batch_size: int = Field(8, gt=0)  # windows per forward pass when scoring perplexity
     line_completion_lines: int = Field(200, ge=0)  # per language: seeded dev lines, several per file allowed
     line_completion_max_context: int = Field(200, gt=0)  # tokens of left context
@@ -195,11 +198,12 @@ class EvaluateParams(_Strict):
     infill_max_context: int = Field(256, gt=0)  # tokens of prefix + suffix (the suffix at most a quarter)
     line_max_new_tokens: int = Field(48, gt=0)  # per line completion and infill
     max_new_tokens: int = Field(64, gt=0)  # per sample completion (samples.md, latency)
-    repetition_penalty: float = Field(1.0, gt=0)  # loop guard for every generation here; 1.0 = off
+    repetition_penalty: float = Field(1.1, gt=0)  # loop guard for every generation here; 1.0 = off
     no_repeat_ngram_size: int = Field(0, ge=0)  # loop guard: no n-gram twice; 0 = off
     latency_repeats: int = Field(3, gt=0)  # timed completions of each prompt
     seed: int = 0
-    prompts: dict[str, list[str]] = Field(default_factory=dict)  # language -> prompts for samples.md
+    # language -> prompts for samples.md; none by default: they depend on the languages
+    prompts: dict[str, list[str]] = Field(default_factory=dict)
     out_dir: str = "models/evaluate"
 
 
