@@ -26,9 +26,10 @@ def make_params(root: Path, out: str = "segments", **segment) -> Params:
         "languages": {"python": {"extensions": [".py"]}, "java": {"extensions": [".java"]}},
         "clone": {"sources": [{"name": "pysrc", "path": "unused", "languages": ["python"]}],
                   "out_dir": str(root / "data/raw")},
-        "segment": {"segment_len": SEGMENT_LEN, "stride": STRIDE, "max_file_bytes": MAX_FILE_BYTES,
+        "segment": {"tokenizer": "gpt2", "segment_len": SEGMENT_LEN, "stride": STRIDE, "max_file_bytes": MAX_FILE_BYTES,
                     "max_line_chars": MAX_LINE_CHARS, "files_per_batch": 3, "out_dir": str(root / out),
                     **segment},
+        "finetune": {"model": "scratch"},  # what a learned tokenizer needs; segment trains nothing
     })
 
 
