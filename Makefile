@@ -1,12 +1,13 @@
-# Two entry points: `make repro` (the pipeline) and `make test` (the test suite).
-# Both create .venv/ from requirements.lock when it is missing or out of date.
+# Entry points: `make repro` (the pipeline), `make test` (the whole suite, as CI runs it),
+# `make test-fast` (the edit loop: no dvc repro, no accelerate launch, no services) and `make lint`.
+# Each creates .venv/ from requirements.lock when it is missing or out of date.
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Stage commands in dvc.yaml call `python` and `accelerate`: the venv's, without activating it.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv repro test bench clean-venv
+.PHONY: venv repro test test-fast lint bench clean-venv
 
 venv: $(STAMP)
 
@@ -22,6 +23,13 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src stages tests benchmarks
+	$(VENV)/bin/ruff format --check src stages tests benchmarks
 
 bench: $(STAMP)
 	$(PY) benchmarks/segment.py data/raw

@@ -40,8 +40,9 @@ def main() -> None:
     params = load_params(ROOT / "params.yaml")
     corpus = Corpus(args.segments)
     dev_rows = split_rows(corpus, args.split, "dev")
-    tokenizer_dir = args.tokenizer or (args.model if (args.model / "tokenizer.json").exists()
-                                       else args.segments / TOKENIZER_DIR)
+    tokenizer_dir = args.tokenizer or (
+        args.model if (args.model / "tokenizer.json").exists() else args.segments / TOKENIZER_DIR
+    )
     model = AutoModelForCausalLM.from_pretrained(args.model, use_safetensors=True)
     completer = Completer(model, AutoTokenizer.from_pretrained(tokenizer_dir), params.control_tokens(), CONTROL_IDS)
     lines = {} if args.lines is None else {"line_completion_lines": args.lines, "infill_lines": args.lines}
@@ -50,17 +51,21 @@ def main() -> None:
     result = evaluate.dev_perplexity(completer, corpus, dev_rows, cfg)
     languages = list(params.languages)
     result["line_completion"] = evaluate.line_completion_scores(
-        evaluate.line_completion_examples(completer, corpus, dev_rows, cfg), languages)
+        evaluate.line_completion_examples(completer, corpus, dev_rows, cfg), languages
+    )
     if completer.can_infill and not args.no_infill:
-        result["infill"] = evaluate.line_completion_scores(evaluate.infill_examples(completer, corpus, dev_rows, cfg),
-                                                           languages)
+        result["infill"] = evaluate.line_completion_scores(
+            evaluate.infill_examples(completer, corpus, dev_rows, cfg), languages
+        )
     samples, _ = evaluate.sample_prompts(completer, cfg)
     result["samples"] = evaluate.samples_summary(samples)
     result["seconds"] = round(time.perf_counter() - started, 1)
     name = args.name or args.model.name
     out = ROOT / f"benchmarks/results/evaluate_{name}.json"
-    where = {key: str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else path.name
-             for key, path in (("model", args.model), ("segments", args.segments))}
+    where = {
+        key: str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else path.name
+        for key, path in (("model", args.model), ("segments", args.segments))
+    }
     out.write_text(json.dumps({**where, **result}, indent=2) + "\n")
     print(json.dumps(result))
 

@@ -31,17 +31,34 @@ def train(rate: float, steps: int) -> dict:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["segment"]["out_dir"] = str(ROOT / raw["segment"].get("out_dir", "data/segments"))
     raw["split"]["out_dir"] = str(ROOT / raw["split"].get("out_dir", "data/split"))
-    raw["finetune"].update(model="scratch", fim_rate=rate, max_steps=steps, eval_every=steps,
-                           checkpoint_every=steps + 1, log_every=max(1, steps // 10), early_stopping_patience=None)
+    raw["finetune"].update(
+        model="scratch",
+        fim_rate=rate,
+        max_steps=steps,
+        eval_every=steps,
+        checkpoint_every=steps + 1,
+        log_every=max(1, steps // 10),
+        early_stopping_patience=None,
+    )
     with tempfile.TemporaryDirectory() as work:
         Path(work, "params.yaml").write_text(yaml.safe_dump(raw))
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-        subprocess.run([sys.executable, "-m", "autocoder.cli", "finetune"], cwd=work, env=env, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "autocoder.cli", "finetune"],
+            cwd=work,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         rows = list(csv.DictReader(Path(work, "plots/finetune.csv").open()))
     last = rows[-1]
-    return {"fim_rate": rate, "tokens": int(last["tokens"]), "dev_loss": float(last["dev_loss"]),
-            "dev_bits_per_byte": float(last["dev_bits_per_byte"]), "train_minutes": float(last["train_minutes"])}
+    return {
+        "fim_rate": rate,
+        "tokens": int(last["tokens"]),
+        "dev_loss": float(last["dev_loss"]),
+        "dev_bits_per_byte": float(last["dev_bits_per_byte"]),
+        "train_minutes": float(last["train_minutes"]),
+    }
 
 
 def main() -> None:
@@ -54,8 +71,11 @@ def main() -> None:
         runs.append(train(rate, args.steps))
         print(json.dumps(runs[-1]), flush=True)
     base = runs[0]["dev_bits_per_byte"]
-    report = {"steps": args.steps, "runs": runs,
-              "bits_per_byte_cost_vs_first": {str(r["fim_rate"]): round(r["dev_bits_per_byte"] - base, 4) for r in runs}}
+    report = {
+        "steps": args.steps,
+        "runs": runs,
+        "bits_per_byte_cost_vs_first": {str(r["fim_rate"]): round(r["dev_bits_per_byte"] - base, 4) for r in runs},
+    }
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["bits_per_byte_cost_vs_first"]))
 

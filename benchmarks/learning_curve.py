@@ -23,15 +23,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks/results"
-COLUMNS = ["train_minutes", "tokens", "dev_bits_per_byte", "line_exact_match_python", "line_exact_match_java",
-           "measured_by"]
+COLUMNS = [
+    "train_minutes",
+    "tokens",
+    "dev_bits_per_byte",
+    "line_exact_match_python",
+    "line_exact_match_java",
+    "measured_by",
+]
 
 
 def evaluated(row: dict, metrics: dict, how: str) -> dict:
     lines = metrics["line_completion"]
-    return {"train_minutes": row["train_minutes"], "tokens": row["tokens"],
-            "dev_bits_per_byte": round(metrics["dev_bits_per_byte"], 4),
-            **{f"line_exact_match_{lang}": round(lines[lang]["exact_match"], 4) for lang in lines}, "measured_by": how}
+    return {
+        "train_minutes": row["train_minutes"],
+        "tokens": row["tokens"],
+        "dev_bits_per_byte": round(metrics["dev_bits_per_byte"], 4),
+        **{f"line_exact_match_{lang}": round(lines[lang]["exact_match"], 4) for lang in lines},
+        "measured_by": how,
+    }
 
 
 def curve(name: str, run_dir: Path, tokens_per_s: float | None) -> list[dict]:
@@ -39,8 +49,16 @@ def curve(name: str, run_dir: Path, tokens_per_s: float | None) -> list[dict]:
     if tokens_per_s:
         rows = [{**r, "train_minutes": f"{int(r['tokens']) / tokens_per_s / 60:.4g}"} for r in rows]
     by_step = {int(r["step"]): r for r in rows}
-    out = [{"train_minutes": r["train_minutes"], "tokens": r["tokens"], "dev_bits_per_byte": r["dev_bits_per_byte"],
-            "measured_by": "finetune dev windows"} for r in rows if r["dev_bits_per_byte"]]
+    out = [
+        {
+            "train_minutes": r["train_minutes"],
+            "tokens": r["tokens"],
+            "dev_bits_per_byte": r["dev_bits_per_byte"],
+            "measured_by": "finetune dev windows",
+        }
+        for r in rows
+        if r["dev_bits_per_byte"]
+    ]
     for path in sorted(RESULTS.glob(f"evaluate_{name}-step*.json"), key=lambda p: int(p.stem.rsplit("step", 1)[1])):
         step = int(path.stem.rsplit("step", 1)[1])
         out.append(evaluated(by_step[step], json.loads(path.read_text()), f"evaluate_model.py, step {step}"))

@@ -13,8 +13,9 @@ Each measurement runs in a child process of its own. The parent samples the prop
 (PSS: a page shared by n processes counts 1/n in each) of the child and its workers every 250 ms
 (a sample costs the kernel ~5 ms of CPU per process: sampling more often would slow the measured
 work on 2 cores) and reports the peak; CPU seconds (user + sys of the child and its workers, imports
-included) show how much of the wall time other processes took on a busy machine. `--scale` reruns the segment stage on 25% and 50% of
-the corpus: its peak memory should stay flat. Results go to benchmarks/results/segment.json.
+included) show how much of the wall time other processes took on a busy machine. `--scale` reruns
+the segment stage on 25% and 50% of the corpus: its peak memory should stay flat. Results go to
+benchmarks/results/segment.json.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def source_files(raw_dir: str):
 
 # --- children: each does one measured piece of work and prints its result as one JSON line ---
 
+
 def child_stage(stage: str, raw_dir: str, work: Path, workers: int | None) -> dict:
     module = importlib.import_module(f"autocoder.{stage}")
     params = stage_params(raw_dir, work, workers)
@@ -108,11 +110,17 @@ def child_reference(file_list: Path, out_dir: Path) -> dict:
         with open(out_dir / name, "w") as f:
             f.write("\n".join(lines))
     disk = sum((out_dir / name).stat().st_size for name in ("train.jsonl", "dev.jsonl"))
-    return {"seconds": time.perf_counter() - start, "bytes": n_bytes, "windows": len(dev) + len(train),
-            "baseline_mb": baseline / MB, "disk_mb": disk / MB}
+    return {
+        "seconds": time.perf_counter() - start,
+        "bytes": n_bytes,
+        "windows": len(dev) + len(train),
+        "baseline_mb": baseline / MB,
+        "disk_mb": disk / MB,
+    }
 
 
 # --- the parent: runs children, samples their memory ---
+
 
 def tree_pss(proc: psutil.Process) -> int:
     total = 0
@@ -127,8 +135,7 @@ def tree_pss(proc: psutil.Process) -> int:
 def measure(*child_args: str) -> dict:
     """Run this script as a child with `child_args`; its JSON result plus peak_mb and cpu_s."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.Popen([sys.executable, __file__, "--child", *child_args], stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, __file__, "--child", *child_args], stdout=subprocess.PIPE, text=True)
     watched, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None:
         try:
@@ -168,16 +175,23 @@ def run_ours(raw_dir: str, work: Path, workers: int | None, with_split: bool) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("raw_dir", nargs="?", help="a clone stage output (data/raw)")
-    parser.add_argument("--reference-mb", type=float, default=None,
-                        help="run the reference on a subset of this size (default: the whole corpus)")
+    parser.add_argument(
+        "--reference-mb",
+        type=float,
+        default=None,
+        help="run the reference on a subset of this size (default: the whole corpus)",
+    )
     parser.add_argument("--scale", action="store_true", help="also run the segment stage on 25%% and 50%%")
     parser.add_argument("--workers", type=int, default=None, help="segment.workers (default: params.yaml)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
-        result = child_reference(Path(rest[0]), Path(rest[1])) if kind == "reference" else \
-            child_stage(kind, rest[0], Path(rest[1]), args.workers)
+        result = (
+            child_reference(Path(rest[0]), Path(rest[1]))
+            if kind == "reference"
+            else child_stage(kind, rest[0], Path(rest[1]), args.workers)
+        )
         print(json.dumps(result))
         return
     if args.raw_dir is None:
@@ -213,21 +227,35 @@ def main() -> None:
     ref_peak_full = reference["baseline_mb"] + (reference["peak_mb"] - reference["baseline_mb"]) * corpus_mb / ref_mb
     result = {
         "corpus": {"raw_dir": args.raw_dir, "files": len(files), "mb": corpus_mb},
-        "machine": {"cpus": len(os.sched_getaffinity(0)), "load_avg_before": load_before,
-                    "load_avg_after": os.getloadavg()[0]},
-        "ours": {**ours, "mb_per_s": ours_rate, "peak_mb": max(r["peak_mb"] for r in ours.values()),
-                 "stages": list(ours)},
-        "reference": {**reference, "subset_mb": ref_mb, "mb_per_s": ref_rate,
-                      "extrapolated_seconds": corpus_mb / ref_rate, "extrapolated_peak_mb": ref_peak_full,
-                      "extrapolated_disk_mb": reference["disk_mb"] * corpus_mb / ref_mb},
+        "machine": {
+            "cpus": len(os.sched_getaffinity(0)),
+            "load_avg_before": load_before,
+            "load_avg_after": os.getloadavg()[0],
+        },
+        "ours": {
+            **ours,
+            "mb_per_s": ours_rate,
+            "peak_mb": max(r["peak_mb"] for r in ours.values()),
+            "stages": list(ours),
+        },
+        "reference": {
+            **reference,
+            "subset_mb": ref_mb,
+            "mb_per_s": ref_rate,
+            "extrapolated_seconds": corpus_mb / ref_rate,
+            "extrapolated_peak_mb": ref_peak_full,
+            "extrapolated_disk_mb": reference["disk_mb"] * corpus_mb / ref_mb,
+        },
         "speedup": ours_rate / ref_rate,
         "scale": scale,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
 
-    print(f"corpus {args.raw_dir}: {len(files)} files, {corpus_mb:.1f} MB; {result['machine']['cpus']} cores, "
-          f"load average {load_before:.1f} before, {result['machine']['load_avg_after']:.1f} after")
+    print(
+        f"corpus {args.raw_dir}: {len(files)} files, {corpus_mb:.1f} MB; {result['machine']['cpus']} cores, "
+        f"load average {load_before:.1f} before, {result['machine']['load_avg_after']:.1f} after"
+    )
     print(f"{'':44} {'MB/s':>7} {'seconds':>8} {'CPU s':>7} {'MB/CPU s':>8} {'peak MB':>8}")
 
     def row(name: str, mb: float, seconds: float, cpu_s: float, peak_mb: float) -> None:
@@ -235,18 +263,34 @@ def main() -> None:
 
     for stage, r in ours.items():
         row(f"ours: {stage}", corpus_mb, r["seconds"], r["cpu_s"], r["peak_mb"])
-    row(f"ours: {' + '.join(ours)}", corpus_mb, ours_s, sum(r["cpu_s"] for r in ours.values()),
-        result["ours"]["peak_mb"])
-    row(f"reference, measured on {ref_mb:.1f} MB", ref_mb, reference["seconds"], reference["cpu_s"],
-        reference["peak_mb"])
-    print(f"{'reference, extrapolated to the corpus':44} {ref_rate:7.2f} {corpus_mb / ref_rate:8.1f} "
-          f"{'':>7} {'':>8} {ref_peak_full:8.0f}")
+    row(
+        f"ours: {' + '.join(ours)}",
+        corpus_mb,
+        ours_s,
+        sum(r["cpu_s"] for r in ours.values()),
+        result["ours"]["peak_mb"],
+    )
+    row(
+        f"reference, measured on {ref_mb:.1f} MB",
+        ref_mb,
+        reference["seconds"],
+        reference["cpu_s"],
+        reference["peak_mb"],
+    )
+    print(
+        f"{'reference, extrapolated to the corpus':44} {ref_rate:7.2f} {corpus_mb / ref_rate:8.1f} "
+        f"{'':>7} {'':>8} {ref_peak_full:8.0f}"
+    )
     print(f"speed-up (MB/s, ours / reference): {result['speedup']:.1f}x")
-    print(f"disk: ours {sum(r['disk_mb'] for r in ours.values()):.0f} MB, reference "
-          f"{result['reference']['extrapolated_disk_mb']:.0f} MB")
+    print(
+        f"disk: ours {sum(r['disk_mb'] for r in ours.values()):.0f} MB, reference "
+        f"{result['reference']['extrapolated_disk_mb']:.0f} MB"
+    )
     for s in scale:
-        print(f"scale: segment on {s['fraction']:4.0%} of the corpus ({s['mb']:5.1f} MB): "
-              f"peak {s['peak_mb']:6.0f} MB, {s['mb'] / s['seconds']:.2f} MB/s")
+        print(
+            f"scale: segment on {s['fraction']:4.0%} of the corpus ({s['mb']:5.1f} MB): "
+            f"peak {s['peak_mb']:6.0f} MB, {s['mb'] / s['seconds']:.2f} MB/s"
+        )
     print(f"results: {RESULTS.relative_to(ROOT)}")
 
 

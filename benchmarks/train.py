@@ -49,8 +49,14 @@ SEED_SEGMENT_LEN, SEED_STRIDE = 254, 10  # the seed's windows
 def base_params(segments: Path, split: Path, steps: int) -> dict:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["segment"]["out_dir"], raw["split"]["out_dir"] = str(segments), str(split)
-    raw["finetune"].update(model="scratch", max_steps=steps, eval_every=steps, eval_max_windows=8,
-                           checkpoint_every=steps + 1, log_every=max(1, steps // 4))
+    raw["finetune"].update(
+        model="scratch",
+        max_steps=steps,
+        eval_every=steps,
+        eval_max_windows=8,
+        checkpoint_every=steps + 1,
+        log_every=max(1, steps // 4),
+    )
     return raw
 
 
@@ -77,16 +83,35 @@ def build_corpus(out: Path) -> tuple[Path, Path]:
     writer = CorpusWriter(segments, "uint16")
     ids = []
     for path, text in zip(sorted(Path(os.__file__).parent.glob("*.py")), texts):
-        ids.append(writer.add("stdlib", path.name, "python", hashlib.sha256(text.encode()).hexdigest(),
-                              len(text.encode()), tokenizer(text)["input_ids"]))
+        ids.append(
+            writer.add(
+                "stdlib",
+                path.name,
+                "python",
+                hashlib.sha256(text.encode()).hexdigest(),
+                len(text.encode()),
+                tokenizer(text)["input_ids"],
+            )
+        )
     tokens = params.control_tokens()
     control_ids = dict(zip(tokens, tokenizer.convert_tokens_to_ids(list(tokens.values()))))
-    writer.close(Meta(params.segment.tokenizer, params.segment.segment_len, params.segment.stride, "uint16",
-                      control_ids, tokenizer.eos_token_id, tokenizer.pad_token_id, len(tokenizer)))
+    writer.close(
+        Meta(
+            params.segment.tokenizer,
+            params.segment.segment_len,
+            params.segment.stride,
+            "uint16",
+            control_ids,
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+            len(tokenizer),
+        )
+    )
     tokenizer.save_pretrained(segments / TOKENIZER_DIR)
     split.mkdir(parents=True)
-    pq.write_table(pa.table({"file_id": ids, "split": ["dev" if i % 20 == 0 else "train" for i in ids]}),
-                   split / SPLIT_FILE)
+    pq.write_table(
+        pa.table({"file_id": ids, "split": ["dev" if i % 20 == 0 else "train" for i in ids]}), split / SPLIT_FILE
+    )
     return segments, split
 
 
@@ -99,9 +124,11 @@ def measure_ours(raw: dict, work: Path) -> dict:
     # plots/finetune.csv: one row per log window, with the tokens and training minutes so far.
     rows = list(csv.DictReader(Path("plots/finetune.csv").open()))
     first, last = rows[0], rows[-1]
-    return {"tokens": int(last["tokens"]) - int(first["tokens"]),
-            "seconds": (float(last["train_minutes"]) - float(first["train_minutes"])) * 60,
-            "first_window_seconds": float(first["train_minutes"]) * 60}
+    return {
+        "tokens": int(last["tokens"]) - int(first["tokens"]),
+        "seconds": (float(last["train_minutes"]) - float(first["train_minutes"])) * 60,
+        "first_window_seconds": float(first["train_minutes"]) * 60,
+    }
 
 
 def measure_seed(raw: dict, work: Path) -> dict:
@@ -134,7 +161,7 @@ def measure_seed(raw: dict, work: Path) -> dict:
     loader = DataLoader(TrainWindows(windows, ft.seed), batch_size=ft.batch_size, collate_fn=pad_to_256)
     model.train()
     tokens, started = 0, time.perf_counter()
-    for step, batch in zip(range(ft.max_steps), loader):
+    for _, batch in zip(range(ft.max_steps), loader):
         tokens += int(batch["attention_mask"].sum())
         model(**batch).loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), ft.max_grad_norm)
@@ -165,8 +192,12 @@ def child(which: str, raw: dict, threads: int) -> dict:
     with tempfile.TemporaryDirectory() as work:
         Path(work, "raw.json").write_text(json.dumps(variant_params(raw, which)))
         load = os.getloadavg()[0]
-        out = subprocess.run([sys.executable, __file__, "--child", which, "--threads", str(threads), work],
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", which, "--threads", str(threads), work],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         result = json.loads(out.strip().splitlines()[-1])
     return {**result, "tokens_per_s": result["tokens"] / result["seconds"], "load_average_before": load}
 
@@ -209,22 +240,31 @@ def main() -> None:
     best = {which: max(results, key=lambda r: r["tokens_per_s"]) for which, results in runs.items()}
     ft = raw["finetune"]
     computed = args.steps * ft["batch_size"] * SEED_LENGTH
-    report = {"corpus": corpus, "model": {"scratch": ft["scratch"]}, "global_batch": ft["batch_size"],
-              "recipe": {k: ft[k] for k in ("windows", "max_length", "fim_rate", "mixed_precision", "compile")},
-              "steps": args.steps, "threads": args.threads, "runs": runs,
-              "tokens_per_s": {k: round(v["tokens_per_s"], 1) for k, v in best.items()},
-              "speedup_over_seed": {k: round(v["tokens_per_s"] / best["seed"]["tokens_per_s"], 2)
-                                    for k, v in best.items()},
-              # the share of the seed's computed positions that were padding
-              "seed_padding_share": round(1 - best["seed"]["tokens"] / computed, 4)}
+    report = {
+        "corpus": corpus,
+        "model": {"scratch": ft["scratch"]},
+        "global_batch": ft["batch_size"],
+        "recipe": {k: ft[k] for k in ("windows", "max_length", "fim_rate", "mixed_precision", "compile")},
+        "steps": args.steps,
+        "threads": args.threads,
+        "runs": runs,
+        "tokens_per_s": {k: round(v["tokens_per_s"], 1) for k, v in best.items()},
+        "speedup_over_seed": {k: round(v["tokens_per_s"] / best["seed"]["tokens_per_s"], 2) for k, v in best.items()},
+        # the share of the seed's computed positions that were padding
+        "seed_padding_share": round(1 - best["seed"]["tokens"] / computed, 4),
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{'loop':<11} {'tokens/s':>9} {'vs seed':>8} {'real tokens':>12} {'seconds':>8} {'load avg':>9}")
     for which, r in best.items():
-        print(f"{which:<11} {r['tokens_per_s']:>9.0f} {report['speedup_over_seed'][which]:>7.2f}x {r['tokens']:>12} "
-              f"{r['seconds']:>8.1f} {r['load_average_before']:>9.1f}")
-    print(f"best of {args.repeats}; {args.steps} steps of {ft['batch_size']} windows; the seed's batches were "
-          f"{report['seed_padding_share']:.1%} padding; {corpus}; {RESULTS.relative_to(ROOT)}")
+        print(
+            f"{which:<11} {r['tokens_per_s']:>9.0f} {report['speedup_over_seed'][which]:>7.2f}x {r['tokens']:>12} "
+            f"{r['seconds']:>8.1f} {r['load_average_before']:>9.1f}"
+        )
+    print(
+        f"best of {args.repeats}; {args.steps} steps of {ft['batch_size']} windows; the seed's batches were "
+        f"{report['seed_padding_share']:.1%} padding; {corpus}; {RESULTS.relative_to(ROOT)}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,9 @@
-"""DVC stage 'clone': see dvc.yaml. Reads its section of params.yaml; the work is in src/autocoder."""
-from autocoder.cli import stage_main
+"""DVC stage 'clone' (dvc.yaml): fetch every source of params.yaml's `clone` section into data/raw."""
+
+from autocoder.errors import exit_on_user_error
+from autocoder.params import load_params
+from autocoder.sources import run
 
 if __name__ == "__main__":
-    stage_main("clone")
+    with exit_on_user_error("autocoder clone"):
+        run(load_params())

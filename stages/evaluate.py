@@ -1,5 +1,9 @@
-"""DVC stage 'evaluate': see dvc.yaml. Reads its section of params.yaml; the work is in src/autocoder."""
-from autocoder.cli import stage_main
+"""DVC stage 'evaluate' (dvc.yaml): measure models/finetune and register it in MLflow (params.yaml's `evaluate`)."""
+
+from autocoder.errors import exit_on_user_error
+from autocoder.evaluate import run
+from autocoder.params import load_params
 
 if __name__ == "__main__":
-    stage_main("evaluate")
+    with exit_on_user_error("autocoder evaluate"):
+        run(load_params())

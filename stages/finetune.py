@@ -1,5 +1,10 @@
-"""DVC stage 'finetune': see dvc.yaml. Reads its section of params.yaml; the work is in src/autocoder."""
-from autocoder.cli import stage_main
+"""DVC stage 'finetune' (dvc.yaml): train on data/split's train files (params.yaml's `finetune`).
+dvc.yaml starts it through accelerate (autocoder.train.launch), in finetune.num_processes processes."""
+
+from autocoder.errors import exit_on_user_error
+from autocoder.params import load_params
+from autocoder.train import run
 
 if __name__ == "__main__":
-    stage_main("finetune")
+    with exit_on_user_error("autocoder finetune"):
+        run(load_params())

@@ -1,5 +1,9 @@
-"""DVC stage 'segment': see dvc.yaml. Reads its section of params.yaml; the work is in src/autocoder."""
-from autocoder.cli import stage_main
+"""DVC stage 'segment' (dvc.yaml): tokenize data/raw into data/segments (params.yaml's `segment`)."""
+
+from autocoder.errors import exit_on_user_error
+from autocoder.params import load_params
+from autocoder.segment import run
 
 if __name__ == "__main__":
-    stage_main("segment")
+    with exit_on_user_error("autocoder segment"):
+        run(load_params())

@@ -1,5 +1,9 @@
-"""DVC stage 'split': see dvc.yaml. Reads its section of params.yaml; the work is in src/autocoder."""
-from autocoder.cli import stage_main
+"""DVC stage 'split' (dvc.yaml): assign the segmented files to train and dev in data/split (params.yaml's `split`)."""
+
+from autocoder.errors import exit_on_user_error
+from autocoder.params import load_params
+from autocoder.split import run
 
 if __name__ == "__main__":
-    stage_main("split")
+    with exit_on_user_error("autocoder split"):
+        run(load_params())

@@ -42,16 +42,27 @@ public class Factorial {
 def real_code_files() -> dict[str, tuple[str, str]]:
     """A few real files: relative path -> (language, text). Python from the stdlib, Java variants."""
     files = {}
-    for name in ["bisect.py", "heapq.py", "colorsys.py", "keyword.py", "fnmatch.py", "stat.py",
-                 "glob.py", "shlex.py", "textwrap.py", "numbers.py"]:
+    for name in [
+        "bisect.py",
+        "heapq.py",
+        "colorsys.py",
+        "keyword.py",
+        "fnmatch.py",
+        "stat.py",
+        "glob.py",
+        "shlex.py",
+        "textwrap.py",
+        "numbers.py",
+    ]:
         files[f"py/{name}"] = ("python", (STDLIB / name).read_text())
     for i in range(6):
         files[f"java/Factorial{i}.java"] = ("java", JAVA_SNIPPET.replace("Factorial", f"Factorial{i}"))
     return files
 
 
-def write_corpus(out: Path, tokenizer, files: dict[str, tuple[str, str]], dev: set[str],
-                 segment_len: int = 254, stride: int = 10) -> tuple[Path, Path]:
+def write_corpus(
+    out: Path, tokenizer, files: dict[str, tuple[str, str]], dev: set[str], segment_len: int = 254, stride: int = 10
+) -> tuple[Path, Path]:
     """Write a segments folder and a split folder the way the segment and split stages do."""
     seg_dir, split_dir = out / "segments", out / "split"
     split_dir.mkdir(parents=True, exist_ok=True)
@@ -59,13 +70,15 @@ def write_corpus(out: Path, tokenizer, files: dict[str, tuple[str, str]], dev: s
     split = {"file_id": [], "split": []}
     for path, (lang, text) in sorted(files.items()):
         data = text.encode()
-        fid = writer.add("fixture", path, lang, hashlib.sha256(data).hexdigest(), len(data),
-                         tokenizer(text)["input_ids"])
+        fid = writer.add(
+            "fixture", path, lang, hashlib.sha256(data).hexdigest(), len(data), tokenizer(text)["input_ids"]
+        )
         split["file_id"].append(fid)
         split["split"].append("dev" if path in dev else "train")
     ids = dict(zip(["python", "java"], tokenizer.convert_tokens_to_ids(CONTROL_TOKENS)))
-    writer.close(Meta("gpt2", segment_len, stride, "uint16", ids, tokenizer.eos_token_id,
-                      tokenizer.pad_token_id, len(tokenizer)))
+    writer.close(
+        Meta("gpt2", segment_len, stride, "uint16", ids, tokenizer.eos_token_id, tokenizer.pad_token_id, len(tokenizer))
+    )
     tokenizer.save_pretrained(seg_dir / TOKENIZER_DIR)
     pq.write_table(pa.table(split), split_dir / SPLIT_FILE)
     return seg_dir, split_dir
@@ -76,14 +89,20 @@ TINY_DEV = {"py/heapq.py", "py/shlex.py", "java/Factorial5.java"}
 
 def save_tiny_model(out: Path, tokenizer) -> Path:
     """Save a tiny randomly initialised GPT-2 (seed 0) with `tokenizer` to `out`, as safetensors + tokenizer."""
+    import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    import torch
-
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=256, vocab_size=len(tokenizer),
-                        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
+    config = GPT2Config(
+        n_layer=2,
+        n_embd=64,
+        n_head=2,
+        n_positions=256,
+        vocab_size=len(tokenizer),
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     GPT2LMHeadModel(config).save_pretrained(out)  # safetensors by default
     tokenizer.save_pretrained(out)
     return out
@@ -107,13 +126,17 @@ def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) 
 
 def copy_project(dest: Path) -> Path:
     """The project's tracked and untracked-but-not-ignored files, as a fresh git repo."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
-                           capture_output=True, text=True).stdout.split("\n")
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.split("\n")
     for rel in filter(None, files):
         src = ROOT / rel
         shipped = rel.startswith("models/autocoder-base/")  # dvc.yaml's deps: the shipped base model
-        if src.is_file() and (shipped or not rel.startswith(("data/", "models/", "metrics/", "plots/"))) \
-                and rel != "dvc.lock":
+        if (
+            src.is_file()
+            and (shipped or not rel.startswith(("data/", "models/", "metrics/", "plots/")))
+            and rel != "dvc.lock"
+        ):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     return dest
@@ -125,12 +148,26 @@ def tiny_params(project: Path, corpus: Path) -> dict:
     params["segment"].update(tokenizer="gpt2", segment_len=62, stride=16, workers=1)
     params["split"].update(dev_ratio=0.25)
     params["finetune"].update(
-        model="scratch", windows="sliding", fim_rate=0.0, compile=False, mixed_precision="no",
-        scratch={"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64}, max_length=64,
-        max_steps=8, eval_every=4, checkpoint_every=4, eval_max_windows=16, learning_rate=1e-3,
+        model="scratch",
+        windows="sliding",
+        fim_rate=0.0,
+        compile=False,
+        mixed_precision="no",
+        scratch={"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64},
+        max_length=64,
+        max_steps=8,
+        eval_every=4,
+        checkpoint_every=4,
+        eval_max_windows=16,
+        learning_rate=1e-3,
     )
-    params["evaluate"].update(line_completion_lines=4, infill_lines=4, line_max_new_tokens=8, max_new_tokens=8,
-                              prompts={"python": ["def factorial"], "java": ["public static int"]})
+    params["evaluate"].update(
+        line_completion_lines=4,
+        infill_lines=4,
+        line_max_new_tokens=8,
+        max_new_tokens=8,
+        prompts={"python": ["def factorial"], "java": ["public static int"]},
+    )
     return params
 
 
@@ -143,8 +180,11 @@ def make_tiny_project(root: Path) -> Path:
         (corpus / rel).write_text(text)
     project = copy_project(root / "project")
     (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(project, corpus), sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+    ):
         run(cmd, project)
     return project
 
@@ -167,9 +207,19 @@ def finetuned_project(root: Path, segments: Path, split: Path, model_dir: Path, 
     os.chdir(root)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["segment"]["out_dir"], raw["split"]["out_dir"] = str(segments), str(split)
-    raw["evaluate"].update({"line_completion_lines": 4, "line_completion_max_context": 64, "infill_lines": 4,
-                            "infill_max_context": 64, "line_max_new_tokens": 8, "max_new_tokens": 8,
-                            "perplexity_max_tokens": 2000, "latency_repeats": 1, **evaluate})
+    raw["evaluate"].update(
+        {
+            "line_completion_lines": 4,
+            "line_completion_max_context": 64,
+            "infill_lines": 4,
+            "infill_max_context": 64,
+            "line_max_new_tokens": 8,
+            "max_new_tokens": 8,
+            "perplexity_max_tokens": 2000,
+            "latency_repeats": 1,
+            **evaluate,
+        }
+    )
     raw["mlflow"]["tracking_uri"] = f"sqlite:///{root}/mlruns.db"
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     params = load_params(root / "params.yaml")
@@ -180,10 +230,16 @@ def finetuned_project(root: Path, segments: Path, split: Path, model_dir: Path, 
     uri = configure(params.mlflow)
     with mlflow.start_run() as run:
         mlflow.log_metric("dev_perplexity", 100.0, step=1)
-    write_json(out / "mlflow_run.json", {
-        "run_id": run.info.run_id, "tracking_uri": uri, "experiment_id": run.info.experiment_id,
-        "tokenizer_fingerprint": fingerprint(AutoTokenizer.from_pretrained(segments / "tokenizer")),
-        "dev_split": dev_split_hash([str(corpus.files["sha256"][r]) for r in dev], corpus.meta.segment_len)})
+    write_json(
+        out / "mlflow_run.json",
+        {
+            "run_id": run.info.run_id,
+            "tracking_uri": uri,
+            "experiment_id": run.info.experiment_id,
+            "tokenizer_fingerprint": fingerprint(AutoTokenizer.from_pretrained(segments / "tokenizer")),
+            "dev_split": dev_split_hash([str(corpus.files["sha256"][r]) for r in dev], corpus.meta.segment_len),
+        },
+    )
     return params
 
 

@@ -17,10 +17,10 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -46,8 +46,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(ready: Callable[[], bool], what: str, proc: subprocess.Popen | None = None,
-               log: Path | None = None, timeout: float = START_TIMEOUT) -> None:
+def wait_until(
+    ready: Callable[[], bool],
+    what: str,
+    proc: subprocess.Popen | None = None,
+    log: Path | None = None,
+    timeout: float = START_TIMEOUT,
+) -> None:
     """Poll `ready` until it holds; fail with the service's log if it exits or the time runs out."""
     deadline = time.monotonic() + timeout
     while not ready():
@@ -65,12 +70,19 @@ def port_open(port: int) -> bool:
 
 
 @contextmanager
-def background(cmd: list[str], log: Path, ready: Callable[[], bool], what: str,
-               env: dict[str, str] | None = None) -> Iterator[None]:
+def background(
+    cmd: list[str], log: Path, ready: Callable[[], bool], what: str, env: dict[str, str] | None = None
+) -> Iterator[None]:
     """Run `cmd` in its own process group until the block ends, then kill the whole group."""
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
     try:
         wait_until(ready, what, proc, log)
         yield
@@ -108,9 +120,9 @@ def sshd(tmp: Path) -> Iterator[SSHServer]:
     (tmp / "sshd_config").write_text(f"""\
 ListenAddress 127.0.0.1
 Port {port}
-HostKey {tmp / 'host_key'}
-PidFile {tmp / 'sshd.pid'}
-AuthorizedKeysFile {tmp / 'authorized_keys'}
+HostKey {tmp / "host_key"}
+PidFile {tmp / "sshd.pid"}
+AuthorizedKeysFile {tmp / "authorized_keys"}
 PermitRootLogin prohibit-password
 PasswordAuthentication no
 KbdInteractiveAuthentication no
@@ -121,8 +133,9 @@ Subsystem sftp internal-sftp
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation directory
     # -D: stay in the foreground (so we own the process), -e: log to stderr (our log file).
-    with background([binary, "-D", "-e", "-f", str(tmp / "sshd_config")], tmp / "sshd.log",
-                    lambda: port_open(port), "sshd"):
+    with background(
+        [binary, "-D", "-e", "-f", str(tmp / "sshd_config")], tmp / "sshd.log", lambda: port_open(port), "sshd"
+    ):
         yield SSHServer(port, getpass.getuser(), tmp / "client_key")
 
 
@@ -140,15 +153,31 @@ def postgres() -> Iterator[str]:
     data, port = base / "data", free_port()
 
     def pg(*cmd: str, check: bool = True) -> None:
-        proc = subprocess.run([*as_postgres, str(bindir / cmd[0]), *cmd[1:]], cwd=base,
-                              capture_output=True, text=True, timeout=START_TIMEOUT)
+        proc = subprocess.run(
+            [*as_postgres, str(bindir / cmd[0]), *cmd[1:]],
+            cwd=base,
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT,
+        )
         if check and proc.returncode:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout}{proc.stderr}")
 
     try:
         pg("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
-        pg("pg_ctl", "-D", str(data), "-l", str(base / "log"), "-w", "-t", "60",
-           "-o", f"-k {base} -p {port} -c listen_addresses=127.0.0.1", "start")
+        pg(
+            "pg_ctl",
+            "-D",
+            str(data),
+            "-l",
+            str(base / "log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-k {base} -p {port} -c listen_addresses=127.0.0.1",
+            "start",
+        )
         pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow")
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"
     finally:
@@ -170,10 +199,26 @@ def mlflow_server(backend_store_uri: str, tmp: Path) -> Iterator[str]:
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", backend_store_uri,
-           "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]
+    cmd = [
+        str(VENV_BIN / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        backend_store_uri,
+        "--artifacts-destination",
+        str(tmp / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     # No background job runner (GenAI jobs; seven worker processes): half the start-up time.
-    with background(cmd, tmp / "mlflow-server.log", lambda: http_ok(f"{url}/health"), "mlflow server",
-                    env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}):
+    with background(
+        cmd,
+        tmp / "mlflow-server.log",
+        lambda: http_ok(f"{url}/health"),
+        "mlflow server",
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    ):
         yield url

@@ -34,21 +34,42 @@ def test_shipped_base_completes_and_infills():
     [completion] = completer.complete("python", "def factorial(n):", max_new_tokens=64)
     assert completion.text.strip() and completion.stop in ("pattern", "eos")  # it ends by itself
     ast.parse("def factorial(n):" + completion.text)
-    [middle] = completer.complete("python", "def add(a, b):\n    return ", suffix="\n\n\nprint(add(1, 2))\n",
-                                  max_new_tokens=16)
+    [middle] = completer.complete(
+        "python", "def add(a, b):\n    return ", suffix="\n\n\nprint(add(1, 2))\n", max_new_tokens=16
+    )
     assert middle.text.strip()
 
 
 def test_cli_fills_in_the_middle_with_the_shipped_base(capsys, tmp_path):
+    """The CLI reads the suffix file and completes as the Completer does with that suffix; what the
+    suffix changes shows that it reached the prompt."""
     from autocoder.cli import main
 
+    prefix, after = "def total_of(items):\n    total = 0\n    for item in items:\n", "\n    return total\n"
     suffix = tmp_path / "after.py"
-    suffix.write_text("\n    return total\n")
-    main(["complete", "--model", str(BASE), "--lang", "python", "--suffix-file", str(suffix), "--json",
-          "def total_of(items):\n    total = 0\n    for item in items:\n"])
-    out = json.loads(capsys.readouterr().out)
-    [completion] = out["completions"]
-    assert completion["text"].strip() and completion["stop"] in ("pattern", "eos")
+    suffix.write_text(after)
+    main(
+        [
+            "complete",
+            "--model",
+            str(BASE),
+            "--lang",
+            "python",
+            "--suffix-file",
+            str(suffix),
+            "--json",
+            "--max-new-tokens",
+            "24",
+            "--repetition-penalty",
+            "1.0",
+            prefix,
+        ]
+    )
+    [completion] = json.loads(capsys.readouterr().out)["completions"]
+    completer = Completer.from_pretrained(BASE)
+    [infilled] = completer.complete("python", prefix, suffix=after, max_new_tokens=24)
+    [left_only] = completer.complete("python", prefix, max_new_tokens=24)
+    assert completion["text"].strip() and completion["text"] == infilled.text != left_only.text
 
 
 def test_token_healing_completes_the_line_after_a_line_break():

@@ -20,8 +20,11 @@ from helpers import ROOT
 
 LANGUAGES = {"python": {"extensions": [".py"]}, "java": {"extensions": [".java"]}}
 GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.org", "GIT_AUTHOR_DATE": "2020-06-01T00:00:00Z",
-    "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "test@example.org",
+    "GIT_AUTHOR_NAME": "Test",
+    "GIT_AUTHOR_EMAIL": "test@example.org",
+    "GIT_AUTHOR_DATE": "2020-06-01T00:00:00Z",
+    "GIT_COMMITTER_NAME": "Test",
+    "GIT_COMMITTER_EMAIL": "test@example.org",
     "GIT_COMMITTER_DATE": "2020-06-01T00:00:00Z",
 }
 TREE = {
@@ -36,8 +39,9 @@ TAKEN = {"LICENSE", "Main.java", "algos/sort.py", "algos/Sort.java", "algos/nest
 
 
 def git(cwd: Path, *args: str) -> str:
-    result = subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True,
-                            env={**os.environ, **GIT_IDENTITY})
+    result = subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True, env={**os.environ, **GIT_IDENTITY}
+    )
     return result.stdout.strip()
 
 
@@ -69,8 +73,9 @@ def repo(tmp_path_factory) -> dict[str, str]:
 
 
 def make_params(tmp_path: Path, *srcs: dict, out: str = "raw") -> Params:
-    return Params.model_validate({"languages": LANGUAGES,
-                                  "clone": {"sources": list(srcs), "out_dir": str(tmp_path / out)}})
+    return Params.model_validate(
+        {"languages": LANGUAGES, "clone": {"sources": list(srcs), "out_dir": str(tmp_path / out)}}
+    )
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
@@ -81,11 +86,15 @@ def record(tmp_path: Path, out: str = "raw") -> dict:
     return json.loads((tmp_path / out / "sources.json").read_text())
 
 
-@pytest.mark.parametrize("rev, commit, extra", [
-    ("A", "A", set()),
-    ("v1", "B", {"algos/extra.py"}),
-    ("main", "C", {"algos/extra.py", "algos/later.py"}),
-], ids=["commit", "tag", "branch"])
+@pytest.mark.parametrize(
+    "rev, commit, extra",
+    [
+        ("A", "A", set()),
+        ("v1", "B", {"algos/extra.py"}),
+        ("main", "C", {"algos/extra.py", "algos/later.py"}),
+    ],
+    ids=["commit", "tag", "branch"],
+)
 def test_git_by_commit_tag_branch(tmp_path, repo, rev, commit, extra):
     rev = repo.get(rev, rev)  # "A" means commit A's id
     src = {"name": "algo", "git": repo["url"], "rev": rev, "languages": ["python", "java"]}
@@ -110,12 +119,14 @@ def test_commit_id_when_server_refuses_shallow_fetch_by_id(tmp_path, repo, monke
     monkeypatch.setenv("GIT_CONFIG_KEY_0", "protocol.version")
     monkeypatch.setenv("GIT_CONFIG_VALUE_0", "0")
     git(tmp_path, "init", "-q", "probe")
-    refused = subprocess.run(["git", "fetch", "--depth", "1", repo["url"], repo["A"]], cwd=tmp_path / "probe",
-                             capture_output=True, text=True)
+    refused = subprocess.run(
+        ["git", "fetch", "--depth", "1", repo["url"], repo["A"]], cwd=tmp_path / "probe", capture_output=True, text=True
+    )
     assert refused.returncode != 0
     for name, rev in [("full", repo["A"]), ("abbrev", repo["A"][:10])]:
-        sources.run(make_params(tmp_path, {"name": name, "git": repo["url"], "rev": rev, "languages": ["python"]},
-                                out=name))
+        sources.run(
+            make_params(tmp_path, {"name": name, "git": repo["url"], "rev": rev, "languages": ["python"]}, out=name)
+        )
         assert record(tmp_path, name)[name]["commit"] == repo["A"]
         assert "algos/extra.py" not in files_of(tmp_path / name / name)
 
@@ -149,9 +160,11 @@ def tar_tree(root: Path, dest: Path) -> Path:
 
 def test_directory_zip_and_tar_take_the_same_content(tmp_path):
     tree = write_tree(tmp_path / "tree")
-    srcs = [{"name": "dir", "path": str(tree)},
-            {"name": "zip", "path": str(zip_tree(tree, tmp_path / "tree.zip"))},
-            {"name": "tgz", "path": str(tar_tree(tree, tmp_path / "tree.tar.gz"))}]
+    srcs = [
+        {"name": "dir", "path": str(tree)},
+        {"name": "zip", "path": str(zip_tree(tree, tmp_path / "tree.zip"))},
+        {"name": "tgz", "path": str(tar_tree(tree, tmp_path / "tree.tar.gz"))},
+    ]
     sources.run(make_params(tmp_path, *[{**s, "languages": ["python", "java"]} for s in srcs]))
     recs = record(tmp_path)
     assert [recs[n]["kind"] for n in ("dir", "zip", "tgz")] == ["dir", "archive", "archive"]
@@ -174,8 +187,18 @@ def test_globs():
 
 def test_include_exclude(tmp_path):
     tree = write_tree(tmp_path / "tree")
-    sources.run(make_params(tmp_path, {"name": "dir", "path": str(tree), "languages": ["python", "java"],
-                                       "include": ["algos/**"], "exclude": ["**/deep/**"]}))
+    sources.run(
+        make_params(
+            tmp_path,
+            {
+                "name": "dir",
+                "path": str(tree),
+                "languages": ["python", "java"],
+                "include": ["algos/**"],
+                "exclude": ["**/deep/**"],
+            },
+        )
+    )
     assert set(files_of(tmp_path / "raw" / "dir")) == {"LICENSE", "algos/sort.py", "algos/Sort.java"}
 
 
@@ -183,19 +206,38 @@ def test_license_param_and_python_stdlib(tmp_path):
     licence = tmp_path / "legal" / "NOTICE"
     licence.parent.mkdir()
     licence.write_text("terms\n")
-    sources.run(make_params(tmp_path, {"name": "std", "path": "{python_stdlib}", "languages": ["python"],
-                                       "include": ["json/*.py"], "license": str(licence)}))
+    sources.run(
+        make_params(
+            tmp_path,
+            {
+                "name": "std",
+                "path": "{python_stdlib}",
+                "languages": ["python"],
+                "include": ["json/*.py"],
+                "license": str(licence),
+            },
+        )
+    )
     rec = record(tmp_path)["std"]
     assert rec["license_files"] == ["NOTICE"] and (tmp_path / "raw" / "std" / "NOTICE").read_text() == "terms\n"
-    assert set(files_of(tmp_path / "raw" / "std")) == {"NOTICE", "json/__init__.py", "json/decoder.py",
-                                                       "json/encoder.py", "json/scanner.py", "json/tool.py"}
+    assert set(files_of(tmp_path / "raw" / "std")) == {
+        "NOTICE",
+        "json/__init__.py",
+        "json/decoder.py",
+        "json/encoder.py",
+        "json/scanner.py",
+        "json/tool.py",
+    }
 
 
 def test_site_packages_placeholder(tmp_path):
     """{site_packages} is the running interpreter's installed packages: this venv's pinned ones."""
     purelib = Path(sysconfig.get_paths()["purelib"])
-    sources.run(make_params(tmp_path, {"name": "pkgs", "path": "{site_packages}", "languages": ["python"],
-                                       "include": ["filelock/*.py"]}))
+    sources.run(
+        make_params(
+            tmp_path, {"name": "pkgs", "path": "{site_packages}", "languages": ["python"], "include": ["filelock/*.py"]}
+        )
+    )
     rec = record(tmp_path)["pkgs"]
     assert rec["location"] == str(purelib)
     expected = {p.name for p in (purelib / "filelock").glob("*.py")}
@@ -235,15 +277,19 @@ def unsafe_tar(tmp_path: Path) -> str:
     return str(tmp_path / "evil.tar")
 
 
-@pytest.mark.parametrize("bad, reason", [
-    (lambda tmp, repo: {"git": "file:///nonexistent/repo.git", "rev": "main"}, "cannot reach git repository"),
-    (lambda tmp, repo: {"git": repo["url"], "rev": "no-such-branch"}, "not a branch or tag"),
-    (lambda tmp, repo: {"git": repo["url"], "rev": "0123456789" * 4}, "not found in"),
-    (lambda tmp, repo: {"path": corrupt_zip(tmp)}, "corrupt archive"),
-    (lambda tmp, repo: {"path": truncated_tar(tmp)}, "corrupt archive"),
-    (lambda tmp, repo: {"path": unsafe_tar(tmp)}, "unsafe archive member '../evil.py'"),
-    (lambda tmp, repo: {"path": str(tmp / "missing" / "src.zip")}, "does not exist on this machine"),
-], ids=["unreachable", "no-such-branch", "no-such-commit", "corrupt-zip", "truncated-tar", "unsafe-tar", "missing"])
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        (lambda tmp, repo: {"git": "file:///nonexistent/repo.git", "rev": "main"}, "cannot reach git repository"),
+        (lambda tmp, repo: {"git": repo["url"], "rev": "no-such-branch"}, "not a branch or tag"),
+        (lambda tmp, repo: {"git": repo["url"], "rev": "0123456789" * 4}, "not found in"),
+        (lambda tmp, repo: {"path": corrupt_zip(tmp)}, "corrupt archive"),
+        (lambda tmp, repo: {"path": truncated_tar(tmp)}, "corrupt archive"),
+        (lambda tmp, repo: {"path": unsafe_tar(tmp)}, "unsafe archive member '../evil.py'"),
+        (lambda tmp, repo: {"path": str(tmp / "missing" / "src.zip")}, "does not exist on this machine"),
+    ],
+    ids=["unreachable", "no-such-branch", "no-such-commit", "corrupt-zip", "truncated-tar", "unsafe-tar", "missing"],
+)
 def test_errors_leave_previous_output_untouched(tmp_path, repo, bad, reason):
     raw = tmp_path / "raw"
     (raw / "old").mkdir(parents=True)
@@ -256,6 +302,25 @@ def test_errors_leave_previous_output_untouched(tmp_path, repo, bad, reason):
     assert "\n" not in msg and msg.startswith("source 'bad': ") and reason in msg, msg
     assert files_of(raw) == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".raw")) == []
+
+
+def test_a_repository_missing_an_object_fails_with_git_s_cause(tmp_path):
+    """git names the symptom first ("git-pack-objects died") and the cause in other lines: all are kept."""
+    root = write_tree(tmp_path / "broken")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "A")
+    blob = git(root, "rev-parse", "HEAD:algos/sort.py")
+    loose = root / ".git" / "objects" / blob[:2] / blob[2:]
+    assert loose.is_file()
+    loose.unlink()  # the repository's refs still answer; its content cannot be sent
+    src = {"name": "broken", "git": root.as_uri(), "rev": "main", "languages": ["python"]}
+    with pytest.raises(UserError) as err:
+        sources.run(make_params(tmp_path, src))
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"source 'broken': cannot fetch {root.as_uri()}: "), msg
+    assert f"unable to read {blob}" in msg and "possible repository corruption" in msg, msg
+    assert "\0" not in msg and not (tmp_path / "raw").exists()
 
 
 def test_default_params_missing_jdk(tmp_path):
@@ -272,9 +337,11 @@ def test_default_params_missing_jdk(tmp_path):
 
 def test_deterministic(tmp_path, repo):
     tree = write_tree(tmp_path / "tree")
-    srcs = [{"name": "git", "git": repo["url"], "rev": "v1", "languages": ["python", "java"]},
-            {"name": "dir", "path": str(tree), "languages": ["java"]},
-            {"name": "tgz", "path": str(tar_tree(tree, tmp_path / "t.tgz")), "languages": ["python"]}]
+    srcs = [
+        {"name": "git", "git": repo["url"], "rev": "v1", "languages": ["python", "java"]},
+        {"name": "dir", "path": str(tree), "languages": ["java"]},
+        {"name": "tgz", "path": str(tar_tree(tree, tmp_path / "t.tgz")), "languages": ["python"]},
+    ]
     sources.run(make_params(tmp_path, *srcs, out="one"))
     sources.run(make_params(tmp_path, *srcs, out="two"))
     assert files_of(tmp_path / "one") == files_of(tmp_path / "two")
@@ -299,11 +366,14 @@ def test_seed_profile(tmp_path, repo):
     assert set(files_of(tmp_path / "raw" / by_lang["java"])) == {"LICENSE", "Main.java", "algos/Sort.java"}
 
 
-@pytest.mark.parametrize("src, key", [
-    ({"git": "https://example.org/x.git", "rev": "main", "sha256": "0" * 64}, "only applies to path sources"),
-    ({"path": "/x", "sha256": "not-a-hash"}, "sha256"),
-    ({"path": "/x", "name": "sources.json"}, "reserved"),
-])
+@pytest.mark.parametrize(
+    "src, key",
+    [
+        ({"git": "https://example.org/x.git", "rev": "main", "sha256": "0" * 64}, "only applies to path sources"),
+        ({"path": "/x", "sha256": "not-a-hash"}, "sha256"),
+        ({"path": "/x", "name": "sources.json"}, "reserved"),
+    ],
+)
 def test_source_schema(tmp_path, src, key):
     with pytest.raises(ValueError, match=key):
         make_params(tmp_path, {"name": "s", "languages": ["python"], **src})

@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
-
-import re
+import time
 
 import pytest
 import torch
@@ -20,9 +21,18 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from autocoder import cli
 from autocoder import complete as complete_module
-from autocoder.complete import (BLANK_LINE, CONTROL_IDS, END_OF_LINE, PROMPT_FORMAT_KEY, SEED_TEXT, Completer,
-                                StopCheck, cut_at)
+from autocoder.complete import (
+    BLANK_LINE,
+    CONTROL_IDS,
+    END_OF_LINE,
+    PROMPT_FORMAT_KEY,
+    SEED_TEXT,
+    Completer,
+    StopCheck,
+    cut_at,
+)
 from autocoder.errors import UserError
+from autocoder.hub import hub_offline
 from autocoder.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, FIM_TOKENS, load_tokenizer
 from helpers import CONTROL_TOKENS, ROOT, save_tiny_model
 
@@ -36,9 +46,17 @@ def bigram_model(tokenizer, chains: list[list[str]]) -> GPT2LMHeadModel:
     to the residual stream, positions are zero, and the (untied) head maps each token's final hidden
     state to its successor in `chains`. Deterministic text without training."""
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=1, n_embd=64, n_head=2, n_positions=256, vocab_size=len(tokenizer),
-                        tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id,
-                        bos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = GPT2Config(
+        n_layer=1,
+        n_embd=64,
+        n_head=2,
+        n_positions=256,
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model = GPT2LMHeadModel(config)
     setattr(model.config, PROMPT_FORMAT_KEY, CONTROL_IDS)
     with torch.no_grad():
@@ -50,8 +68,10 @@ def bigram_model(tokenizer, chains: list[list[str]]) -> GPT2LMHeadModel:
         model.lm_head.weight.zero_()
         hidden = model.transformer.ln_f(model.transformer.wte.weight)
         for chain in chains:
-            ids = [tokenizer.convert_tokens_to_ids(t) if t in tokenizer.get_added_vocab() else tokenizer.encode(t)[0]
-                   for t in chain]
+            ids = [
+                tokenizer.convert_tokens_to_ids(t) if t in tokenizer.get_added_vocab() else tokenizer.encode(t)[0]
+                for t in chain
+            ]
             for a, b in zip(ids, ids[1:]):
                 model.lm_head.weight[b] += 1.5 * hidden[a] / hidden[a].norm()
     return model
@@ -68,9 +88,14 @@ def bigram_dir(tmp_path_factory, gpt2_tokenizer):
 def seed_way(completer: Completer, lang: str, context: str, max_new_tokens: int) -> str:
     """The seed's completion: generate without stopping, decode, cut at the first blank line."""
     prompt = torch.tensor([completer.prompt_ids(lang, context)])
-    out = completer.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
-                                   do_sample=False, pad_token_id=completer.tokenizer.pad_token_id)
-    return cut_at(BLANK_LINE, completer.tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True))
+    out = completer.model.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=completer.tokenizer.pad_token_id,
+    )
+    return cut_at(BLANK_LINE, completer.tokenizer.decode(out[0, prompt.shape[1] :], skip_special_tokens=True))
 
 
 def test_stop_check_fires_on_the_token_that_completes_a_blank_line(gpt2_tokenizer):
@@ -111,8 +136,9 @@ def test_seed_checkpoints_get_the_seed_prompt(tiny_model_dir, bigram_dir, gpt2_t
     assert seed.prompt_ids("python", "def f") == gpt2_tokenizer.encode("<python> def f")
     ours = Completer.from_pretrained(bigram_dir)
     assert ours.prompt_format == CONTROL_IDS
-    assert ours.prompt_ids("python", "def f") == [gpt2_tokenizer.convert_tokens_to_ids("<python>")] + \
-        gpt2_tokenizer.encode("def f")
+    assert ours.prompt_ids("python", "def f") == [
+        gpt2_tokenizer.convert_tokens_to_ids("<python>")
+    ] + gpt2_tokenizer.encode("def f")
 
 
 def test_sampling_and_argument_errors(bigram_dir):
@@ -120,7 +146,9 @@ def test_sampling_and_argument_errors(bigram_dir):
     completions = completer.complete("python", "def f", max_new_tokens=8, temperature=0.8, top_p=0.9, num=3, heal=False)
     assert len(completions) == 3 and all(math.isfinite(c.confidence) for c in completions)
     # a nucleus smaller than the top token's probability leaves only that token: the greedy text
-    nucleus = completer.complete("python", "def f", max_new_tokens=MAX_NEW, temperature=1.0, top_p=1e-6, num=2, heal=False)
+    nucleus = completer.complete(
+        "python", "def f", max_new_tokens=MAX_NEW, temperature=1.0, top_p=1e-6, num=2, heal=False
+    )
     assert [c.text for c in nucleus] == ["(): return 1"] * 2
     with pytest.raises(UserError, match="num"):
         completer.complete("python", "def f", num=2, heal=False)
@@ -169,25 +197,41 @@ def test_no_repeat_ngram_size_keeps_a_looping_model_from_repeating_a_bigram(gpt2
 def hf_way(completer: Completer, lang: str, context: str, max_new_tokens: int, **guard) -> str:
     """transformers' greedy generate with the same prompt and logits processors."""
     prompt = torch.tensor([completer.prompt_ids(lang, context)])
-    out = completer.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
-                                   do_sample=False, pad_token_id=completer.tokenizer.pad_token_id, **guard)
-    return completer.tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True,
-                                      clean_up_tokenization_spaces=False)
+    out = completer.model.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=completer.tokenizer.pad_token_id,
+        **guard,
+    )
+    return completer.tokenizer.decode(
+        out[0, prompt.shape[1] :], skip_special_tokens=True, clean_up_tokenization_spaces=False
+    )
 
 
 def test_loop_guard_decodes_as_transformers_generate_and_off_is_plain_greedy(tiny_model_dir):
     completer = Completer.from_pretrained(tiny_model_dir)
     plain = completer.complete("java", "class Main {", max_new_tokens=16, stop=NEVER, heal=False)
-    off = completer.complete("java", "class Main {", max_new_tokens=16, stop=NEVER, repetition_penalty=1.0,
-                             no_repeat_ngram_size=0, heal=False)
+    off = completer.complete(
+        "java",
+        "class Main {",
+        max_new_tokens=16,
+        stop=NEVER,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        heal=False,
+    )
     assert off == plain and plain[0].text == hf_way(completer, "java", "class Main {", 16)
     guard = {"repetition_penalty": 1.5, "no_repeat_ngram_size": 2}
     [guarded] = completer.complete("java", "class Main {", max_new_tokens=16, stop=NEVER, **guard, heal=False)
     assert guarded.text == hf_way(completer, "java", "class Main {", 16, **guard) != plain[0].text
     assert guarded.n_tokens == 16 and math.isfinite(guarded.confidence)
-    for bad, what in [({"repetition_penalty": 0.0}, "repetition_penalty"),
-                      ({"repetition_penalty": float("nan")}, "repetition_penalty"),
-                      ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size")]:
+    for bad, what in [
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),
+        ({"repetition_penalty": float("nan")}, "repetition_penalty"),
+        ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size"),
+    ]:
         with pytest.raises(UserError, match=what):
             completer.complete("java", "class Main {", **bad, heal=False)
 
@@ -204,41 +248,54 @@ def test_a_suffix_makes_the_psm_prompt_of_fim_training(fim_model_dir, monkeypatc
     completer = Completer.from_pretrained(fim_model_dir, prompt_format=CONTROL_IDS)
     tok = completer.tokenizer
     control, fim_prefix, fim_middle, fim_suffix = tok.convert_tokens_to_ids(
-        ["<python>", FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX])
+        ["<python>", FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX]
+    )
     assert completer.can_infill and completer.fim_ids == (fim_prefix, fim_suffix, fim_middle)
     assert set(completer.languages) == {"python", "java"}  # the FIM tokens are no languages
     prompts = []
     forward = completer.model.forward
-    monkeypatch.setattr(completer.model, "forward", lambda **kw: prompts.append(kw["input_ids"].tolist()) or forward(**kw))
+    monkeypatch.setattr(
+        completer.model, "forward", lambda **kw: prompts.append(kw["input_ids"].tolist()) or forward(**kw)
+    )
 
     def prompt_of(prefix: str, suffix: str, **kwargs) -> list[int]:
         prompts.clear()
-        [completion] = completer.complete("python", prefix, suffix=suffix, max_new_tokens=4, stop=END_OF_LINE,
-                                          **kwargs, heal=False)
+        [completion] = completer.complete(
+            "python", prefix, suffix=suffix, max_new_tokens=4, stop=END_OF_LINE, **kwargs, heal=False
+        )
         assert completion.stop in {"pattern", "eos", "length"}
         return prompts[0][0]
 
     prefix, suffix = "def f(x):\n    y = ", "\n    return y\n"
-    assert prompt_of(prefix, suffix) == ([control, fim_prefix] + tok.encode(prefix) + [fim_suffix] + tok.encode(suffix)
-                                         + [fim_middle])
+    assert prompt_of(prefix, suffix) == (
+        [control, fim_prefix] + tok.encode(prefix) + [fim_suffix] + tok.encode(suffix) + [fim_middle]
+    )
     # Long sides: of 40 tokens of room the suffix keeps its first 10 (a quarter), the prefix its last 30.
     long_prefix, long_suffix = "x = 1\n" * 50, "y = 2\n" * 50
     p_ids, s_ids = tok.encode(long_prefix), tok.encode(long_suffix)
     assert prompt_of(long_prefix, long_suffix, max_context_tokens=40) == (
-        [control, fim_prefix] + p_ids[-30:] + [fim_suffix] + s_ids[:10] + [fim_middle])
+        [control, fim_prefix] + p_ids[-30:] + [fim_suffix] + s_ids[:10] + [fim_middle]
+    )
     # A short suffix leaves the rest of the room to the prefix; max_suffix_tokens moves the split.
     assert prompt_of(long_prefix, suffix, max_context_tokens=40) == (
-        [control, fim_prefix] + p_ids[-(40 - len(tok.encode(suffix))):] + [fim_suffix] + tok.encode(suffix)
-        + [fim_middle])
+        [control, fim_prefix]
+        + p_ids[-(40 - len(tok.encode(suffix))) :]
+        + [fim_suffix]
+        + tok.encode(suffix)
+        + [fim_middle]
+    )
     assert prompt_of(long_prefix, long_suffix, max_context_tokens=40, max_suffix_tokens=25) == (
-        [control, fim_prefix] + p_ids[-15:] + [fim_suffix] + s_ids[:25] + [fim_middle])
+        [control, fim_prefix] + p_ids[-15:] + [fim_suffix] + s_ids[:25] + [fim_middle]
+    )
     # Without max_context_tokens the room is the model's positions less max_new_tokens and 4 special tokens.
     assert len(prompt_of(long_prefix * 3, long_suffix * 3)) == 256 - 4
 
 
 def test_a_model_without_fim_tokens_refuses_a_suffix_in_one_line(tiny_model_dir, fim_model_dir):
-    for completer in [Completer.from_pretrained(tiny_model_dir, prompt_format=CONTROL_IDS),  # GPT-2: no FIM tokens
-                      Completer.from_pretrained(fim_model_dir)]:  # the seed's prompt format cannot infill
+    for completer in [
+        Completer.from_pretrained(tiny_model_dir, prompt_format=CONTROL_IDS),  # GPT-2: no FIM tokens
+        Completer.from_pretrained(fim_model_dir),
+    ]:  # the seed's prompt format cannot infill
         assert not completer.can_infill
         with pytest.raises(UserError) as error:
             completer.complete("python", "def f(", suffix="):\n    pass\n", heal=False)
@@ -249,8 +306,14 @@ def test_a_model_without_fim_tokens_refuses_a_suffix_in_one_line(tiny_model_dir,
 
 
 def _cli(*args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "autocoder.cli", *args], capture_output=True, text=True,
-                          timeout=300, cwd=kwargs.pop("cwd"), **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "autocoder.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=kwargs.pop("cwd"),
+        **kwargs,
+    )
 
 
 def test_complete_command_in_a_subprocess(bigram_dir, tmp_path):
@@ -261,8 +324,21 @@ def test_complete_command_in_a_subprocess(bigram_dir, tmp_path):
 
 def test_complete_command_json_and_errors(bigram_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no params.yaml here: --model is enough
-    cli.main(["complete", "--model", str(bigram_dir), "--lang", "python", "--json", "--num", "2",
-              "--temperature", "0.7", "def f"])
+    cli.main(
+        [
+            "complete",
+            "--model",
+            str(bigram_dir),
+            "--lang",
+            "python",
+            "--json",
+            "--num",
+            "2",
+            "--temperature",
+            "0.7",
+            "def f",
+        ]
+    )
     completions = json.loads(capsys.readouterr().out)["completions"]
     assert len(completions) == 2 and all(math.isfinite(c["confidence"]) and c["n_tokens"] > 0 for c in completions)
     for args, what in [(["--lang", "cobol"], "cobol"), (["--lang", "python", "--top-p", "0"], "top_p")]:
@@ -274,8 +350,16 @@ def test_complete_command_json_and_errors(bigram_dir, tmp_path, monkeypatch, cap
 
 def test_interact_reads_stdin_and_keeps_history(bigram_dir, tmp_path):
     env = {**os.environ, "HOME": str(tmp_path)}
-    done = _cli("interact", "--model", str(bigram_dir), "--lang", "python", cwd=tmp_path, env=env,
-                input="def f\nchange_lang\njava\nclass A\nexit\n")
+    done = _cli(
+        "interact",
+        "--model",
+        str(bigram_dir),
+        "--lang",
+        "python",
+        cwd=tmp_path,
+        env=env,
+        input="def f\nchange_lang\njava\nclass A\nexit\n",
+    )
     assert done.returncode == 0, done.stderr
     assert "def f(): return 1\n" in done.stdout and "class A {}\n" in done.stdout
     assert "def f" in (tmp_path / ".autocoder_history").read_text()
@@ -292,14 +376,116 @@ def test_default_model_without_a_champion_is_one_clear_line(tmp_path, mlflow_db,
     assert "\n" not in err and "models:/autocoder@champion" in err and "--model" in err
 
 
-def test_only_safetensors_weights_load(tmp_path, tiny_model_dir):
+def test_only_safetensors_weights_load(tmp_path, tiny_model_dir, gpt2_tokenizer):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     model.config.save_pretrained(tmp_path)
+    gpt2_tokenizer.save_pretrained(tmp_path)
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # a pickle: never loaded
     with pytest.raises(UserError, match="safetensors"):
         Completer.from_pretrained(tmp_path)
+
+
+def _one_line_error(capsys, *args: str) -> str:
+    """The message `autocoder complete` exits with (code 2), checked to be one line."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["complete", "--lang", "python", *args, "def f"])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err and "\n" not in err, err
+    return err
+
+
+def test_a_missing_model_folder_is_said_to_be_missing_not_a_bad_hub_id(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: --model is enough
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name, shown in [
+        (str(tmp_path / "nonexistent"), str(tmp_path / "nonexistent")),
+        ("./models/best", "models/best"),
+        ("../best", "../best"),
+        ("runs/7/best", "runs/7/best"),
+    ]:
+        err = _one_line_error(capsys, "--model", name)
+        assert err == f"autocoder complete: model folder {shown} does not exist", err
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    assert "weights.safetensors is a file, not a folder" in _one_line_error(capsys, "--model", "weights.safetensors")
+
+
+def test_a_hub_id_that_cannot_be_loaded_says_it_is_a_hub_id(tmp_path, monkeypatch, capsys, request):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_offline.cache_clear()  # asked again, now that the Hub is off
+    request.addfinalizer(hub_offline.cache_clear)
+    for name in ["no-such-org/no-such-model", "no-such-model"]:
+        err = _one_line_error(capsys, "--model", name)
+        assert f"model {name!r}: not a local folder, and cannot load it as a Hub id" in err, err
+        assert "unreachable" in err and "does not exist" not in err
+
+
+def test_a_model_folder_without_a_tokenizer_says_so(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    weights_only = tmp_path / "weights-only"
+    shutil.copytree(
+        tiny_model_dir,
+        weights_only,
+        ignore=shutil.ignore_patterns("tokenizer*", "vocab*", "merges*", "special_tokens*"),
+    )
+    assert (weights_only / "model.safetensors").exists() and not (weights_only / "tokenizer.json").exists()
+    err = _one_line_error(capsys, "--model", str(weights_only))
+    assert err == (
+        f"autocoder complete: model folder {weights_only} has no tokenizer files (tokenizer.json, "
+        "tokenizer_config.json or a vocab file); save the model's tokenizer into it "
+        "(tokenizer.save_pretrained)"
+    ), err
+    (tmp_path / "empty").mkdir()
+    assert "empty has no tokenizer files" in _one_line_error(capsys, "--model", "empty")
+
+
+def _interact_at_a_terminal(model_dir, home, keys: bytes) -> tuple[int, str]:
+    """Run `autocoder interact` on a pseudo-terminal as a user at a terminal does: wait for its prompt,
+    press `keys` (the terminal turns Ctrl-C into SIGINT, Ctrl-D into the end of input); return the exit
+    code and all it wrote."""
+    import pty
+    import select
+
+    argv = [sys.executable, "-m", "autocoder.cli", "interact", "--model", str(model_dir), "--lang", "python"]
+    env = {**os.environ, "HOME": str(home), "TERM": "dumb"}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the terminal is its controlling terminal
+        os.chdir(home)
+        os.execve(sys.executable, argv, env)
+    output, pressed = b"", False
+    deadline = time.monotonic() + 600  # torch and the model load first: slow on a busy machine
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([fd], [], [], 1)[0]:
+                continue
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+            if not pressed and b"python>>> " in output:
+                os.write(fd, keys)
+                pressed, deadline = True, time.monotonic() + 300
+        else:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    assert pressed, output.decode(errors="replace")
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+
+@pytest.mark.parametrize("key, code", [(b"\x03", 130), (b"\x04", 0)], ids=["ctrl-c", "ctrl-d"])
+def test_interact_leaves_on_ctrl_c_and_ctrl_d_without_a_traceback(bigram_dir, tmp_path, key, code):
+    exit_code, output = _interact_at_a_terminal(bigram_dir, tmp_path, key)
+    assert exit_code == code, output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output and "EOFError" not in output, output
+    assert output.endswith("\n"), output  # the shell's prompt starts on a line of its own
+    assert (tmp_path / ".autocoder_history").exists()
 
 
 def test_cli_help_shows_defaults(capsys):
@@ -307,7 +493,8 @@ def test_cli_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         cli.main(["complete", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    assert "--max-new-tokens MAX_NEW_TOKENS most tokens generated" in text and "(default: 128)" in text
+    assert "--max-new-tokens MAX_NEW_TOKENS most tokens generated" in text
+    assert "(default: params.yaml's evaluate.max_new_tokens, as the model was evaluated)" in text
     assert "--top-p TOP_P nucleus sampling" in text and "(default: 1.0)" in text
     assert "0 = greedy (default: 0.0)" in text
     assert "(default: None)" not in text and "(default: False)" not in text

@@ -18,8 +18,8 @@ from autocoder.corpus import Corpus, split_rows
 from autocoder.errors import UserError
 from autocoder.params import EvaluateParams
 from autocoder.registry import CHAMPION, Measurement
-from autocoder.tracking import read_run_info
 from autocoder.tokenizer import FIM_TOKENS, load_tokenizer
+from autocoder.tracking import read_run_info
 from helpers import CONTROL_TOKENS, finetuned_project, real_code_files, save_tiny_model
 
 LINE_KEYS = {"exact_match", "edit_similarity", "hit_max_new_tokens", "repeats", "lines"}
@@ -73,15 +73,18 @@ def test_evaluate_writes_metrics_samples_and_registers_the_champion(finetuned, c
     run_id = read_run_info(finetuned.finetune.out_dir)["run_id"]
     run = mlflow.get_run(run_id)
     assert run.data.metrics["eval/dev_perplexity"] == pytest.approx(metrics["dev_perplexity"])
-    assert run.data.metrics["eval/line_completion/java/exact_match"] == metrics["line_completion"]["java"]["exact_match"]
+    assert (
+        run.data.metrics["eval/line_completion/java/exact_match"] == metrics["line_completion"]["java"]["exact_match"]
+    )
     assert run.data.metrics["dev_perplexity"] == 100.0  # the finetune's own metric is left alone
     assert run.data.tags["champion_decision"] == "no champion yet"
     assert "evaluate/samples.md" in {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "evaluate")}
 
     version = mlflow.MlflowClient().get_model_version_by_alias(finetuned.evaluate.registered_model_name, CHAMPION)
     info = read_run_info(finetuned.finetune.out_dir)
-    assert Measurement.from_tags(version.tags) == Measurement(metrics["dev_perplexity"], info["tokenizer_fingerprint"],
-                                                               info["dev_split"])
+    assert Measurement.from_tags(version.tags) == Measurement(
+        metrics["dev_perplexity"], info["tokenizer_fingerprint"], info["dev_split"]
+    )
     assert version.run_id == run_id
 
 
@@ -109,7 +112,9 @@ def test_a_model_with_fim_tokens_is_measured_on_infilling(fim_finetuned):
 
 
 def test_repeats_and_exact_match(gpt2_tokenizer):
-    assert evaluate.exact_match("  return  a +b", "return a +b ") and not evaluate.exact_match("return a+b", "return a +b")
+    assert evaluate.exact_match("  return  a +b", "return a +b ") and not evaluate.exact_match(
+        "return a+b", "return a +b"
+    )
     assert evaluate.repeats(gpt2_tokenizer, "foo(x) foo(x) foo(x) foo(x)", "")  # a 4-gram three times
     assert not evaluate.repeats(gpt2_tokenizer, "foo(x) foo(x)", "")
     assert not evaluate.repeats(gpt2_tokenizer, "[" + ", ".join(["()"] * 10) + "]", "")  # no letter or digit

@@ -30,8 +30,9 @@ POLL_S = 5
 def project(tmp_path_factory) -> Path:
     project = make_tiny_project(tmp_path_factory.mktemp("experiments"))
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["evaluate"].update(perplexity_max_tokens=2000, latency_repeats=1, line_completion_lines=2, infill_lines=2,
-                              line_max_new_tokens=8)
+    params["evaluate"].update(
+        perplexity_max_tokens=2000, latency_repeats=1, line_completion_lines=2, infill_lines=2, line_max_new_tokens=8
+    )
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "cheaper evaluation"], project)
     try:
@@ -120,7 +121,8 @@ def test_every_finetune_run_is_in_the_projects_store_tagged_with_experiment_and_
         assert float(r.data.params["learning_rate"]) == lr
         # The run that the experiment's metrics came from (evaluate logs to the finetune's run).
         assert r.data.metrics["eval/dev_perplexity"] == pytest.approx(
-            metric(shown[name], "metrics/metrics.json", "dev_perplexity"), rel=1e-9)
+            metric(shown[name], "metrics/metrics.json", "dev_perplexity"), rel=1e-9
+        )
         assert client.list_artifacts(r.info.run_id, "best"), f"{name}: the model's artifacts are missing"
     # Nothing was logged to a store inside DVC's temporary copies (deleted with them).
     assert not list((project / ".dvc/tmp").rglob("mlruns.db"))

@@ -13,10 +13,10 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import mlflow
 import pytest
@@ -46,31 +46,95 @@ def set_params(project: Path, corpus: Path, **sections) -> None:
 # More optimizer steps, a checkpoint every 4 and a log line every step: kills land between checkpoints
 # and in the middle of writing one. A cheaper evaluation keeps the test short.
 MAX_STEPS, CHECKPOINT_EVERY = 16, 4
-FAULT_PARAMS = {"finetune": {"max_steps": MAX_STEPS, "eval_every": 8, "checkpoint_every": CHECKPOINT_EVERY,
-                             "log_every": 1},
-                "evaluate": {"perplexity_max_tokens": 2000, "latency_repeats": 1, "line_completion_lines": 2,
-                             "infill_lines": 2, "line_max_new_tokens": 8}}
+FAULT_PARAMS = {
+    "finetune": {"max_steps": MAX_STEPS, "eval_every": 8, "checkpoint_every": CHECKPOINT_EVERY, "log_every": 1},
+    "evaluate": {
+        "perplexity_max_tokens": 2000,
+        "latency_repeats": 1,
+        "line_completion_lines": 2,
+        "infill_lines": 2,
+        "line_max_new_tokens": 8,
+    },
+}
+
+
+@dataclass
+class KillPoint:
+    """Where a kill lands inside `stage`, from that stage's own progress, not from the clock: `delay`
+    seconds after the first line matching `anchor` that the stage's run prints (at or after its
+    "Running stage" line), and at the latest as soon as the first later line matching `bound` comes,
+    a line still inside the stage. However fast or slow the machine, the kill lands in `stage`."""
+
+    stage: str
+    anchor: str  # a regex of the line the delay counts from
+    bound: str  # a regex of a later line of the same stage: the kill comes no later than it
+    delay: float  # seconds
 
 
 @dataclass
 class Repro:
-    """`dvc repro` in its own process group, its output lines collected with their times."""
+    """`dvc repro` in its own process group, its output lines collected with their times; with a
+    kill point, SIGKILLed there (see `kill_at_point`)."""
 
     project: Path
+    point: KillPoint | None = None
     lines: list[tuple[float, str]] = field(default_factory=list)
 
     def __post_init__(self):
-        env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
-               "PYTHONUNBUFFERED": "1"}
+        self._changed = threading.Condition()
+        self._in_stage = self._killed = False
+        self.anchored: float | None = None  # when the point's anchor line came
+        self.bounded = False  # whether the point's bound line came (and killed the run)
+        env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         env.pop("MLFLOW_TRACKING_URI", None)
-        self.proc = subprocess.Popen(["dvc", "repro"], cwd=self.project, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.proc = subprocess.Popen(
+            ["dvc", "repro"],
+            cwd=self.project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
     def _read(self) -> None:
         for line in self.proc.stdout:
-            self.lines.append((time.monotonic(), line.rstrip("\n")))
+            line = line.rstrip("\n")
+            with self._changed:
+                self.lines.append((time.monotonic(), line))
+                if self.point is not None:
+                    self._follow(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def _follow(self, line: str) -> None:
+        """The point's progress on one more line; the bound kills here, on the line's arrival, with no
+        polling delay in between (the next stage starts within a fraction of a second of it)."""
+        point, stage = self.point, STAGE_LINE.search(line)
+        if stage:
+            self._in_stage = stage[1] == point.stage
+            if not self._in_stage and self.anchored is not None:
+                self._kill()  # too late already: the assertion on the stage hit says so
+        if not self._in_stage:
+            return
+        if self.anchored is None:
+            if re.search(point.anchor, line):
+                self.anchored = time.monotonic()
+        elif re.search(point.bound, line):
+            self.bounded = True
+            self._kill()
+
+    def _kill(self) -> None:
+        # Once, and only before the process is reaped: until then its process group id is its own.
+        if not self._killed and self.proc.poll() is None:
+            self._killed = True
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # dvc and every stage process it started
+            except ProcessLookupError:
+                pass
 
     def time_of(self, pattern: str) -> float | None:
         """When the first output line matching `pattern` came."""
@@ -80,37 +144,57 @@ class Repro:
         started = [m[1] for _, line in list(self.lines) if (m := STAGE_LINE.search(line))]
         return started[-1] if started else None
 
-    def past(self, stage: str) -> bool:
-        """Whether a stage after `stage` has started."""
-        current = self.current_stage()
-        return current is not None and STAGES.index(current) > STAGES.index(stage)
-
-    def wait_for(self, pattern: str, stage: str, timeout: float = 600) -> float | None:
-        """The time of the first output line matching `pattern`; None as soon as a stage after `stage`
-        started or the process ended without such a line."""
+    def kill_at_point(self, timeout: float = 600) -> None:
+        """SIGKILL the run at its kill point: `delay` after the anchor line, or on the bound line if that
+        comes first. If the run ends, or a later stage starts, before the anchor came, it is killed
+        there (and the test fails on the stage that was hit: a planned kill never moves to another)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ended = self.proc.poll() is not None
-            if ended:
-                self.reader.join()
-            found = self.time_of(pattern)
-            if found is not None or ended or self.past(stage):
-                return found
-            time.sleep(0.02)
-        raise AssertionError(f"no line matching {pattern!r} in {timeout} s:\n{self.output()}")
+        with self._changed:
+            while not self._killed:
+                now = time.monotonic()
+                if self.anchored is not None and now >= self.anchored + self.point.delay:
+                    break
+                if self.proc.poll() is not None or (self.anchored is None and self._passed()):
+                    break
+                if now >= deadline:
+                    stuck = self.processes()
+                    self._kill()
+                    raise AssertionError(
+                        f"no line /{self.point.bound if self.anchored else self.point.anchor}/ "
+                        f"of {self.point.stage} in {timeout} s:\n{self.output()}\n{stuck}"
+                    )
+                wait = 0.05 if self.anchored is None else self.anchored + self.point.delay - now
+                self._changed.wait(min(wait, 0.05))
+            self._kill()
+        self.proc.wait()
+        self.reader.join()
 
-    def wait_until(self, moment: float, stage: str) -> None:
-        """Until `moment`, or earlier when the process ended or a stage after `stage` started: a kill
-        planned late in a stage that ran faster than in the reference then lands at the very start of
-        the next stage instead of after it (a stage passed over would never be killed)."""
-        while time.monotonic() < moment and self.proc.poll() is None and not self.past(stage):
-            time.sleep(0.01)
+    def processes(self) -> str:
+        """The run's processes, what each is doing (state, kernel wait channel): for a run that hangs."""
+        import psutil
+
+        rows = []
+        for proc in psutil.process_iter(["pid", "ppid", "status", "cmdline"]):
+            try:
+                if os.getpgid(proc.pid) != self.proc.pid:
+                    continue
+                wchan = Path(f"/proc/{proc.pid}/wchan").read_text()
+            except (OSError, psutil.Error):
+                continue
+            rows.append(
+                f"{proc.info['pid']} (parent {proc.info['ppid']}) {proc.info['status']} in {wchan}: "
+                f"{' '.join(proc.info['cmdline'] or [])[:150]}"
+            )
+        return "processes:\n" + "\n".join(rows)
+
+    def _passed(self) -> bool:
+        """Whether a stage after the point's stage has started."""
+        current = self.current_stage()
+        return current is not None and STAGES.index(current) > STAGES.index(self.point.stage)
 
     def kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # dvc and every stage process it started
-        except ProcessLookupError:
-            pass
+        with self._changed:
+            self._kill()
         self.proc.wait()
         self.reader.join()
 
@@ -127,40 +211,49 @@ class Repro:
         return "\n".join(line for _, line in self.lines)
 
 
-@dataclass
-class KillPoint:
-    stage: str
-    after: str  # a regex of the output line the delay counts from
-    delay: float  # seconds
-
-
 def start(stage: str) -> str:
     return f"Running stage '{stage}'"
 
 
-def kill_points(rng: random.Random, reference: Repro) -> list[KillPoint]:
-    """11 random points, in pipeline order: each a random delay after an output line, within the time
-    that the uninterrupted `reference` run took from that line to the next phase."""
-    def span(line: str, until: str | None) -> float:
-        end = reference.time_of(until) if until else reference.lines[-1][0]
-        return end - reference.time_of(line)
+LOCK_LINE = r"(Generating|Updating) lock file"  # DVC, once a stage's outputs are hashed and cached
+SUMMARY = {"clone": r"^clone: ", "segment": r"^segment: kept ", "split": r"^split: "}  # a data stage's last line
 
-    step_s = span("finetune: step 1/", f"finetune: step {MAX_STEPS}/") / (MAX_STEPS - 1)
-    phases = [  # (stage, line, seconds to draw the delay from)
-        *[(stage, start(stage), span(start(stage), start(after)))
-          for stage, after in zip(STAGES[:3], STAGES[1:4]) for _ in range(2)],
+
+def kill_points(rng: random.Random, reference: Repro) -> list[KillPoint]:
+    """11 random points, in pipeline order, each between two lines of one stage: a random delay after
+    the first, within the time the uninterrupted `reference` run took between the two (how far into
+    the phase the kill lands on this machine), and never later than the second line."""
+
+    def point(stage: str, anchor: str, bound: str) -> KillPoint:
+        begin = reference.time_of(start(stage))
+        at = next(t for t, line in reference.lines if t >= begin and re.search(anchor, line))
+        until = next(t for t, line in reference.lines if t > at and re.search(bound, line))
+        return KillPoint(stage, anchor, bound, rng.uniform(0, until - at))
+
+    first_step, later_step = rng.randint(1, CHECKPOINT_EVERY - 2), rng.randint(CHECKPOINT_EVERY + 1, MAX_STEPS - 1)
+    return [
+        *[
+            kill
+            for stage in STAGES[:3]
+            for kill in (
+                # python's start-up, imports, the stage's work: its output is rebuilt from scratch
+                point(stage, start(stage), SUMMARY[stage]),
+                # the stage's work, or DVC hashing its output into the cache, writing the run cache and the
+                # lock: the last kill of the stage, for the next attempt may find it done (or run-cached)
+                point(stage, rng.choice([start(stage), SUMMARY[stage]]), LOCK_LINE),
+            )
+        ],
         # imports, creating the MLflow store, accelerate launch, set-up
-        ("finetune", start("finetune"), span(start("finetune"), "finetune: step 1/")),
+        point("finetune", start("finetune"), "finetune: step 1/"),
         # the MLflow run exists, no checkpoint yet: the next attempt starts over and must end that run
-        ("finetune", f"finetune: step {rng.randint(1, CHECKPOINT_EVERY - 2)}/", step_s),
+        point("finetune", f"finetune: step {first_step}/", f"finetune: step {first_step + 1}/"),
         # between later checkpoints, or while one is written: the next attempt resumes
-        ("finetune", f"finetune: step {rng.randint(CHECKPOINT_EVERY + 1, MAX_STEPS - 1)}/", 2 * step_s),
+        point("finetune", f"finetune: step {later_step}/", f"finetune: step {later_step + 1}/"),
         # imports, loading, dev perplexity
-        ("evaluate", start("evaluate"), span(start("evaluate"), "evaluate: dev perplexity")),
-        # line completion, samples, logging to the finetune's MLflow run, registering the model
-        ("evaluate", "evaluate: dev perplexity", span("evaluate: dev perplexity", None)),
+        point("evaluate", start("evaluate"), "evaluate: dev perplexity"),
+        # line completion, samples, logging to the finetune's MLflow run, registering the model, the lock
+        point("evaluate", "evaluate: dev perplexity", LOCK_LINE),
     ]
-    return [KillPoint(stage, line, rng.uniform(0, seconds)) for stage, line, seconds in phases]
 
 
 def lock_md5s(project: Path) -> dict[str, str]:
@@ -208,31 +301,39 @@ def test_repro_killed_at_random_points_of_every_stage_ends_like_an_uninterrupted
     uninterrupted = Repro(reference)
     uninterrupted.finish()
     seed = int(os.environ.get("AUTOCODER_FAULT_SEED", random.SystemRandom().randrange(2**32)))
-    print(f"seed {seed} (rerun with AUTOCODER_FAULT_SEED={seed}); uninterrupted run: "
-          + ", ".join(f"{stage} at {uninterrupted.time_of(start(stage)) - uninterrupted.lines[0][0]:.1f} s"
-                      for stage in STAGES) + f", end at {uninterrupted.lines[-1][0] - uninterrupted.lines[0][0]:.1f} s")
+    print(
+        f"seed {seed} (rerun with AUTOCODER_FAULT_SEED={seed}); uninterrupted run: "
+        + ", ".join(
+            f"{stage} at {uninterrupted.time_of(start(stage)) - uninterrupted.lines[0][0]:.1f} s" for stage in STAGES
+        )
+        + f", end at {uninterrupted.lines[-1][0] - uninterrupted.lines[0][0]:.1f} s"
+    )
     hits = []
     for point in kill_points(random.Random(seed), uninterrupted):
-        attempt = Repro(faulty)
+        attempt = Repro(faulty, point)
         try:
-            anchor = attempt.wait_for(point.after, point.stage)
-            if anchor is not None:  # else the attempt got past the point: kill it now
-                attempt.wait_until(anchor + point.delay, point.stage)
+            attempt.kill_at_point()
         finally:
             attempt.kill()
-        if attempt.proc.returncode == 0:
-            print(f"planned kill in {point.stage} came too late: the pipeline finished")
-            continue
+        assert attempt.anchored is not None, (
+            f"seed {seed}: the attempt left {point.stage} without a line /{point.anchor}/:\n{attempt.output()}"
+        )
         # Also the first sign of a lock that outlived its killed dvc: DVC's own (.dvc/tmp/lock: fcntl;
         # .dvc/tmp/rwlock: pids it checks) must not stop the next attempt.
         assert attempt.proc.returncode == -signal.SIGKILL, f"attempt failed on its own:\n{attempt.output()}"
         hit = attempt.current_stage()
         hits.append(hit)
-        print(f"killed in {hit} (planned: {point.stage}, {point.delay:.2f} s after /{point.after}/); "
-              f"last line: {attempt.lines[-1][1][:120] if attempt.lines else ''}")
+        when = "on /" + point.bound + "/" if attempt.bounded else f"{point.delay:.2f} s after /{point.anchor}/"
+        print(
+            f"killed in {hit} (planned: {point.stage}, {when}); "
+            f"last line: {attempt.lines[-1][1][:120] if attempt.lines else ''}"
+        )
+        assert hit == point.stage, (
+            f"seed {seed}: a kill planned in {point.stage} after /{point.anchor}/ landed in {hit}:\n{attempt.output()}"
+        )
     Repro(faulty).finish()  # the rerun after the last kill completes
 
-    assert len(hits) >= 10 and set(hits) == set(STAGES), hits
+    assert len(hits) == 11 and set(hits) == set(STAGES), hits
     assert "up to date" in run(["dvc", "status"], faulty).stdout
     print(f"{check_cache(faulty)} cache objects verified")
     expected, got = lock_md5s(reference), lock_md5s(faulty)
@@ -246,8 +347,9 @@ def test_repro_killed_at_random_points_of_every_stage_ends_like_an_uninterrupted
     want, have = read(reference, "metrics/metrics.json"), read(faulty, "metrics/metrics.json")
     assert have["dev_tokens"] == want["dev_tokens"]
     assert have["dev_perplexity"] == pytest.approx(want["dev_perplexity"], rel=RESUME_REL_TOL)
-    assert [r.split(",")[0] for r in (faulty / "plots/finetune.csv").read_text().splitlines()] == \
-           [r.split(",")[0] for r in (reference / "plots/finetune.csv").read_text().splitlines()]
+    assert [r.split(",")[0] for r in (faulty / "plots/finetune.csv").read_text().splitlines()] == [
+        r.split(",")[0] for r in (reference / "plots/finetune.csv").read_text().splitlines()
+    ]
 
     # Killed runs do not stay RUNNING: the next attempt marks them KILLED, or a resumed one finishes.
     client = mlflow.MlflowClient(f"sqlite:///{faulty}/mlruns.db")
@@ -268,8 +370,9 @@ def test_repro_killed_at_random_points_of_every_stage_ends_like_an_uninterrupted
 def small_disk(path: Path, size: str) -> Iterator[Path]:
     """A tmpfs of `size` mounted at `path` (needs root); always unmounted."""
     path.mkdir(parents=True)
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                           capture_output=True, text=True)
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if mount.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs to fill up: {mount.stderr.strip()}")
     try:
@@ -318,8 +421,9 @@ def test_full_disk_under_finetune_checkpoints_is_one_line_and_leaves_nothing_to_
     # Room for the best model (~6.5 MB) but not for a checkpoint (model, optimizer state: ~20 MB).
     with small_disk(tmp_path / "disk", "12m") as disk:
         ckpt = disk / "checkpoints"
-        proc = run_stage(split_project, "finetune", finetune={"checkpoint_dir": str(ckpt),
-                                                              "out_dir": str(disk / "finetune")})
+        proc = run_stage(
+            split_project, "finetune", finetune={"checkpoint_dir": str(ckpt), "out_dir": str(disk / "finetune")}
+        )
         assert_one_line_disk_full(proc, "finetune", ckpt / "step-00000004")
         assert sorted(p.name for p in ckpt.iterdir()) == ["best-step-00000004"]  # no checkpoint to resume
         assert not (disk / "finetune").exists()
@@ -340,9 +444,13 @@ def test_full_disk_under_finetune_output_then_a_damaged_checkpoint(split_project
     [saved] = ckpt.glob("step-*")
     optimizer = saved / "optimizer.bin"
     optimizer.write_bytes(optimizer.read_bytes()[: optimizer.stat().st_size // 2])
-    proc = run_stage(split_project, "finetune", finetune={"checkpoint_dir": str(ckpt),
-                                                          "out_dir": str(tmp_path / "finetune")})
+    proc = run_stage(
+        split_project, "finetune", finetune={"checkpoint_dir": str(ckpt), "out_dir": str(tmp_path / "finetune")}
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith(
-        f"autocoder finetune: finetune.checkpoint_dir: cannot resume from {saved}"), proc.stderr
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"autocoder finetune: finetune.checkpoint_dir: cannot resume from {saved}")
+    ), proc.stderr
     assert not (tmp_path / "finetune").exists()

@@ -34,9 +34,23 @@ DEV = {"py/heapq.py", "py/shlex.py", "java/Factorial5.java"}
 # The GPT-2 tokenizer of the corpus fixture has no FIM tokens; sliding windows, fp32 and no compile
 # keep these runs small and exactly comparable (the recipe's packed windows, FIM and bf16 have tests
 # of their own: test_recipe.py, and test_learned_recipe_trains below).
-TINY = {"model": "scratch", "scratch": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64, "dropout": 0.0},
-        "windows": "sliding", "fim_rate": 0.0, "compile": False, "mixed_precision": "no", "max_length": 64, "batch_size": 2, "learning_rate": 1e-3, "max_steps": 12, "eval_every": 4,
-        "checkpoint_every": 4, "log_every": 2, "eval_max_windows": 16, "early_stopping_patience": None}
+TINY = {
+    "model": "scratch",
+    "scratch": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64, "dropout": 0.0},
+    "windows": "sliding",
+    "fim_rate": 0.0,
+    "compile": False,
+    "mixed_precision": "no",
+    "max_length": 64,
+    "batch_size": 2,
+    "learning_rate": 1e-3,
+    "max_steps": 12,
+    "eval_every": 4,
+    "checkpoint_every": 4,
+    "log_every": 2,
+    "eval_max_windows": 16,
+    "early_stopping_patience": None,
+}
 CKPT, OUT = Path("models/checkpoints"), Path("models/finetune")
 
 
@@ -88,11 +102,20 @@ def run_info() -> dict:
 
 def test_short_run(project, monkeypatch, gpt2_tokenizer):
     subprocess.run(["git", "init", "-q"], check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"],
-                   check=True)
-    Path("dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {
-        "segment": {"cmd": "x", "outs": [{"path": "data/segments", "md5": "aaa.dir"}]},
-        "split": {"cmd": "x", "outs": [{"path": "data/split", "md5": "bbb.dir"}]}}}))
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"], check=True
+    )
+    Path("dvc.lock").write_text(
+        yaml.safe_dump(
+            {
+                "schema": "2.0",
+                "stages": {
+                    "segment": {"cmd": "x", "outs": [{"path": "data/segments", "md5": "aaa.dir"}]},
+                    "split": {"cmd": "x", "outs": [{"path": "data/split", "md5": "bbb.dir"}]},
+                },
+            }
+        )
+    )
     monkeypatch.setenv("DVC_EXP_NAME", "tiny-exp")
     params = project(max_steps=10)
     run(params)
@@ -128,8 +151,10 @@ def test_short_run(project, monkeypatch, gpt2_tokenizer):
     tags = logged.data.tags
     assert tags["tokenizer_fingerprint"] == info["tokenizer_fingerprint"]
     assert tags["dev_split"] == info["dev_split"] and len(info["dev_split"]) == 64
-    assert tags["git_commit"] == subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
-                                                text=True).stdout.strip()
+    assert (
+        tags["git_commit"]
+        == subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    )
     assert tags["dvc.md5.data/segments"] == "aaa.dir" and tags["dvc.md5.data/split"] == "bbb.dir"
     assert tags["dvc_exp_name"] == "tiny-exp"
     artifacts = Path(logged.info.artifact_uri.removeprefix("file://"))
@@ -154,7 +179,8 @@ def test_two_processes_match_one_with_grad_accum(project):
     assert [r["step"] for r in rows] == [r["step"] for r in ddp_rows]
     for key in ("train_loss", "dev_loss", "lr"):
         assert [float(r[key]) for r in rows if r[key]] == pytest.approx(
-            [float(r[key]) for r in ddp_rows if r[key]], rel=1e-4), key
+            [float(r[key]) for r in ddp_rows if r[key]], rel=1e-4
+        ), key
     assert metrics()["tokens_seen"] == ddp_metrics["tokens_seen"]
 
 
@@ -192,7 +218,8 @@ def test_resume_after_kill_ends_like_an_uninterrupted_run(project, capsys):
     assert "resuming" not in capsys.readouterr().out
     for key in ("train_loss", "dev_loss"):
         assert [float(r[key]) for r in plot_rows() if r[key]] == pytest.approx(
-            [float(r[key]) for r in resumed_rows if r[key]], rel=1e-4), key
+            [float(r[key]) for r in resumed_rows if r[key]], rel=1e-4
+        ), key
     expected = metrics()
     for key in ("steps", "best_step", "tokens_seen"):
         assert resumed_metrics[key] == expected[key]
@@ -204,13 +231,16 @@ def _truncated_weights(model_dir: Path) -> None:
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("missing_model", "finetune.model: cannot load 'no-such-org/no-such-model'"),
-    ("truncated_weights", "is corrupt"),
-    ("broken_config", "finetune.model: cannot load"),
-    ("short_context", "finetune.max_length: 64 exceeds the context"),
-    ("unreachable_tracking", "MLFLOW_TRACKING_URI: cannot reach the MLflow tracking store 'http://127.0.0.1:1'"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing_model", "finetune.model: cannot load 'no-such-org/no-such-model'"),
+        ("truncated_weights", "is corrupt"),
+        ("broken_config", "finetune.model: cannot load"),
+        ("short_context", "finetune.max_length: 64 exceeds the context"),
+        ("unreachable_tracking", "MLFLOW_TRACKING_URI: cannot reach the MLflow tracking store 'http://127.0.0.1:1'"),
+    ],
+)
 def test_bad_input_fails_in_one_line_before_training(project, tiny_model_dir, monkeypatch, case, expected):
     model = str(tiny_model_dir)
     if case == "missing_model":
@@ -249,7 +279,8 @@ def test_pretrained_model_gets_the_datas_tokens(project, tmp_path, gpt2_tokenize
     from autocoder.train.inputs import build_model, check_inputs
 
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=128, vocab_size=50257)).save_pretrained(
-        tmp_path / "plain-gpt2")
+        tmp_path / "plain-gpt2"
+    )
     params = project(model="plain-gpt2")
     inputs = check_inputs(params)
     model = build_model(params.finetune, inputs.model_config, inputs.tokenizer)
@@ -313,19 +344,28 @@ def test_learned_recipe_trains(tmp_path, monkeypatch, mlflow_db):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     files = real_code_files()
-    tokenizer = with_control_tokens(learn_bpe([text for path, (_, text) in files.items() if path not in DEV], 700),
-                                    ["<python>", "<java>"])
+    tokenizer = with_control_tokens(
+        learn_bpe([text for path, (_, text) in files.items() if path not in DEV], 700), ["<python>", "<java>"]
+    )
     write_corpus(tmp_path / "data", tokenizer, files, DEV, segment_len=62, stride=62)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["segment"].update(segment_len=62, stride=62)
-    raw["finetune"].update({**TINY, "windows": "packed", "fim_rate": 0.5, "mixed_precision": "auto",
-                            "scratch": {**TINY["scratch"], "architecture": "llama"}})
+    raw["finetune"].update(
+        {
+            **TINY,
+            "windows": "packed",
+            "fim_rate": 0.5,
+            "mixed_precision": "auto",
+            "scratch": {**TINY["scratch"], "architecture": "llama"},
+        }
+    )
     Params.model_validate(raw)
     Path("params.yaml").write_text(yaml.safe_dump(raw))
     # A process of its own: accelerate's state (the precision) is set once per process.
     with open("train.log", "w") as log:
-        assert start("autocoder.cli", "finetune", stdout=log, stderr=subprocess.STDOUT).wait() == 0, \
-            Path("train.log").read_text()
+        assert start("autocoder.cli", "finetune", stdout=log, stderr=subprocess.STDOUT).wait() == 0, Path(
+            "train.log"
+        ).read_text()
 
     best = OUT / "best"
     config = json.loads((best / "config.json").read_text())

@@ -56,16 +56,23 @@ def test_champion_is_registered_on_the_server(server, project):
 def test_teammate_completes_with_the_servers_champion(server, project, tmp_path):
     # Another machine: the project's params and the server, no models/ or MLflow store of its own.
     shutil.copy(project / "params.yaml", tmp_path / "params.yaml")
-    run(["autocoder", "complete", "--lang", "python", "--max-new-tokens", "8", "def f"], tmp_path,
-        env={"MLFLOW_TRACKING_URI": server[0]})
+    run(
+        ["autocoder", "complete", "--lang", "python", "--max-new-tokens", "8", "def f"],
+        tmp_path,
+        env={"MLFLOW_TRACKING_URI": server[0]},
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["params.yaml"]
 
 
 def test_unreachable_server_stops_before_training(project, tmp_path):
     copy = tmp_path / "project"
     shutil.copytree(project, copy)
-    proc = run(["dvc", "repro", "--force", "--single-item", "finetune"], copy, check=False,
-               env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"})
+    proc = run(
+        ["dvc", "repro", "--force", "--single-item", "finetune"],
+        copy,
+        check=False,
+        env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"},
+    )
     assert proc.returncode != 0
     reported = [line for line in proc.stderr.splitlines() if line.startswith("autocoder finetune:")]
     assert len(reported) == 1 and "127.0.0.1:1" in reported[0], proc.stderr

@@ -1,7 +1,5 @@
 """The params schema: bad params fail before any work, naming the key."""
 
-import shutil
-
 import pytest
 import yaml
 
@@ -40,8 +38,10 @@ def test_base_profile_never_trains_on_the_defaults_dev_files():
         (lambda p: p["segment"].update(stride="ten"), "segment.stride"),
         (lambda p: p["segment"].update(segment_len=1000), "segment.segment_len"),
         (lambda p: p["finetune"].update(model="scratch", max_length=4096), "finetune.max_length"),
-        (lambda p: (p["segment"].update(tokenizer="learn"), p["finetune"].update(model="distilgpt2")),
-         "segment.tokenizer: 'learn'"),
+        (
+            lambda p: (p["segment"].update(tokenizer="learn"), p["finetune"].update(model="distilgpt2")),
+            "segment.tokenizer: 'learn'",
+        ),
         (lambda p: p["finetune"]["scratch"].update(architecture="mamba"), "finetune.scratch.architecture"),
         (lambda p: p["finetune"].update(fim_rate=1.5), "finetune.fim_rate"),
         (lambda p: p["split"].update(dev_ratio=0.6, test_ratio=0.5), "split"),
@@ -78,7 +78,9 @@ def test_schema_defaults_are_the_default_params_yaml():
 
     committed = load_params(ROOT / "params.yaml")
     defaults = Params(languages=committed.languages, clone=committed.clone)
-    differ = {key: (value, _leaves(committed.model_dump())[key])
-              for key, value in _leaves(defaults.model_dump()).items()
-              if key != "evaluate.prompts" and value != _leaves(committed.model_dump())[key]}
+    differ = {
+        key: (value, _leaves(committed.model_dump())[key])
+        for key, value in _leaves(defaults.model_dump()).items()
+        if key != "evaluate.prompts" and value != _leaves(committed.model_dump())[key]
+    }
     assert differ == {}

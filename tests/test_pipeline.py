@@ -15,6 +15,7 @@ from helpers import make_tiny_project, run
 
 pytestmark = pytest.mark.slow
 
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     project = make_tiny_project(tmp_path_factory.mktemp("pipeline"))
@@ -23,10 +24,18 @@ def project(tmp_path_factory) -> Path:
 
 
 def test_repro_builds_every_output(project):
-    for out in ["data/raw/sources.json", "data/segments/tokens.bin", "data/split/split.parquet",
-                "models/finetune/best/model.safetensors", "metrics/segment_stats.json",
-                "metrics/contamination.json", "metrics/finetune.json", "metrics/metrics.json",
-                "plots/finetune.csv", "dvc.lock"]:
+    for out in [
+        "data/raw/sources.json",
+        "data/segments/tokens.bin",
+        "data/split/split.parquet",
+        "models/finetune/best/model.safetensors",
+        "metrics/segment_stats.json",
+        "metrics/contamination.json",
+        "metrics/finetune.json",
+        "metrics/metrics.json",
+        "plots/finetune.csv",
+        "dvc.lock",
+    ]:
         assert (project / out).exists(), out
     metrics = json.loads((project / "metrics/metrics.json").read_text())
     numbers = [v for v in _flatten(metrics) if isinstance(v, (int, float))]
@@ -56,6 +65,24 @@ def test_champion_is_registered_and_completes(project):
     champion = client.get_model_version_by_alias(name, "champion")
     latest = max(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
     assert int(champion.version) == latest
+
+
+def test_keys_that_change_no_output_rerun_nothing(project):
+    """Logging, checkpoint timing, worker counts and the MLflow experiment (params.UNTRACKED_KEYS)."""
+    path = project / "params.yaml"
+    saved = path.read_text()
+    params = yaml.safe_load(saved)
+    params["segment"]["workers"] = 2
+    params["finetune"].update(log_every=3, checkpoint_every=7)
+    params["mlflow"]["experiment"] = "another"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        assert "up to date" in run(["dvc", "status"], project).stdout
+        params["finetune"]["seed"] += 1  # what does change the model is seen
+        path.write_text(yaml.safe_dump(params, sort_keys=False))
+        assert "finetune.seed" in run(["dvc", "status", "finetune"], project).stdout
+    finally:
+        path.write_text(saved)
 
 
 def test_segment_param_change_reruns_segment_and_split_only(project):

@@ -14,8 +14,9 @@ from helpers import ROOT, run
 TEMPLATE = ROOT / "vendor" / "vega" / "plots.html"
 MAX_BYTES = 3_000_000
 # Anything that would make a browser fetch a script or a page part from elsewhere.
-REMOTE = re.compile(r"<script[^>]*\ssrc\s*=|<link[^>]*\shref\s*=\s*[\"']?(https?:)?//|cdn\.|jsdelivr|unpkg",
-                    re.IGNORECASE)
+REMOTE = re.compile(
+    r"<script[^>]*\ssrc\s*=|<link[^>]*\shref\s*=\s*[\"']?(https?:)?//|cdn\.|jsdelivr|unpkg", re.IGNORECASE
+)
 
 
 def plot_names() -> list[str]:
@@ -40,8 +41,11 @@ def test_plots_show_inlines_vega_and_loads_nothing(tmp_path):
 
     assert not REMOTE.search(page), REMOTE.search(page)
     libraries = re.findall(r"<!-- (vega[\w-]*) \d+\.\d+\.\d+, (build/[\w.-]+) -->\n\s*<script>", page)
-    assert libraries == [("vega", "build/vega.min.js"), ("vega-lite", "build/vega-lite.min.js"),
-                         ("vega-embed", "build/vega-embed.min.js")]
+    assert libraries == [
+        ("vega", "build/vega.min.js"),
+        ("vega-lite", "build/vega-lite.min.js"),
+        ("vega-embed", "build/vega-embed.min.js"),
+    ]
     assert page.count("<script>") == 3  # the three libraries, inlined
     for global_name in (".vega={}", ".vegaLite={}", ".vegaEmbed="):  # their UMD builds' globals
         assert global_name in page

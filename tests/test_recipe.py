@@ -38,8 +38,10 @@ def test_learned_tokenizer_is_deterministic_and_loads_through_auto_tokenizer(tmp
     text = "def f(x):\n        return x  # <python>\n"
     assert loaded.encode(text) == code_tokenizer.encode(text)
     assert loaded.decode(loaded.encode(text)) == text
-    assert with_control_tokens(learn_bpe(CODE[:3], 600), CONTROL_TOKENS).backend_tokenizer.to_str() != \
-        code_tokenizer.backend_tokenizer.to_str()
+    assert (
+        with_control_tokens(learn_bpe(CODE[:3], 600), CONTROL_TOKENS).backend_tokenizer.to_str()
+        != code_tokenizer.backend_tokenizer.to_str()
+    )
 
 
 def test_learned_tokenizer_special_tokens_and_ids(code_tokenizer):
@@ -140,7 +142,7 @@ def test_fim_rebuilds_the_windows_text_in_both_orders(packed_corpus, code_tokeni
         if not overflowed:  # nothing cut: prefix + middle + suffix is the window's text
             assert rebuilt + suffix_text == text
         else:  # the suffix lost tokens at its end only
-            assert fim.encode(text[len(rebuilt):])[: len(suffix)] == suffix
+            assert fim.encode(text[len(rebuilt) :])[: len(suffix)] == suffix
         checked += 1
     assert checked >= len(windows) // 2
 
@@ -153,8 +155,7 @@ def test_fim_examples_are_seeded(packed_corpus, code_tokenizer):
 
 
 def test_llama_scratch_model_from_params(code_tokenizer, tmp_path):
-    config = scratch_config(ScratchModel(n_layer=2, n_embd=64, n_head=4, n_kv_head=2, n_positions=128),
-                            code_tokenizer)
+    config = scratch_config(ScratchModel(n_layer=2, n_embd=64, n_head=4, n_kv_head=2, n_positions=128), code_tokenizer)
     assert isinstance(config, LlamaConfig) and config.tie_word_embeddings
     assert config.intermediate_size == 192 and config.num_key_value_heads == 2
     model = AutoModelForCausalLM.from_config(config)

@@ -19,9 +19,11 @@ import pytest
 
 from autocoder import cli, registry, serving
 from autocoder.complete import CONTROL_IDS
+from autocoder.params import generation_settings
 from autocoder.registry import CHAMPION, champion_uri
 from autocoder.tracking import read_run_info
 from helpers import TINY_DEV, finetuned_project, real_code_files, save_tiny_model, write_corpus
+
 
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory, gpt2_tokenizer, _migrated_mlflow_db):
@@ -35,7 +37,12 @@ def logged(tmp_path_factory, gpt2_tokenizer, _migrated_mlflow_db):
         data = write_corpus(root / "data", gpt2_tokenizer, real_code_files(), dev=TINY_DEV)
         params = finetuned_project(root, *data, save_tiny_model(root / "model", gpt2_tokenizer))
         with mlflow.start_run(run_id=read_run_info(params.finetune.out_dir)["run_id"]):
-            model_info = serving.log_model(f"{params.finetune.out_dir}/best", params.control_tokens(), CONTROL_IDS)
+            model_info = serving.log_model(
+                f"{params.finetune.out_dir}/best",
+                params.control_tokens(),
+                CONTROL_IDS,
+                generation_settings(params.evaluate),
+            )
         yield params, model_info.model_uri
 
 
@@ -88,8 +95,14 @@ def test_concurrent_registrations_lose_no_version_and_crown_the_best(logged):
     children = []
     with registry.registry_lock(mlflow.get_registry_uri()):  # both children start, then wait on this lock
         for ppl in ("7.0", "6.0"):
-            children.append(subprocess.Popen([sys.executable, "-c", CHILD, uri, name, ppl],
-                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            children.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", CHILD, uri, name, ppl],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
         for child in children:
             assert child.stdout.readline() == "ready\n", child.stderr.read()
         time.sleep(1.0)  # time enough to register if the lock did not hold them
@@ -97,7 +110,9 @@ def test_concurrent_registrations_lose_no_version_and_crown_the_best(logged):
     for child in children:
         _, err = child.communicate(timeout=300)
         assert child.returncode == 0, err
-    versions = {str(v.version): float(v.tags["dev_perplexity"]) for v in client.search_model_versions(f"name = '{name}'")}
+    versions = {
+        str(v.version): float(v.tags["dev_perplexity"]) for v in client.search_model_versions(f"name = '{name}'")
+    }
     assert sorted(versions.values()) == [6.0, 7.0, 10.0]
     assert versions[_champion_version(name)] == 6.0
 
@@ -107,8 +122,9 @@ def test_champion_pyfunc_predicts_and_backs_complete(logged, capsys):
     name = params.evaluate.registered_model_name  # what `autocoder complete` loads by default
     registry.register(uri, name, _measured(10.0))
     model = mlflow.pyfunc.load_model(champion_uri(name))
-    out = model.predict(pd.DataFrame({"lang": ["python", "java"], "context": ["def f", "class A"],
-                                      "max_new_tokens": [3, 5]}))
+    out = model.predict(
+        pd.DataFrame({"lang": ["python", "java"], "context": ["def f", "class A"], "max_new_tokens": [3, 5]})
+    )
     assert list(out.columns) == ["completion", "confidence"] and len(out) == 2
     assert all(isinstance(text, str) and text for text in out["completion"])
     out = model.predict([{"lang": "python", "context": "def f", "max_new_tokens": 3}])
@@ -130,13 +146,30 @@ def test_served_champion_answers_http(logged):
     port = _free_port()
     bin_dir = os.path.dirname(sys.executable)  # mlflow starts `uvicorn` from PATH: the venv's, as when activated
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    server = subprocess.Popen([os.path.join(bin_dir, "mlflow"), "models", "serve",
-                               "-m", champion_uri("served"), "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            os.path.join(bin_dir, "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            champion_uri("served"),
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         body = json.dumps({"dataframe_records": [{"lang": "python", "context": "def f"}]})  # optional columns left out
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body.encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body.encode(), headers={"Content-Type": "application/json"}
+        )
         deadline = time.monotonic() + 240
         while True:
             assert server.poll() is None, server.stderr.read()

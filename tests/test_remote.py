@@ -80,8 +80,20 @@ def test_pull_restores_every_output(teammate):
 
 def test_pulled_model_completes(local_teammate):
     # Either remote gives the same files: dvc status above checks them against dvc.lock.
-    run(["autocoder", "complete", "--model", "models/finetune/best", "--lang", "python",
-         "--max-new-tokens", "8", "def f"], local_teammate)
+    run(
+        [
+            "autocoder",
+            "complete",
+            "--model",
+            "models/finetune/best",
+            "--lang",
+            "python",
+            "--max-new-tokens",
+            "8",
+            "def f",
+        ],
+        local_teammate,
+    )
 
 
 def test_ssh_credentials_stay_out_of_git(origin, ssh_teammate):
@@ -96,8 +108,12 @@ def test_ssh_credentials_stay_out_of_git(origin, ssh_teammate):
 def data_hashes(project: Path) -> dict[str, str]:
     """DVC's hash of every data output (data/...) of the clone, segment and split stages."""
     stages = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    return {out["path"]: out["md5"] for stage in DATA_STAGES for out in stages[stage]["outs"]
-            if out["path"].startswith("data/")}
+    return {
+        out["path"]: out["md5"]
+        for stage in DATA_STAGES
+        for out in stages[stage]["outs"]
+        if out["path"].startswith("data/")
+    }
 
 
 @pytest.fixture(scope="module")

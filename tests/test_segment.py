@@ -22,15 +22,26 @@ BISECT = (STDLIB / "bisect.py").read_text()
 
 
 def make_params(root: Path, out: str = "segments", **segment) -> Params:
-    return Params.model_validate({
-        "languages": {"python": {"extensions": [".py"]}, "java": {"extensions": [".java"]}},
-        "clone": {"sources": [{"name": "pysrc", "path": "unused", "languages": ["python"]}],
-                  "out_dir": str(root / "data/raw")},
-        "segment": {"tokenizer": "gpt2", "segment_len": SEGMENT_LEN, "stride": STRIDE, "max_file_bytes": MAX_FILE_BYTES,
-                    "max_line_chars": MAX_LINE_CHARS, "files_per_batch": 3, "out_dir": str(root / out),
-                    **segment},
-        "finetune": {"model": "scratch"},  # what a learned tokenizer needs; segment trains nothing
-    })
+    return Params.model_validate(
+        {
+            "languages": {"python": {"extensions": [".py"]}, "java": {"extensions": [".java"]}},
+            "clone": {
+                "sources": [{"name": "pysrc", "path": "unused", "languages": ["python"]}],
+                "out_dir": str(root / "data/raw"),
+            },
+            "segment": {
+                "tokenizer": "gpt2",
+                "segment_len": SEGMENT_LEN,
+                "stride": STRIDE,
+                "max_file_bytes": MAX_FILE_BYTES,
+                "max_line_chars": MAX_LINE_CHARS,
+                "files_per_batch": 3,
+                "out_dir": str(root / out),
+                **segment,
+            },
+            "finetune": {"model": "scratch"},  # what a learned tokenizer needs; segment trains nothing
+        }
+    )
 
 
 def write(path: Path, content: str | bytes) -> None:
@@ -57,8 +68,10 @@ def make_raw_tree(raw: Path) -> None:
     (py / "pkg/loop").symlink_to(py)  # a symlink loop: never followed
     os.mkfifo(py / "pipe.py")  # reading it would block forever
     # First and slowest to tokenize: with 2 workers, the next batch finishes before it.
-    write(java / "Big.java", "class Big {\n" + "".join(f"    int f{i}(int x) {{ return x * {i}; }}\n"
-                                                         for i in range(4000)) + "}\n")
+    write(
+        java / "Big.java",
+        "class Big {\n" + "".join(f"    int f{i}(int x) {{ return x * {i}; }}\n" for i in range(4000)) + "}\n",
+    )
     write(java / "Factorial.java", JAVA_SNIPPET)
     write(java / "util/Other.java", JAVA_SNIPPET.replace("Factorial", "Other"))
 
@@ -87,14 +100,29 @@ def row_of(corpus: Corpus, source: str, path: str) -> int:
 def test_skips_are_counted_by_reason(segmented):
     root, stats = segmented
     assert stats["skipped"] == {
-        "symlink": 2, "special_file": 1, "unknown_extension": 1, "too_large": 1, "unreadable": 0,
-        "binary": 1, "not_utf8": 1, "empty": 2, "minified": 1, "duplicate": 1, "near_duplicate": 0,
+        "symlink": 2,
+        "special_file": 1,
+        "unknown_extension": 1,
+        "too_large": 1,
+        "unreadable": 0,
+        "binary": 1,
+        "not_utf8": 1,
+        "empty": 2,
+        "minified": 1,
+        "duplicate": 1,
+        "near_duplicate": 0,
     }
     corpus = Corpus(root / "segments")
     kept = sorted(zip(corpus.files["source"], corpus.files["path"], corpus.files["language"]))
-    assert kept == [("javasrc", "Big.java", "java"), ("javasrc", "Factorial.java", "java"), ("javasrc", "util/Other.java", "java"),
-                    ("pysrc", "bisect.py", "python"), ("pysrc", "pkg/nested/heapq.py", "python"),
-                    ("pysrc", "special.py", "python"), ("pysrc", "tiny.py", "python")]
+    assert kept == [
+        ("javasrc", "Big.java", "java"),
+        ("javasrc", "Factorial.java", "java"),
+        ("javasrc", "util/Other.java", "java"),
+        ("pysrc", "bisect.py", "python"),
+        ("pysrc", "pkg/nested/heapq.py", "python"),
+        ("pysrc", "special.py", "python"),
+        ("pysrc", "tiny.py", "python"),
+    ]
     assert stats["files_kept"] == 7
     assert stats["files_seen"] == 7 + sum(stats["skipped"].values())
     assert list(corpus.files["file_id"]) == list(range(7))  # ids in sorted order: javasrc < pysrc
@@ -128,8 +156,8 @@ def test_windows_of_a_known_file_have_exact_ids(segmented, gpt2_tokenizer):
     last_start = n - SEGMENT_LEN
     assert len(windows) == last_start // STRIDE + 1 + (last_start % STRIDE != 0)
     assert list(windows[0]) == [python] + expected[0:SEGMENT_LEN] + [eos]
-    assert list(windows[1]) == [python] + expected[STRIDE:STRIDE + SEGMENT_LEN] + [eos]
-    assert list(windows[len(windows) - 1]) == [python] + expected[n - SEGMENT_LEN:n] + [eos]
+    assert list(windows[1]) == [python] + expected[STRIDE : STRIDE + SEGMENT_LEN] + [eos]
+    assert list(windows[len(windows) - 1]) == [python] + expected[n - SEGMENT_LEN : n] + [eos]
     assert {len(windows[i]) for i in range(len(windows))} == {SEGMENT_LEN + 2}
 
 
@@ -144,8 +172,10 @@ def test_control_tokens_and_eos_only_around_windows(segmented, gpt2_tokenizer):
 
     java_row = row_of(corpus, "javasrc", "Factorial.java")
     java = corpus.windows(np.array([java_row]))
-    assert all(java[i][0] == corpus.meta.control_token_ids["java"] and java[i][-1] == corpus.meta.eos_id
-               for i in range(len(java)))
+    assert all(
+        java[i][0] == corpus.meta.control_token_ids["java"] and java[i][-1] == corpus.meta.eos_id
+        for i in range(len(java))
+    )
     tiny = corpus.windows(np.array([row_of(corpus, "pysrc", "tiny.py")]))
     assert len(tiny) == 1 and list(tiny[0]) == [50257] + gpt2_tokenizer.encode("x = 1\n") + [50256]
 
@@ -212,8 +242,10 @@ def test_learned_tokenizer_comes_from_train_files_only_and_is_reproducible(tmp_p
     from autocoder.tokenizer import FIM_TOKENS, learn_bpe
 
     raw = tmp_path / "data/raw"
-    texts = {f"pysrc/m{i}.py": (STDLIB / name).read_text()
-             for i, name in enumerate(["bisect.py", "heapq.py", "glob.py", "shlex.py", "textwrap.py", "fnmatch.py"])}
+    texts = {
+        f"pysrc/m{i}.py": (STDLIB / name).read_text()
+        for i, name in enumerate(["bisect.py", "heapq.py", "glob.py", "shlex.py", "textwrap.py", "fnmatch.py"])
+    }
     for path, text in texts.items():
         write(raw / path, text)
     split = SplitParams(dev_ratio=0.4, seed=1)
@@ -226,8 +258,11 @@ def test_learned_tokenizer_comes_from_train_files_only_and_is_reproducible(tmp_p
     assert (first / "tokenizer.json").read_bytes() == (again / "tokenizer.json").read_bytes()
 
     held_out = split.dev_ratio
-    train = [text for _, text in sorted(texts.items())
-             if file_position(hashlib.sha256(text.encode()).hexdigest(), split.seed) >= held_out]
+    train = [
+        text
+        for _, text in sorted(texts.items())
+        if file_position(hashlib.sha256(text.encode()).hexdigest(), split.seed) >= held_out
+    ]
     assert 0 < len(train) < len(texts)  # some file is held out, so the check below can fail
     tok = AutoTokenizer.from_pretrained(first)
     expected = learn_bpe(train, 500)

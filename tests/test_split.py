@@ -12,7 +12,16 @@ from autocoder.cli import main
 from autocoder.corpus import SPLIT_FILE, Corpus, CorpusWriter, Meta, read_split, split_rows
 from autocoder.errors import UserError
 from autocoder.params import SplitParams, load_params
-from autocoder.split import assign_by_content, _BASE, METRICS_FILE, assign, contamination_report, corpus_windows, ngram_hashes, run
+from autocoder.split import (
+    _BASE,
+    METRICS_FILE,
+    assign,
+    assign_by_content,
+    contamination_report,
+    corpus_windows,
+    ngram_hashes,
+    run,
+)
 from helpers import ROOT
 
 
@@ -33,10 +42,12 @@ def write_segments(out, files: list[np.ndarray], segment_len: int = 254, stride:
 
 def make_params(tmp_path, segments, **split):
     params = load_params(ROOT / "params.yaml")
-    return params.model_copy(update={
-        "segment": params.segment.model_copy(update={"out_dir": str(segments)}),
-        "split": SplitParams(out_dir=str(tmp_path / split.pop("out", "split")), **split),
-    })
+    return params.model_copy(
+        update={
+            "segment": params.segment.model_copy(update={"out_dir": str(segments)}),
+            "split": SplitParams(out_dir=str(tmp_path / split.pop("out", "split")), **split),
+        }
+    )
 
 
 def run_split(tmp_path, monkeypatch, segments, **split) -> tuple[dict[int, str], dict]:
@@ -51,8 +62,10 @@ def test_ngram_hashes_are_the_polynomial_over_token_codes():
     tokens = random_files(1, lengths=(300, 301))[0].astype(np.uint16)
     codes = ngram_hashes(tokens, 1).tolist()
     for n in (2, 7, 50, 300):
-        expected = [sum(codes[i + k] * pow(_BASE, n - 1 - k, 2**64) for k in range(n)) % 2**64
-                    for i in range(len(tokens) - n + 1)]
+        expected = [
+            sum(codes[i + k] * pow(_BASE, n - 1 - k, 2**64) for k in range(n)) % 2**64
+            for i in range(len(tokens) - n + 1)
+        ]
         assert ngram_hashes(tokens, n).tolist() == expected
         assert ngram_hashes(tokens, n, chunk=7).tolist() == expected  # chunks join without seams
     assert len(set(codes)) == len(set(tokens.tolist()))
@@ -75,8 +88,9 @@ def test_whole_files_per_split_in_the_requested_ratios(tmp_path, monkeypatch):
     assert [str(t) for t in table.schema.types] == ["int64", "string"]
     assert sorted(table.column("file_id").to_pylist()) == list(range(100))  # each file exactly once
     corpus = Corpus(segments)
-    windows = {name: len(corpus.windows(split_rows(corpus, tmp_path / "split", name)))
-               for name in ("train", "dev", "test")}
+    windows = {
+        name: len(corpus.windows(split_rows(corpus, tmp_path / "split", name))) for name in ("train", "dev", "test")
+    }
     total = sum(windows.values())
     # Each file lands in dev with probability dev_ratio: 100 files of unequal sizes scatter the share.
     assert windows["dev"] / total == pytest.approx(0.1, abs=0.07)

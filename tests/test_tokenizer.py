@@ -2,8 +2,10 @@
 
 import json
 
+import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from autocoder.errors import UserError
 from autocoder.tokenizer import _tiktoken_encoding, fingerprint, load_tokenizer, text_encoder
 from helpers import STDLIB, real_code_files
 
@@ -40,3 +42,20 @@ def test_other_tokenizers_use_the_hugging_face_encoder():
     spec = word_level.to_str()
     assert _tiktoken_encoding(json.loads(spec)) is None
     assert text_encoder(spec)(["a b c"]) == [[0, 1, 2]]
+
+
+def test_a_tokenizer_folder_that_is_missing_or_empty_is_one_clear_line(tmp_path, gpt2_tokenizer):
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(UserError) as err:
+        load_tokenizer(str(missing), ["<python>"])
+    assert str(err.value) == f"tokenizer {str(missing)!r}: cannot load it as a local folder: {missing} does not exist"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError) as err:
+        load_tokenizer(str(tmp_path / "empty"), ["<python>"])
+    assert "\n" not in str(err.value) and str(err.value).endswith(
+        f"{tmp_path / 'empty'} has no tokenizer files (tokenizer.json, tokenizer_config.json or a vocab file)"
+    )
+    gpt2_tokenizer.save_pretrained(tmp_path / "saved")  # a real folder still loads, its ids unchanged
+    assert load_tokenizer(str(tmp_path / "saved"), ["<python>"]).encode("def f(x):") == gpt2_tokenizer.encode(
+        "def f(x):"
+    )

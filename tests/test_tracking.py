@@ -4,8 +4,10 @@ real processes whose runs are left RUNNING."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -45,10 +47,13 @@ def test_environment_overrides_params(project, monkeypatch):
     assert mlflow.MlflowClient(f"sqlite:///{project / 'team/store.db'}").get_experiment_by_name("shared")
 
 
-@pytest.mark.parametrize("uri, key", [
-    ("http://127.0.0.1:1", "MLFLOW_TRACKING_URI"),
-    ("sqlite:///mlruns.db/inside-a-file.db", "MLFLOW_TRACKING_URI"),  # its folder is a file
-])
+@pytest.mark.parametrize(
+    "uri, key",
+    [
+        ("http://127.0.0.1:1", "MLFLOW_TRACKING_URI"),
+        ("sqlite:///mlruns.db/inside-a-file.db", "MLFLOW_TRACKING_URI"),  # its folder is a file
+    ],
+)
 def test_unreachable_store_is_one_line_naming_the_uri(project, monkeypatch, uri, key):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     with pytest.raises(UserError) as err:
@@ -88,19 +93,51 @@ def test_runs_of_dead_processes_are_marked_killed(project):
 def test_lineage_tags(project, monkeypatch):
     assert tracking.lineage_tags(["data/segments"]) == {}  # no git repo, no dvc.lock, no experiment
     subprocess.run(["git", "init", "-q"], check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"],
-                   check=True)
-    Path("dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {
-        "segment": {"cmd": "x", "outs": [{"path": "data/segments", "md5": "aaa.dir", "size": 1}]},
-        "split": {"cmd": "x", "outs": [{"path": "data/split", "md5": "bbb.dir"}]},
-        "finetune": {"cmd": "x", "outs": [{"path": "models/finetune", "md5": "ccc.dir"}]}}}))
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"], check=True
+    )
+    Path("dvc.lock").write_text(
+        yaml.safe_dump(
+            {
+                "schema": "2.0",
+                "stages": {
+                    "segment": {"cmd": "x", "outs": [{"path": "data/segments", "md5": "aaa.dir", "size": 1}]},
+                    "split": {"cmd": "x", "outs": [{"path": "data/split", "md5": "bbb.dir"}]},
+                    "finetune": {"cmd": "x", "outs": [{"path": "models/finetune", "md5": "ccc.dir"}]},
+                },
+            }
+        )
+    )
     monkeypatch.setenv("DVC_EXP_NAME", "lr-sweep-1")
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert tracking.lineage_tags(["data/segments", "data/split/"]) == {
-        "dvc.md5.data/segments": "aaa.dir", "dvc.md5.data/split": "bbb.dir", "git_commit": head,
-        "dvc_exp_name": "lr-sweep-1"}
+        "dvc.md5.data/segments": "aaa.dir",
+        "dvc.md5.data/split": "bbb.dir",
+        "git_commit": head,
+        "dvc_exp_name": "lr-sweep-1",
+    }
 
 
 def test_read_run_info(project):
     with pytest.raises(UserError, match="run the finetune stage first"):
         tracking.read_run_info(project / "models/finetune")
+
+
+def test_a_store_creation_killed_half_way_leaves_no_broken_store(project):
+    """MLflow creates a SQLite store's tables in many migration steps; a stage killed among them (as
+    `dvc repro` can be at any moment) must not leave a database the next run cannot open."""
+    (project / "mlruns.db").unlink()  # the fixture's ready-made store: this test makes its own
+    code = (
+        "from autocoder import tracking; from autocoder.params import MlflowParams; tracking.configure(MlflowParams())"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=project, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(project.glob(".mlruns.db.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the store was made before the kill: nothing was tested"
+    assert not (project / "mlruns.db").exists()  # half-made, it is only under its temporary name
+    uri = tracking.configure(MlflowParams())
+    assert mlflow.get_experiment_by_name("autocoder") is not None and uri.endswith("/mlruns.db")
+    assert not list(project.glob(".mlruns.db.tmp-*"))  # the dead process' leftover is removed

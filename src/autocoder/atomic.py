@@ -8,9 +8,10 @@ import errno
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import psutil
 
@@ -37,7 +38,7 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _tmp_sibling(target: Path) -> Path:
+def tmp_sibling(target: Path) -> Path:
     """This process' temporary name for `target`. Those of dead processes (killed while writing: never
     trusted, but garbage that could fill the disk) are removed."""
     for stale in target.parent.glob(f".{target.name}.tmp-*"):
@@ -66,7 +67,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder; on success it replaces `target`, on error it is removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(target)
+    tmp = tmp_sibling(target)
     tmp.mkdir()
     with removed_on_error(tmp, target):
         yield tmp
@@ -75,14 +76,18 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     os.replace(tmp, target)
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically (temporary file, fsync, rename)."""
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically (temporary file, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path)
+    tmp = tmp_sibling(path)
     with removed_on_error(tmp, path), open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically, keys sorted (stable files for DVC and git)."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

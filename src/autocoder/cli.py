@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
-from autocoder.errors import UserError
+from autocoder.errors import exit_on_user_error
 from autocoder.params import DEFAULT_PARAMS, load_params
 
-# stage name -> module whose run(params) implements it
+# `autocoder <stage>`: stage name -> module whose run(params) implements it (stages/<stage>.py,
+# which dvc.yaml runs, imports the same function)
 STAGES = {
     "clone": "autocoder.sources",
     "segment": "autocoder.segment",
@@ -21,20 +21,6 @@ STAGES = {
     "finetune": "autocoder.train",
     "evaluate": "autocoder.evaluate",
 }
-
-
-def run_stage(name: str, params_path: str = str(DEFAULT_PARAMS)) -> None:
-    params = load_params(params_path)
-    importlib.import_module(STAGES[name]).run(params)
-
-
-def stage_main(name: str) -> None:
-    """Entry point of stages/<name>.py: run the stage, one clear line on a user error."""
-    try:
-        run_stage(name)
-    except UserError as e:
-        print(f"autocoder {name}: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -55,16 +41,29 @@ def _build_parser() -> argparse.ArgumentParser:
 
     def add_model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", help="model folder or Hub id (default: the registry's champion)")
-        p.add_argument("--max-new-tokens", type=int, default=128,
-                       help="most tokens generated; a completion usually ends sooner, at a blank line or eos")
+        p.add_argument(
+            "--max-new-tokens",
+            type=int,
+            default=None,
+            help="most tokens generated; a completion usually ends sooner, at a blank line or eos "
+            "(default: params.yaml's evaluate.max_new_tokens, as the model was evaluated)",
+        )
         p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-        p.add_argument("--top-p", type=float, default=1.0,
-                       help="nucleus sampling: sample from the most likely tokens that make up this probability")
-        p.add_argument("--repetition-penalty", type=float, default=None,
-                       help="loop guard (1.0 = off; default: params.yaml's evaluate.repetition_penalty, else 1.0)")
+        p.add_argument(
+            "--top-p",
+            type=float,
+            default=1.0,
+            help="nucleus sampling: sample from the most likely tokens that make up this probability",
+        )
+        p.add_argument(
+            "--repetition-penalty",
+            type=float,
+            default=None,
+            help="loop guard (1.0 = off; default: params.yaml's evaluate.repetition_penalty, as the model "
+            "was evaluated)",
+        )
 
-    comp = sub.add_parser("complete", help="complete code from a prompt",
-                          formatter_class=_DefaultsFormatter)
+    comp = sub.add_parser("complete", help="complete code from a prompt", formatter_class=_DefaultsFormatter)
     comp.add_argument("prompt", help="the code context to complete")
     comp.add_argument("--lang", required=True, help="language (a key of params.yaml languages)")
     add_model_args(comp)
@@ -74,8 +73,9 @@ def _build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--num", type=int, default=1, help="number of completions (more than 1 needs --temperature > 0)")
     comp.add_argument("--json", action="store_true", help="print completions with their confidence as JSON")
 
-    inter = sub.add_parser("interact", help="a REPL: type code, get completions (change_lang, exit)",
-                           formatter_class=_DefaultsFormatter)
+    inter = sub.add_parser(
+        "interact", help="a REPL: type code, get completions (change_lang, exit)", formatter_class=_DefaultsFormatter
+    )
     inter.add_argument("--lang", default=None, help="start in this language")
     add_model_args(inter)
     return parser
@@ -83,16 +83,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = _build_parser().parse_args(argv)
-    try:
+    with exit_on_user_error(f"autocoder {args.command}"):
         if args.command in STAGES:
-            run_stage(args.command, args.params)
+            importlib.import_module(STAGES[args.command]).run(load_params(args.params))
         else:
             from autocoder import complete
 
             getattr(complete, f"{args.command}_command")(args)
-    except UserError as e:
-        print(f"autocoder {args.command}: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

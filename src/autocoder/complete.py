@@ -50,19 +50,26 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.generation.logits_process import (LogitsProcessorList, NoRepeatNGramLogitsProcessor,
-                                                    RepetitionPenaltyLogitsProcessor)
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from autocoder.corpus import CONTROL_IDS, PROMPT_FORMAT_KEY
-from autocoder.errors import UserError
-from autocoder.hub import hub_offline
-from autocoder.params import MlflowParams, Params, load_params
+from autocoder.errors import UserError, first_line
+from autocoder.hub import TOKENIZER_FILES_TEXT, has_tokenizer_files, hub_offline, local_path
+from autocoder.params import MlflowParams, Params, generation_settings, load_params
 from autocoder.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
 BLANK_LINE = re.compile(r"\n[ \t]*\n")  # ends a completion (the seed cut at "\n\n")
 END_OF_LINE = re.compile(r"\n")  # ends a line completion
 SEED_TEXT = "seed_text"
 HISTORY_FILE = ".autocoder_history"  # in the home folder
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as shells report it
+DEFAULT_MAX_NEW_TOKENS = generation_settings()["max_new_tokens"]  # evaluate.max_new_tokens' default
 SUFFIX_SHARE = 4  # by default a suffix keeps at most 1/SUFFIX_SHARE of the context room
 
 
@@ -85,14 +92,15 @@ class StopCheck:
         if ids[-1] == self.tokenizer.eos_token_id:
             return "eos"
         text = self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        return "pattern" if self.pattern.search(text[len(self.healed):]) else None
+        return "pattern" if self.pattern.search(text[len(self.healed) :]) else None
 
 
 class Completer:
     """A causal LM and its tokenizer, ready to complete code in the languages it has control tokens for."""
 
-    def __init__(self, model, tokenizer, control_tokens: dict[str, str] | None = None,
-                 prompt_format: str | None = None):
+    def __init__(
+        self, model, tokenizer, control_tokens: dict[str, str] | None = None, prompt_format: str | None = None
+    ):
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -101,27 +109,43 @@ class Completer:
         added = tokenizer.get_added_vocab()
         if control_tokens is None:  # no params: every added "<name>" token that is not eos/pad/FIM/...
             specials = {*tokenizer.special_tokens_map.values(), FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX}
-            control_tokens = {m[1]: tok for tok in added if (m := re.fullmatch(r"<(\w+)>", tok)) and tok not in specials}
+            control_tokens = {
+                m[1]: tok for tok in added if (m := re.fullmatch(r"<(\w+)>", tok)) and tok not in specials
+            }
         self.languages = {lang: added[tok] for lang, tok in control_tokens.items() if tok in added}
         self.name = str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
         fim = [added.get(tok) for tok in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)]
         # ids of <fim_prefix>, <fim_suffix>, <fim_middle>; None: this model cannot fill in the middle
         self.fim_ids: tuple[int, int, int] | None = (
-            tuple(fim) if self.prompt_format == CONTROL_IDS and None not in fim else None)
+            tuple(fim) if self.prompt_format == CONTROL_IDS and None not in fim else None
+        )
 
     @classmethod
-    def from_pretrained(cls, name: str | Path, control_tokens: dict[str, str] | None = None,
-                        prompt_format: str | None = None) -> "Completer":
-        """A local model folder or a Hub id (offline: the Hub cache only); safetensors weights only."""
-        local = Path(name).is_dir()
+    def from_pretrained(
+        cls, name: str | Path, control_tokens: dict[str, str] | None = None, prompt_format: str | None = None
+    ) -> Completer:
+        """A local model folder or a Hub id (offline: the Hub cache only); safetensors weights only.
+
+        A name that exists here, or is spelled as only a path can be (absolute, ./, ../, ~, more
+        than one "/"), is a folder: a missing one is said to be missing, not tried on the Hub."""
+        folder = local_path(name)
+        if folder is not None:
+            _check_model_folder(folder)
+        source = str(folder) if folder is not None else str(name)
         try:
-            kwargs = {} if local else {"local_files_only": hub_offline()}
-            tokenizer = AutoTokenizer.from_pretrained(str(name), **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(str(name), use_safetensors=True, **kwargs)
+            kwargs = {} if folder is not None else {"local_files_only": hub_offline()}
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, **kwargs)
         except (OSError, ValueError) as e:
-            what = "model folder" if local else "Hub id (not a local folder)"
-            raise UserError(f"model {str(name)!r}: cannot load it as a {what} with safetensors weights "
-                            f"({str(e).strip().splitlines()[0]})") from None
+            if folder is not None:
+                raise UserError(
+                    f"model folder {folder}: cannot load it as a model with safetensors weights ({first_line(e)})"
+                ) from None
+            unreachable = " (the Hub is unreachable and it is not in the local Hub cache)" if hub_offline() else ""
+            raise UserError(
+                f"model {str(name)!r}: not a local folder, and cannot load it as a Hub id with "
+                f"safetensors weights{unreachable} ({first_line(e)})"
+            ) from None
         completer = cls(model, tokenizer, control_tokens, prompt_format)
         completer.name = str(name)
         return completer
@@ -142,15 +166,18 @@ class Completer:
             return [self.languages[lang]] + self.tokenizer.encode(context)
         return [self.languages[lang]] + self.tokenizer.encode(" " + context)  # = encode("<python> " + context)
 
-    def fim_prompt_ids(self, lang: str, prefix: str, suffix: str, room: int,
-                       max_suffix_tokens: int | None = None) -> list[int]:
+    def fim_prompt_ids(
+        self, lang: str, prefix: str, suffix: str, room: int, max_suffix_tokens: int | None = None
+    ) -> list[int]:
         """The PSM prompt [control, <fim_prefix>] + prefix + [<fim_suffix>] + suffix + [<fim_middle>],
         prefix and suffix cut to `room` tokens together: the suffix keeps at most max_suffix_tokens
         (default room // 4) of its first tokens, the prefix the rest of the room, its last tokens."""
         control = self._control_id(lang)
         if self.fim_ids is None:
-            raise UserError(f"model {self.name} has no fill-in-the-middle tokens ({FIM_PREFIX}, {FIM_SUFFIX}, "
-                            f"{FIM_MIDDLE}); complete without a suffix")
+            raise UserError(
+                f"model {self.name} has no fill-in-the-middle tokens ({FIM_PREFIX}, {FIM_SUFFIX}, "
+                f"{FIM_MIDDLE}); complete without a suffix"
+            )
         if max_suffix_tokens is not None and max_suffix_tokens < 0:
             raise UserError(f"max_suffix_tokens: {max_suffix_tokens} must be >= 0")
         fim_prefix, fim_suffix, fim_middle = self.fim_ids
@@ -160,11 +187,22 @@ class Completer:
         prefix_ids = self.tokenizer.encode(prefix)[-prefix_room:] if prefix_room > 0 else []
         return [control, fim_prefix] + prefix_ids + [fim_suffix] + suffix_ids + [fim_middle]
 
-    def complete(self, lang: str, context: str, max_new_tokens: int = 64, temperature: float = 0.0,
-                 top_p: float = 1.0, num: int = 1, stop: re.Pattern = BLANK_LINE,
-                 max_context_tokens: int | None = None, suffix: str | None = None,
-                 max_suffix_tokens: int | None = None, repetition_penalty: float = 1.0,
-                 no_repeat_ngram_size: int = 0, heal: bool = True) -> list[Completion]:
+    def complete(
+        self,
+        lang: str,
+        context: str,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        num: int = 1,
+        stop: re.Pattern = BLANK_LINE,
+        max_context_tokens: int | None = None,
+        suffix: str | None = None,
+        max_suffix_tokens: int | None = None,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+        heal: bool = True,
+    ) -> list[Completion]:
         """`num` completions of `context`: greedy when temperature is 0, else sampled (top-p). With a
         `suffix`, the completion fills in between `context` and `suffix` (the module docstring).
         `heal`: token healing of the context's last token (the module docstring)."""
@@ -173,8 +211,10 @@ class Completer:
         specials = 1 if suffix is None else 4  # control (+ <fim_prefix>, <fim_suffix>, <fim_middle>)
         room = self.model.config.max_position_embeddings - max_new_tokens - specials
         if room <= 0:
-            raise UserError(f"max_new_tokens {max_new_tokens} leaves no room for a context in the model's "
-                            f"{self.model.config.max_position_embeddings} positions")
+            raise UserError(
+                f"max_new_tokens {max_new_tokens} leaves no room for a context in the model's "
+                f"{self.model.config.max_position_embeddings} positions"
+            )
         keep = min(room, max_context_tokens or room)
         healed, allowed = (self._healed_tail(context) if heal else ""), None
         if healed:  # the context's last token, taken back: the first generated token must re-spell it
@@ -189,6 +229,10 @@ class Completer:
             processors.append(RepetitionPenaltyLogitsProcessor(float(repetition_penalty)))
         if no_repeat_ngram_size > 0:
             processors.append(NoRepeatNGramLogitsProcessor(int(no_repeat_ngram_size)))
+        # transformers' own sampling warpers (min_tokens_to_keep=1: the most likely token always stays)
+        warpers = LogitsProcessorList(
+            [TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)] if temperature > 0 else []
+        )
         check = StopCheck(self.tokenizer, stop, healed)
         generated: list[list[int]] = [[] for _ in range(num)]
         logprobs: list[list[float]] = [[] for _ in range(num)]
@@ -203,7 +247,7 @@ class Completer:
                 if allowed is not None:  # the first token re-spells the healed one
                     scores = scores.masked_fill(~allowed, float("-inf"))
                     allowed = None
-                tokens = _sample(scores, temperature, top_p) if temperature > 0 else scores.argmax(-1)
+                tokens = _sample(scores, warpers) if temperature > 0 else scores.argmax(-1)
                 token_logprobs = logits.log_softmax(-1).gather(1, tokens[:, None])[:, 0]
                 for row, (token, logprob) in enumerate(zip(tokens.tolist(), token_logprobs.tolist())):
                     if stops[row] is None:
@@ -215,13 +259,16 @@ class Completer:
                 inputs = tokens[:, None]
                 if processors:
                     sequence = torch.cat([sequence, inputs], dim=1)
-        return [self._completion(ids, row_logprobs, reason or "length", stop, healed)
-                for ids, row_logprobs, reason in zip(generated, logprobs, stops)]
+        return [
+            self._completion(ids, row_logprobs, reason or "length", stop, healed)
+            for ids, row_logprobs, reason in zip(generated, logprobs, stops)
+        ]
 
-    def _completion(self, ids: list[int], logprobs: list[float], reason: str, stop: re.Pattern,
-                    healed: str) -> Completion:
+    def _completion(
+        self, ids: list[int], logprobs: list[float], reason: str, stop: re.Pattern, healed: str
+    ) -> Completion:
         text = self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        return Completion(cut_at(stop, text[len(healed):]), sum(logprobs) / len(logprobs), len(ids), reason)
+        return Completion(cut_at(stop, text[len(healed) :]), sum(logprobs) / len(logprobs), len(ids), reason)
 
     def _healed_tail(self, context: str) -> str:
         """The text of the context's last token, when token healing can take it back."""
@@ -234,19 +281,30 @@ class Completer:
     def _tokens_starting_with(self, text: str) -> torch.Tensor:
         """A mask of the vocabulary's tokens whose text starts with `text` (one row, on the device)."""
         if self._token_texts is None:
-            self._token_texts = [self.tokenizer.decode([i], clean_up_tokenization_spaces=False)
-                                 for i in range(len(self.tokenizer))]
+            self._token_texts = [
+                self.tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in range(len(self.tokenizer))
+            ]
         mask = torch.zeros(self.model.config.vocab_size, dtype=torch.bool, device=self.device)
         mask[[i for i, t in enumerate(self._token_texts) if t.startswith(text) and i < len(mask)]] = True
         return mask
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """One token per row from softmax(logits / temperature), cut to the top_p nucleus."""
-    probs = (logits / temperature).softmax(-1)
-    sorted_probs, order = probs.sort(-1, descending=True)
-    sorted_probs[sorted_probs.cumsum(-1) - sorted_probs >= top_p] = 0  # the most likely token always stays
-    return order.gather(1, torch.multinomial(sorted_probs, 1))[:, 0]
+def _check_model_folder(folder: Path) -> None:
+    """A local model folder exists and has its tokenizer: one clear line otherwise."""
+    if not folder.exists():
+        raise UserError(f"model folder {folder} does not exist")
+    if not folder.is_dir():
+        raise UserError(f"model folder {folder} is a file, not a folder (give the folder a model was saved to)")
+    if not has_tokenizer_files(folder):
+        raise UserError(
+            f"model folder {folder} has no tokenizer files ({TOKENIZER_FILES_TEXT}); save the "
+            "model's tokenizer into it (tokenizer.save_pretrained)"
+        )
+
+
+def _sample(logits: torch.Tensor, warpers: LogitsProcessorList) -> torch.Tensor:
+    """One token per row from the softmax of the warped logits (temperature, then the top-p nucleus)."""
+    return torch.multinomial(warpers(None, logits).softmax(-1), 1)[:, 0]
 
 
 def cut_at(pattern: re.Pattern, text: str) -> str:
@@ -297,8 +355,10 @@ def _from_registry(uri: str, params: Params | None) -> Completer:
     try:
         model = mlflow.pyfunc.load_model(uri)
     except MlflowException as e:
-        raise UserError(f"model {uri!r}: not in the registry at {store} ({str(e).splitlines()[0]}); "
-                        "run the pipeline (`dvc repro`) or pass --model DIR") from None
+        raise UserError(
+            f"model {uri!r}: not in the registry at {store} ({first_line(e)}); "
+            "run the pipeline (`dvc repro`) or pass --model DIR"
+        ) from None
     return model.unwrap_python_model().completer
 
 
@@ -312,23 +372,36 @@ def _load_params(args) -> Params | None:
 def _completer_for(args) -> Completer:
     from transformers.utils import logging
 
+    params = _load_params(args)
+    evaluated = generation_settings(params.evaluate if params else None)  # what the model was measured with
+    if args.max_new_tokens is None:
+        args.max_new_tokens = evaluated["max_new_tokens"]
+    if args.repetition_penalty is None:
+        args.repetition_penalty = evaluated["repetition_penalty"]
     _check_generation_args(args.max_new_tokens, args.temperature, args.top_p, getattr(args, "num", 1))
     logging.disable_progress_bar()  # no "Loading weights" bar around the completion
-    params = _load_params(args)
-    if args.repetition_penalty is None:  # the loop guard the evaluate stage measured the model with
-        args.repetition_penalty = params.evaluate.repetition_penalty if params else 1.0
     return load_completer(args.model, params)
 
 
 def complete_command(args) -> None:
     completer = _completer_for(args)
     suffix = args.suffix_file.read() if args.suffix_file else args.suffix
-    completions = completer.complete(args.lang, args.prompt, max_new_tokens=args.max_new_tokens,
-                                     temperature=args.temperature, top_p=args.top_p, num=args.num, suffix=suffix,
-                                     repetition_penalty=args.repetition_penalty)
+    completions = completer.complete(
+        args.lang,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        num=args.num,
+        suffix=suffix,
+        repetition_penalty=args.repetition_penalty,
+    )
     if args.json:
-        print(json.dumps({"lang": args.lang, "prompt": args.prompt,
-                          "completions": [asdict(c) for c in completions]}, indent=2))
+        print(
+            json.dumps(
+                {"lang": args.lang, "prompt": args.prompt, "completions": [asdict(c) for c in completions]}, indent=2
+            )
+        )
     else:  # a completion never contains a blank line, so one separates several
         print("\n\n".join(c.text for c in completions))
 
@@ -342,7 +415,19 @@ def _ask_language(completer: Completer) -> str:
 
 
 def interact_command(args) -> None:
-    """The seed's REPL: choose a language, type code, read the completion; `change_lang`, `exit`."""
+    """The seed's REPL: choose a language, type code, read the completion; `change_lang`, `exit`.
+    Ctrl-D (end of input) leaves it like `exit`; Ctrl-C leaves it too, with exit code 130 (as a shell
+    reports an interrupted command), also while the model loads or a completion runs."""
+    try:
+        _repl(args)
+    except EOFError:  # Ctrl-D, or the end of piped input
+        print(file=sys.stderr)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+
+
+def _repl(args) -> None:
     import readline
 
     completer = _completer_for(args)
@@ -352,20 +437,23 @@ def interact_command(args) -> None:
     readline.set_auto_history(False)  # added below, also when the lines come from a pipe
     if args.lang is not None:
         completer.prompt_ids(args.lang, "")  # an unknown language fails here, before the REPL
-    lang = args.lang or _ask_language(completer)
-    print("type code to complete it; 'change_lang' switches the language, 'exit' quits")
     try:
+        lang = args.lang or _ask_language(completer)
+        print("type code to complete it; 'change_lang' switches the language, 'exit' quits")
         while (context := input(f"{lang}>>> ")) != "exit":
             readline.add_history(context)
             if context == "change_lang":
                 lang = _ask_language(completer)
             elif context.strip():
-                [completion] = completer.complete(lang, context, max_new_tokens=args.max_new_tokens,
-                                                  temperature=args.temperature, top_p=args.top_p,
-                                                  repetition_penalty=args.repetition_penalty)
+                [completion] = completer.complete(
+                    lang,
+                    context,
+                    max_new_tokens=args.max_new_tokens,
+                    temperature=args.temperature,
+                    top_p=args.top_p,
+                    repetition_penalty=args.repetition_penalty,
+                )
                 print(context + completion.text)
-    except EOFError:
-        print(file=sys.stderr)
     finally:
         readline.set_history_length(1000)
         readline.write_history_file(history)

@@ -72,7 +72,7 @@ class Meta:
     vocab_size: int  # len(tokenizer), added tokens included
 
     @classmethod
-    def read(cls, segments_dir: Path) -> "Meta":
+    def read(cls, segments_dir: Path) -> Meta:
         return cls(**json.loads((Path(segments_dir) / META_FILE).read_text()))
 
     def write(self, segments_dir: Path) -> None:
@@ -103,10 +103,11 @@ class Corpus:
         off = int(self.files["token_offset"][row])
         return self.tokens[off : off + int(self.files["n_tokens"][row])]
 
-    def windows(self, rows: np.ndarray, segment_len: int | None = None, stride: int | None = None) -> "Windows":
+    def windows(self, rows: np.ndarray, segment_len: int | None = None, stride: int | None = None) -> Windows:
         """The windows of the files at `rows` (row positions in files.parquet, not file ids)."""
-        return Windows(self, np.asarray(rows, dtype=np.int64), segment_len or self.meta.segment_len,
-                       stride or self.meta.stride)
+        return Windows(
+            self, np.asarray(rows, dtype=np.int64), segment_len or self.meta.segment_len, stride or self.meta.stride
+        )
 
 
 def read_split(split_dir: str | Path) -> dict[int, str]:
@@ -116,6 +117,7 @@ def read_split(split_dir: str | Path) -> dict[int, str]:
 
 # The data stages read and write their small tables through these two, not pq.read_table/pa.table:
 # those import pandas (0.7 s, a tenth of the segment and split stages) to check their input's type.
+
 
 def read_columns(path: Path) -> dict[str, np.ndarray]:
     """A parquet file of int64 and string columns (no nulls) as numpy arrays, strings as objects."""
@@ -206,9 +208,9 @@ class CorpusWriter:
         self.dtype = np.dtype(dtype).newbyteorder("<")
         self._tokens = open(self.dir / TOKENS_FILE, "wb")
         self._offset = 0
-        self.rows: dict[str, list] = {k: [] for k in
-                                      ("file_id", "source", "path", "language", "sha256", "n_bytes",
-                                       "token_offset", "n_tokens")}
+        self.rows: dict[str, list] = {
+            k: [] for k in ("file_id", "source", "path", "language", "sha256", "n_bytes", "token_offset", "n_tokens")
+        }
 
     def add(self, source: str, path: str, language: str, sha256: str, n_bytes: int, ids) -> int:
         ids = np.asarray(ids, dtype=self.dtype)

@@ -60,9 +60,9 @@ from autocoder.atomic import atomic_dir, write_json
 from autocoder.complete import BLANK_LINE, CONTROL_IDS, END_OF_LINE, Completer, Completion
 from autocoder.corpus import TOKENIZER_DIR, Corpus, split_rows, window_starts
 from autocoder.errors import UserError
-from autocoder.params import EvaluateParams, Params
+from autocoder.params import EvaluateParams, Params, generation_settings
 from autocoder.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, fingerprint
-from autocoder.tracking import RUN_INFO_FILE, configure, read_run_info
+from autocoder.tracking import RUN_INFO_FILE, configure, flatten, read_run_info
 from autocoder.train.data import IGNORE, collate, dev_split_hash
 
 METRICS_FILE = Path("metrics/metrics.json")
@@ -79,8 +79,10 @@ def run(params: Params) -> None:
 
     print(f"{STAGE}: scoring dev perplexity")
     perplexity = dev_perplexity(completer, corpus, dev_rows, cfg)
-    print(f"{STAGE}: dev perplexity {perplexity['dev_perplexity']:.4g}, "
-          f"{perplexity['dev_bits_per_byte']:.4g} bits/byte over {perplexity['dev_tokens']} tokens")
+    print(
+        f"{STAGE}: dev perplexity {perplexity['dev_perplexity']:.4g}, "
+        f"{perplexity['dev_bits_per_byte']:.4g} bits/byte over {perplexity['dev_tokens']} tokens"
+    )
     languages = list(params.languages)
     examples = line_completion_examples(completer, corpus, dev_rows, cfg)
     metrics = {**perplexity, "line_completion": line_completion_scores(examples, languages)}
@@ -88,15 +90,19 @@ def run(params: Params) -> None:
     if cfg.infill_lines == 0:
         print(f"{STAGE}: infill skipped: evaluate.infill_lines is 0")
     elif not completer.can_infill:
-        print(f"{STAGE}: infill skipped: the model has no fill-in-the-middle tokens "
-              f"({FIM_PREFIX}, {FIM_SUFFIX}, {FIM_MIDDLE})")
+        print(
+            f"{STAGE}: infill skipped: the model has no fill-in-the-middle tokens "
+            f"({FIM_PREFIX}, {FIM_SUFFIX}, {FIM_MIDDLE})"
+        )
     else:
         infill = infill_examples(completer, corpus, dev_rows, cfg)
         metrics["infill"] = line_completion_scores(infill, languages)
     samples, latencies = sample_prompts(completer, cfg)
     metrics["samples"] = samples_summary(samples)
-    metrics["latency_ms"] = {"p50": float(np.percentile(latencies, 50)) if latencies else None,
-                             "p95": float(np.percentile(latencies, 95)) if latencies else None}
+    metrics["latency_ms"] = {
+        "p50": float(np.percentile(latencies, 50)) if latencies else None,
+        "p95": float(np.percentile(latencies, 95)) if latencies else None,
+    }
 
     with atomic_dir(cfg.out_dir) as out:
         (out / "samples.md").write_text(samples_markdown(samples, model_dir, cfg))
@@ -106,11 +112,16 @@ def run(params: Params) -> None:
     write_json(METRICS_FILE, metrics)
 
     with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics({f"eval/{k}": v for k, v in _flatten(metrics).items() if v is not None})
+        mlflow.log_metrics({f"eval/{k}": v for k, v in flatten(metrics, "/").items() if v is not None})
         mlflow.log_artifacts(cfg.out_dir, STAGE)
-        model_info = serving.log_model(model_dir, params.control_tokens(), CONTROL_IDS)
-        decision = registry.register(model_info.model_uri, cfg.registered_model_name,
-                                     registry.Measurement(perplexity["dev_perplexity"], *measurement))
+        model_info = serving.log_model(
+            model_dir, params.control_tokens(), CONTROL_IDS, generation_settings(params.evaluate)
+        )
+        decision = registry.register(
+            model_info.model_uri,
+            cfg.registered_model_name,
+            registry.Measurement(perplexity["dev_perplexity"], *measurement),
+        )
         mlflow.set_tags({registry.DECISION_TAG: decision.reason, "registered_model_version": decision.version})
         mlflow.log_metric("eval/champion", float(decision.promoted))
     print(f"{STAGE}: metrics in {METRICS_FILE}, samples in {Path(cfg.out_dir) / 'samples.md'}")
@@ -136,21 +147,27 @@ def _check_inputs(params: Params) -> tuple[Path, Corpus, np.ndarray, tuple[str, 
     dev_split = dev_split_hash([str(corpus.files["sha256"][r]) for r in dev_rows], corpus.meta.segment_len)
     run_info = Path(params.finetune.out_dir) / RUN_INFO_FILE
     if (tok_fingerprint, dev_split) != (info.get("tokenizer_fingerprint"), info.get("dev_split")):
-        raise UserError(f"{run_info}: the model was trained on other data (tokenizer or dev split differ from "
-                        f"{seg_dir} and {split_dir}); rerun the finetune stage")
+        raise UserError(
+            f"{run_info}: the model was trained on other data (tokenizer or dev split differ from "
+            f"{seg_dir} and {split_dir}); rerun the finetune stage"
+        )
     store = configure(params.mlflow)
     try:
         mlflow.MlflowClient().get_run(info["run_id"])
     except (KeyError, mlflow.exceptions.MlflowException):
-        raise UserError(f"{run_info}: run {info.get('run_id')!r} (logged to {info.get('tracking_uri')}) is not in "
-                        f"the tracking store {store}") from None
+        raise UserError(
+            f"{run_info}: run {info.get('run_id')!r} (logged to {info.get('tracking_uri')}) is not in "
+            f"the tracking store {store}"
+        ) from None
     return model_dir, corpus, dev_rows, (tok_fingerprint, dev_split), info["run_id"]
 
 
 def _check_model(completer: Completer, corpus: Corpus, model_dir: Path) -> None:
     if completer.languages != corpus.meta.control_token_ids:
-        raise UserError(f"{model_dir}: control token ids {completer.languages} differ from the corpus' "
-                        f"{corpus.meta.control_token_ids}")
+        raise UserError(
+            f"{model_dir}: control token ids {completer.languages} differ from the corpus' "
+            f"{corpus.meta.control_token_ids}"
+        )
 
 
 def _seeded_order(rows: np.ndarray, seed: int) -> np.ndarray:
@@ -186,12 +203,23 @@ def dev_perplexity(completer: Completer, corpus: Corpus, rows: np.ndarray, cfg: 
     nll = 0.0
     for i in tqdm(range(0, len(windows), cfg.batch_size), desc=f"{STAGE}: dev perplexity", unit="batch", **PROGRESS):
         batch = collate(windows[i : i + cfg.batch_size], completer.tokenizer.pad_token_id)
-        logits = completer.model(input_ids=batch["input_ids"].to(completer.device),
-                                 attention_mask=batch["attention_mask"].to(completer.device)).logits
-        nll += F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten().to(completer.device),
-                               ignore_index=IGNORE, reduction="sum").item()
-    return {"dev_perplexity": math.exp(nll / n_tokens), "dev_bits_per_byte": nll / math.log(2) / n_bytes,
-            "dev_tokens": n_tokens, "dev_bytes": n_bytes, "dev_files": n_files}
+        logits = completer.model(
+            input_ids=batch["input_ids"].to(completer.device),
+            attention_mask=batch["attention_mask"].to(completer.device),
+        ).logits
+        nll += F.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(),
+            batch["labels"][:, 1:].flatten().to(completer.device),
+            ignore_index=IGNORE,
+            reduction="sum",
+        ).item()
+    return {
+        "dev_perplexity": math.exp(nll / n_tokens),
+        "dev_bits_per_byte": nll / math.log(2) / n_bytes,
+        "dev_tokens": n_tokens,
+        "dev_bytes": n_bytes,
+        "dev_files": n_files,
+    }
 
 
 def _jsonl(rows: list[dict]) -> str:
@@ -199,16 +227,17 @@ def _jsonl(rows: list[dict]) -> str:
 
 
 def _generation(cfg: EvaluateParams) -> dict:
-    """The loop guard every generation of this stage uses."""
-    return {"repetition_penalty": cfg.repetition_penalty, "no_repeat_ngram_size": cfg.no_repeat_ngram_size}
+    """The loop guard every generation of this stage uses (max_new_tokens is per task)."""
+    return {k: v for k, v in generation_settings(cfg).items() if k != "max_new_tokens"}
 
 
 def _lines(completer: Completer, corpus: Corpus, row: int) -> list[str]:
     return _file_text(completer, corpus, row).split("\n")  # not splitlines(): "\f" is no line end here
 
 
-def _draw_lines(completer: Completer, corpus: Corpus, rows: np.ndarray, lang: str, n: int, seed: list[int],
-                first: int) -> list[tuple[int, int]]:
+def _draw_lines(
+    completer: Completer, corpus: Corpus, rows: np.ndarray, lang: str, n: int, seed: list[int], first: int
+) -> list[tuple[int, int]]:
     """`n` distinct (row, line index) pairs, drawn uniformly with `seed` from the non-blank lines
     (index >= first) of the dev files of `lang` (all of them when there are fewer), in file order."""
     candidates = []  # (row, line index)
@@ -225,25 +254,35 @@ def _lang_seed(cfg: EvaluateParams, lang: str, measure: str) -> list[int]:
     return [cfg.seed, zlib.crc32(lang.encode()), zlib.crc32(measure.encode())]
 
 
-def _line_examples(completer: Completer, corpus: Corpus, rows: np.ndarray, cfg: EvaluateParams,
-                   infill: bool) -> list[dict]:
+def _line_examples(
+    completer: Completer, corpus: Corpus, rows: np.ndarray, cfg: EvaluateParams, infill: bool
+) -> list[dict]:
     measure = "infill" if infill else "line_completion"
     n = cfg.infill_lines if infill else cfg.line_completion_lines
     # Line completion needs a left context: never a file's first line; infilling can do without one.
-    drawn = [(lang, row, i) for lang in completer.languages
-             for row, i in _draw_lines(completer, corpus, rows, lang, n, _lang_seed(cfg, lang, measure),
-                                       first=0 if infill else 1)]
+    drawn = [
+        (lang, row, i)
+        for lang in completer.languages
+        for row, i in _draw_lines(
+            completer, corpus, rows, lang, n, _lang_seed(cfg, lang, measure), first=0 if infill else 1
+        )
+    ]
     examples, cached = [], (None, [])
     for lang, row, i in tqdm(drawn, desc=f"{STAGE}: {measure.replace('_', ' ')}", unit="line", **PROGRESS):
         if cached[0] != row:
             cached = (row, _lines(completer, corpus, row))
         lines = cached[1]
         prefix = "\n".join(lines[:i]) + "\n" if i else ""
-        suffix = "\n".join(lines[i + 1:]) if infill else None
+        suffix = "\n".join(lines[i + 1 :]) if infill else None
         [completion] = completer.complete(
-            lang, prefix, max_new_tokens=cfg.line_max_new_tokens, stop=END_OF_LINE, suffix=suffix,
+            lang,
+            prefix,
+            max_new_tokens=cfg.line_max_new_tokens,
+            stop=END_OF_LINE,
+            suffix=suffix,
             max_context_tokens=cfg.infill_max_context if infill else cfg.line_completion_max_context,
-            **_generation(cfg))
+            **_generation(cfg),
+        )
         examples.append(line_example(completer, lang, str(corpus.files["path"][row]), lines, i, completion))
     return examples
 
@@ -261,10 +300,17 @@ def infill_examples(completer: Completer, corpus: Corpus, rows: np.ndarray, cfg:
 def line_example(completer: Completer, lang: str, path: str, lines: list[str], i: int, completion: Completion) -> dict:
     target, predicted = lines[i].rstrip("\r"), completion.text
     above = lines[i - 1].rstrip("\r") if i else ""
-    return {"lang": lang, "path": path, "line": i + 1, "target": target, "predicted": predicted,
-            "stop": completion.stop, "exact_match": exact_match(predicted, target),
-            "edit_similarity": edit_similarity(predicted, target),
-            "repeats": repeats(completer.tokenizer, predicted, above)}
+    return {
+        "lang": lang,
+        "path": path,
+        "line": i + 1,
+        "target": target,
+        "predicted": predicted,
+        "stop": completion.stop,
+        "exact_match": exact_match(predicted, target),
+        "edit_similarity": edit_similarity(predicted, target),
+        "repeats": repeats(completer.tokenizer, predicted, above),
+    }
 
 
 def exact_match(predicted: str, target: str) -> bool:
@@ -283,8 +329,10 @@ def repeats(tokenizer, predicted: str, line_above: str) -> bool:
         return True
     ids = tokenizer.encode(predicted, add_special_tokens=False)
     counts = Counter(tuple(ids[k : k + REPEAT_NGRAM]) for k in range(len(ids) - REPEAT_NGRAM + 1))
-    return any(times >= REPEAT_TIMES and any(c.isalnum() for c in tokenizer.decode(list(gram)))
-               for gram, times in counts.items())
+    return any(
+        times >= REPEAT_TIMES and any(c.isalnum() for c in tokenizer.decode(list(gram)))
+        for gram, times in counts.items()
+    )
 
 
 def line_completion_scores(examples: list[dict], languages: list[str]) -> dict:
@@ -293,11 +341,13 @@ def line_completion_scores(examples: list[dict], languages: list[str]) -> dict:
     for lang in languages:
         mine = [e for e in examples if e["lang"] == lang]
         if mine:
-            scores[lang] = {"exact_match": float(np.mean([e["exact_match"] for e in mine])),
-                            "edit_similarity": float(np.mean([e["edit_similarity"] for e in mine])),
-                            "hit_max_new_tokens": float(np.mean([e["stop"] == "length" for e in mine])),
-                            "repeats": float(np.mean([e["repeats"] for e in mine])),
-                            "lines": len(mine)}
+            scores[lang] = {
+                "exact_match": float(np.mean([e["exact_match"] for e in mine])),
+                "edit_similarity": float(np.mean([e["edit_similarity"] for e in mine])),
+                "hit_max_new_tokens": float(np.mean([e["stop"] == "length" for e in mine])),
+                "repeats": float(np.mean([e["repeats"] for e in mine])),
+                "lines": len(mine),
+            }
     return scores
 
 
@@ -332,28 +382,32 @@ def samples_summary(samples: list[tuple]) -> dict:
     """How many samples ended by themselves (a blank line or eos), of how many; the share of the
     Python ones that parse (None without Python samples)."""
     python = [ok for _, _, _, ok in samples if ok is not None]
-    return {"ended": sum(c.stop != "length" for _, _, c, _ in samples), "total": len(samples),
-            "python_parse": float(np.mean(python)) if python else None}
+    return {
+        "ended": sum(c.stop != "length" for _, _, c, _ in samples),
+        "total": len(samples),
+        "python_parse": float(np.mean(python)) if python else None,
+    }
 
 
 STOPPED_BY = {"pattern": "a blank line", "eos": "end of text", "length": "max_new_tokens"}
 
 
 def samples_markdown(samples: list[tuple], model_dir: Path, cfg: EvaluateParams) -> str:
-    guard = "".join([f", repetition penalty {cfg.repetition_penalty}" if cfg.repetition_penalty != 1.0 else "",
-                     f", no repeated {cfg.no_repeat_ngram_size}-grams" if cfg.no_repeat_ngram_size else ""])
-    out = [f"# Sample completions\n\nModel `{model_dir}`: greedy{guard}, at most {cfg.max_new_tokens} new "
-           "tokens, stopping at a blank line. Confidence = mean log-probability of the generated tokens. "
-           "Python samples: whether the prompt + completion parse (`ast.parse`).\n"]
+    guard = "".join(
+        [
+            f", repetition penalty {cfg.repetition_penalty}" if cfg.repetition_penalty != 1.0 else "",
+            f", no repeated {cfg.no_repeat_ngram_size}-grams" if cfg.no_repeat_ngram_size else "",
+        ]
+    )
+    out = [
+        f"# Sample completions\n\nModel `{model_dir}`: greedy{guard}, at most {cfg.max_new_tokens} new "
+        "tokens, stopping at a blank line. Confidence = mean log-probability of the generated tokens. "
+        "Python samples: whether the prompt + completion parse (`ast.parse`).\n"
+    ]
     for lang, prompt, c, ok in samples:
         parsed = "" if ok is None else (", parses" if ok else ", does not parse")
-        out.append(f"## {lang}: `{prompt}`\n\n{c.n_tokens} tokens, confidence {c.confidence:.3f}, "
-                   f"stopped by {STOPPED_BY[c.stop]}{parsed}\n\n````{lang}\n{prompt}{c.text}\n````\n")
+        out.append(
+            f"## {lang}: `{prompt}`\n\n{c.n_tokens} tokens, confidence {c.confidence:.3f}, "
+            f"stopped by {STOPPED_BY[c.stop]}{parsed}\n\n````{lang}\n{prompt}{c.text}\n````\n"
+        )
     return "\n".join(out)
-
-
-def _flatten(metrics: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in metrics.items():
-        flat.update(_flatten(value, f"{prefix}{key}/") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return flat

@@ -67,7 +67,9 @@ class FimTransform:
 
     def __init__(self, tokenizer, rate: float, spm_rate: float):
         self.tokenizer, self.rate, self.spm_rate = tokenizer, rate, spm_rate
-        self.prefix_id, self.middle_id, self.suffix_id = tokenizer.convert_tokens_to_ids([FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX])
+        self.prefix_id, self.middle_id, self.suffix_id = tokenizer.convert_tokens_to_ids(
+            [FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX]
+        )
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         # Special tokens inside a window (eos and control tokens between packed files) are kept whole:
         # no span boundary falls inside their text.
@@ -80,7 +82,9 @@ class FimTransform:
             return window, window
         text = self.tokenizer.decode(window[1:].tolist(), skip_special_tokens=False, clean_up_tokenization_spaces=False)
         cut = sorted(self.snap(text, int(x)) for x in rng.integers(0, len(text) + 1, size=2))
-        prefix, middle, suffix = (self.encode(piece) for piece in (text[: cut[0]], text[cut[0] : cut[1]], text[cut[1] :]))
+        prefix, middle, suffix = (
+            self.encode(piece) for piece in (text[: cut[0]], text[cut[0] : cut[1]], text[cut[1] :])
+        )
         spm = rng.random() < self.spm_rate
         overflow = len(prefix) + len(middle) + len(suffix) + 5 - len(window)  # 5: control, 3 FIM tokens, eos
         if overflow > 0:
@@ -88,9 +92,24 @@ class FimTransform:
                 return window, window
             suffix = suffix[: len(suffix) - overflow]
         if spm:
-            parts = [[window[0], self.prefix_id, self.suffix_id], suffix, [self.middle_id], prefix, middle, [self.eos_id]]
+            parts = [
+                [window[0], self.prefix_id, self.suffix_id],
+                suffix,
+                [self.middle_id],
+                prefix,
+                middle,
+                [self.eos_id],
+            ]
         else:
-            parts = [[window[0], self.prefix_id], prefix, [self.suffix_id], suffix, [self.middle_id], middle, [self.eos_id]]
+            parts = [
+                [window[0], self.prefix_id],
+                prefix,
+                [self.suffix_id],
+                suffix,
+                [self.middle_id],
+                middle,
+                [self.eos_id],
+            ]
         ids = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
         labels = ids.copy()
         if len(ids) < len(window):

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import yaml
-from autocoder.errors import UserError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from autocoder.errors import UserError
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -31,7 +32,7 @@ class _Strict(BaseModel):
 
 class Language(_Strict):
     extensions: list[str] = Field(min_length=1)
-    control_token: Optional[str] = None  # default "<name>", as the seed's <python>, <java>
+    control_token: str | None = None  # default "<name>", as the seed's <python>, <java>
 
     @field_validator("extensions")
     @classmethod
@@ -45,20 +46,20 @@ class Language(_Strict):
 class Source(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     # Exactly one of `git` (URL or local repo path) and `path` (directory or zip/tar archive).
-    git: Optional[str] = None
-    rev: Optional[str] = None  # commit, tag or branch; required for git sources
+    git: str | None = None
+    rev: str | None = None  # commit, tag or branch; required for git sources
     # "{python_stdlib}" and "{site_packages}" expand to the running interpreter's stdlib and packages
-    path: Optional[str] = None
+    path: str | None = None
     languages: list[str] = Field(min_length=1)
     # Globs on relative paths ("**" crosses folders; semantics in sources.py); empty include = all.
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
     # Licence file: a path inside the source, or an absolute path on this machine (e.g. a JDK's
     # legal/ folder); default: LICENSE*, LICENCE*, COPYING* at the source's root.
-    license: Optional[str] = None
+    license: str | None = None
     # Pinned content hash of a path source (what the clone stage prints on a mismatch); git
     # sources are pinned by rev.
-    sha256: Optional[str] = Field(None, pattern=r"^[0-9a-f]{64}$")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
     @field_validator("name")
     @classmethod
@@ -68,7 +69,7 @@ class Source(_Strict):
         return name
 
     @model_validator(mode="after")
-    def _one_location(self) -> "Source":
+    def _one_location(self) -> Source:
         if (self.git is None) == (self.path is None):
             raise ValueError(f"source {self.name!r}: give exactly one of 'git' and 'path'")
         if self.git is not None and not self.rev:
@@ -115,7 +116,7 @@ class SplitParams(_Strict):
     out_dir: str = "data/split"
 
     @model_validator(mode="after")
-    def _ratios(self) -> "SplitParams":
+    def _ratios(self) -> SplitParams:
         if self.dev_ratio + self.test_ratio >= 1:
             raise ValueError("dev_ratio + test_ratio must be below 1")
         return self
@@ -129,14 +130,14 @@ class ScratchModel(_Strict):
     n_layer: int = Field(4, gt=0)
     n_embd: int = Field(256, gt=0)
     n_head: int = Field(4, gt=0)
-    n_kv_head: Optional[int] = Field(None, gt=0)  # llama: grouped-query attention; None = n_head
-    intermediate_size: Optional[int] = Field(None, gt=0)  # None: 4 * n_embd (gpt2), ~8/3 * n_embd (llama)
+    n_kv_head: int | None = Field(None, gt=0)  # llama: grouped-query attention; None = n_head
+    intermediate_size: int | None = Field(None, gt=0)  # None: 4 * n_embd (gpt2), ~8/3 * n_embd (llama)
     n_positions: int = Field(256, gt=0)
     rope_theta: float = Field(10000.0, gt=0)  # llama
     dropout: float = Field(0.0, ge=0, lt=1)  # residual, embedding and attention dropout (llama: attention only)
 
     @model_validator(mode="after")
-    def _heads(self) -> "ScratchModel":
+    def _heads(self) -> ScratchModel:
         if self.n_embd % self.n_head:
             raise ValueError("n_embd must be a multiple of n_head")
         if self.n_kv_head is not None and (self.architecture != "llama" or self.n_head % self.n_kv_head):
@@ -145,7 +146,9 @@ class ScratchModel(_Strict):
 
 
 class FinetuneParams(_Strict):
-    model: str = Field("models/autocoder-base", min_length=1)  # "scratch", a Hub id (distilgpt2, gpt2-medium, ...) or a local folder
+    model: str = Field(
+        "models/autocoder-base", min_length=1
+    )  # "scratch", a Hub id (distilgpt2, gpt2-medium, ...) or a local folder
     scratch: ScratchModel = ScratchModel()
     num_processes: int = Field(1, gt=0)  # accelerate processes: GPUs, or CPU processes (gloo)
     # auto: bf16 on GPUs that have it, else fp16; bf16 autocast on CPUs with native bf16 (avx512_bf16,
@@ -166,15 +169,15 @@ class FinetuneParams(_Strict):
     # and the share of those in SPM order (the rest PSM); needs a tokenizer with FIM tokens.
     fim_rate: float = Field(0.5, ge=0, le=1)
     fim_spm_rate: float = Field(0.5, ge=0, le=1)
-    max_grad_norm: Optional[float] = Field(1.0, gt=0)  # gradient clipping; None = off
+    max_grad_norm: float | None = Field(1.0, gt=0)  # gradient clipping; None = off
     batch_size: int = Field(8, gt=0)  # per device
     grad_accum: int = Field(1, gt=0)
     max_length: int = Field(256, gt=2)
     epochs: int = Field(1, gt=0)
-    max_steps: Optional[int] = Field(1000, gt=0)  # optimizer steps; overrides epochs when set
+    max_steps: int | None = Field(1000, gt=0)  # optimizer steps; overrides epochs when set
     eval_every: int = Field(250, gt=0)  # optimizer steps between dev evaluations (and after the last step)
-    eval_max_windows: Optional[int] = Field(128, gt=0)  # dev windows per evaluation; None = all
-    early_stopping_patience: Optional[int] = Field(3, gt=0)  # evaluations without improvement
+    eval_max_windows: int | None = Field(128, gt=0)  # dev windows per evaluation; None = all
+    early_stopping_patience: int | None = Field(3, gt=0)  # evaluations without improvement
     checkpoint_every: int = Field(250, gt=0)  # optimizer steps between resumable checkpoints
     log_every: int = Field(50, gt=0)
     seed: int = 42
@@ -190,7 +193,7 @@ class FinetuneParams(_Strict):
 
 class EvaluateParams(_Strict):
     registered_model_name: str = Field("autocoder", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    perplexity_max_tokens: Optional[int] = Field(50_000, gt=0)  # dev tokens scored (whole files); None = all
+    perplexity_max_tokens: int | None = Field(50_000, gt=0)  # dev tokens scored (whole files); None = all
     batch_size: int = Field(8, gt=0)  # windows per forward pass when scoring perplexity
     line_completion_lines: int = Field(200, ge=0)  # per language: seeded dev lines, several per file allowed
     line_completion_max_context: int = Field(200, gt=0)  # tokens of left context
@@ -207,11 +210,33 @@ class EvaluateParams(_Strict):
     out_dir: str = "models/evaluate"
 
 
+def generation_settings(cfg: EvaluateParams | None = None) -> dict:
+    """What a completion of a model uses unless told otherwise: the settings the evaluate stage
+    measured it with (its max_new_tokens and loop guard); the CLI, the REPL and the registered model
+    all default to these."""
+    cfg = cfg or EvaluateParams()
+    return {
+        "max_new_tokens": cfg.max_new_tokens,
+        "repetition_penalty": cfg.repetition_penalty,
+        "no_repeat_ngram_size": cfg.no_repeat_ngram_size,
+    }
+
+
 class MlflowParams(_Strict):
     # MLFLOW_TRACKING_URI, when set, overrides tracking_uri (e.g. a team's `mlflow server`).
     tracking_uri: str = "sqlite:///mlruns.db"
     artifact_location: str = "mlartifacts"
     experiment: str = "autocoder"
+
+
+# Keys that dvc.yaml leaves out of their stage's params (it lists the section key by key), so that
+# changing one reruns nothing; tests/test_dvc_yaml.py keeps the two in step. They change how a stage
+# runs, not what it writes; out_dir: the path is what dvc.yaml's outs say, and DVC tracks that.
+UNTRACKED_KEYS = {
+    "segment": {"workers", "files_per_batch", "out_dir"},  # the same tokens whatever the parallelism
+    # a resumed run ends where an uninterrupted one does
+    "finetune": {"log_every", "checkpoint_every", "checkpoint_dir", "out_dir"},
+}
 
 
 class Params(_Strict):
@@ -224,7 +249,7 @@ class Params(_Strict):
     mlflow: MlflowParams = MlflowParams()
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Params":
+    def _consistent(self) -> Params:
         for source in self.clone.sources:
             for lang in source.languages:
                 if lang not in self.languages:
@@ -242,8 +267,10 @@ class Params(_Strict):
                 f"finetune.max_length {self.finetune.max_length}"
             )
         if self.segment.tokenizer == "learn" and self.finetune.model != "scratch":
-            raise ValueError("segment.tokenizer: 'learn' makes new token ids, so finetune.model must be 'scratch' "
-                             "(a pretrained model needs its own tokenizer: give its folder or Hub id)")
+            raise ValueError(
+                "segment.tokenizer: 'learn' makes new token ids, so finetune.model must be 'scratch' "
+                "(a pretrained model needs its own tokenizer: give its folder or Hub id)"
+            )
         if self.finetune.model == "scratch" and self.finetune.max_length > self.finetune.scratch.n_positions:
             raise ValueError(
                 f"finetune.max_length: {self.finetune.max_length} exceeds the model's context "

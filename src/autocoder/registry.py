@@ -8,23 +8,23 @@ over other tokens or other files are not comparable. The version is tagged with 
 
 Two evaluations finishing at once must not both read "champion = v3", both decide, and leave the
 alias to whichever writes last. Registering the version, re-reading the champion and its tags, and
-moving the alias happen under one exclusive lock (fcntl): a file next to the SQLite database
+moving the alias happen under one exclusive lock (filelock, an flock on Unix): a file next to the SQLite database
 (`mlruns.db.lock`) or inside a file store; for a tracking server, a file in the temp folder keyed by
 its URI, which serialises the evaluations of this machine only.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlparse
 
 import mlflow
+from filelock import FileLock
 from mlflow.exceptions import MlflowException
 
 CHAMPION = "champion"  # the alias
@@ -38,11 +38,14 @@ class Measurement:
     dev_split: str
 
     def tags(self) -> dict[str, str]:
-        return {"dev_perplexity": repr(self.dev_perplexity), "tokenizer_fingerprint": self.tokenizer_fingerprint,
-                "dev_split": self.dev_split}
+        return {
+            "dev_perplexity": repr(self.dev_perplexity),
+            "tokenizer_fingerprint": self.tokenizer_fingerprint,
+            "dev_split": self.dev_split,
+        }
 
     @classmethod
-    def from_tags(cls, tags: dict[str, str]) -> "Measurement | None":
+    def from_tags(cls, tags: dict[str, str]) -> Measurement | None:
         try:
             return cls(float(tags["dev_perplexity"]), tags["tokenizer_fingerprint"], tags["dev_split"])
         except (KeyError, ValueError):
@@ -65,8 +68,10 @@ def decide(new: Measurement, current: tuple[str, Measurement | None] | None) -> 
     if champion is None:
         return False, f"not compared: {old} has no complete measurement tags"
     if champion.tokenizer_fingerprint != new.tokenizer_fingerprint:
-        return False, (f"not compared: tokenizer fingerprint {new.tokenizer_fingerprint} differs from "
-                       f"{old}'s {champion.tokenizer_fingerprint}")
+        return False, (
+            f"not compared: tokenizer fingerprint {new.tokenizer_fingerprint} differs from "
+            f"{old}'s {champion.tokenizer_fingerprint}"
+        )
     if champion.dev_split != new.dev_split:
         return False, f"not compared: dev split {new.dev_split[:12]} differs from {old}'s {champion.dev_split[:12]}"
     if new.dev_perplexity < champion.dev_perplexity:
@@ -81,19 +86,21 @@ def champion_uri(name: str) -> str:
 def lock_path(registry_uri: str) -> Path:
     """Where the registry's lock file lives (see the module docstring)."""
     if registry_uri.startswith("sqlite:///"):
-        return Path(registry_uri[len("sqlite:///"):] + ".lock")
+        return Path(registry_uri[len("sqlite:///") :] + ".lock")
     url = urlparse(registry_uri)
     if url.scheme in ("", "file"):
         return Path(url.path) / ".registry.lock"
-    return Path(tempfile.gettempdir()) / f"autocoder-registry-{hashlib.sha256(registry_uri.encode()).hexdigest()[:16]}.lock"
+    return (
+        Path(tempfile.gettempdir())
+        / f"autocoder-registry-{hashlib.sha256(registry_uri.encode()).hexdigest()[:16]}.lock"
+    )
 
 
 @contextmanager
 def registry_lock(registry_uri: str) -> Iterator[None]:
     path = lock_path(registry_uri)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
+    with FileLock(path):  # an OS lock (flock): released also when the process dies
         yield
 
 

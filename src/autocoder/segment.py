@@ -12,9 +12,9 @@ import hashlib
 import multiprocessing
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
 
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
@@ -28,8 +28,19 @@ from autocoder.split import file_position
 from autocoder.tokenizer import LEARN, learn_bpe, load_tokenizer, text_encoder, with_control_tokens
 
 STATS_FILE = Path("metrics/segment_stats.json")
-SKIP_REASONS = ("symlink", "special_file", "unknown_extension", "too_large", "unreadable", "binary",
-                "not_utf8", "empty", "minified", "duplicate", "near_duplicate")
+SKIP_REASONS = (
+    "symlink",
+    "special_file",
+    "unknown_extension",
+    "too_large",
+    "unreadable",
+    "binary",
+    "not_utf8",
+    "empty",
+    "minified",
+    "duplicate",
+    "near_duplicate",
+)
 SHINGLE_LINES = 5  # near-duplicates compare sets of 5 consecutive non-blank lines
 
 
@@ -52,10 +63,10 @@ class SourceFile:
 
 @dataclass
 class Tokenized:
-    skipped: Optional[str] = None
+    skipped: str | None = None
     sha256: str = ""
-    ids: Optional[np.ndarray] = None
-    minhash: Optional[LeanMinHash] = None
+    ids: np.ndarray | None = None
+    minhash: LeanMinHash | None = None
 
 
 def _walk(folder: str) -> Iterator[os.DirEntry]:
@@ -72,8 +83,10 @@ def list_files(raw_dir: Path, params: Params, seen: Counter) -> list[SourceFile]
     them (symlinks, unknown extensions, too large) are counted in `seen` under their reason, next to
     `files` and `bytes` for everything seen."""
     # Longest extension first, so that '.d.ts' wins over '.ts'.
-    extensions = sorted(((ext, name) for name, lang in params.languages.items() for ext in lang.extensions),
-                        key=lambda pair: -len(pair[0]))
+    extensions = sorted(
+        ((ext, name) for name, lang in params.languages.items() for ext in lang.extensions),
+        key=lambda pair: -len(pair[0]),
+    )
     files = []
     for source in sorted(p for p in raw_dir.iterdir() if p.is_dir() and not p.is_symlink()):
         for entry in _walk(str(source)):
@@ -92,8 +105,9 @@ def list_files(raw_dir: Path, params: Params, seen: Counter) -> list[SourceFile]
             elif size > params.segment.max_file_bytes:
                 seen["too_large"] += 1
             else:
-                files.append(SourceFile(source.name, Path(entry.path).relative_to(source).as_posix(),
-                                        language, size, entry.path))
+                files.append(
+                    SourceFile(source.name, Path(entry.path).relative_to(source).as_posix(), language, size, entry.path)
+                )
     return files
 
 
@@ -151,16 +165,19 @@ def _tokenize_batch(paths: list[str]) -> list[Tokenized]:
     return results
 
 
-def tokenize_files(files: list[SourceFile], tokenizer_json: str, params: SegmentParams,
-                   dtype: str) -> Iterator[Tokenized]:
+def tokenize_files(
+    files: list[SourceFile], tokenizer_json: str, params: SegmentParams, dtype: str
+) -> Iterator[Tokenized]:
     """One result per file, in the order of `files`, computed by `params.workers` processes."""
     workers = params.workers or len(os.sched_getaffinity(0))
     batches = (
         [f.full_path for f in files[i : i + params.files_per_batch]]
         for i in range(0, len(files), params.files_per_batch)
     )
-    with multiprocessing.Pool(workers, _init_worker, (tokenizer_json, params, dtype)) as pool, \
-            tqdm(total=len(files), unit="file", desc="segment") as progress:
+    with (
+        multiprocessing.Pool(workers, _init_worker, (tokenizer_json, params, dtype)) as pool,
+        tqdm(total=len(files), unit="file", desc="segment") as progress,
+    ):
         for batch in pool.imap(_tokenize_batch, batches):  # imap keeps the input order
             yield from batch
             progress.update(len(batch))
@@ -189,9 +206,12 @@ def _stats(writer: CorpusWriter, params: Params, seen: Counter) -> dict:
     for lang in params.languages:
         mine = rows["language"] == lang
         n_tokens = rows["n_tokens"][mine]
-        languages[lang] = {"files": int(mine.sum()), "bytes": int(rows["n_bytes"][mine].sum()),
-                           "tokens": int(n_tokens.sum()),
-                           "windows": int(window_counts(n_tokens, seg.segment_len, seg.stride).sum())}
+        languages[lang] = {
+            "files": int(mine.sum()),
+            "bytes": int(rows["n_bytes"][mine].sum()),
+            "tokens": int(n_tokens.sum()),
+            "windows": int(window_counts(n_tokens, seg.segment_len, seg.stride).sum()),
+        }
     return {
         "files_seen": seen["files"],
         "files_kept": len(rows["language"]),
@@ -215,20 +235,33 @@ def run(params: Params) -> None:
     files = list_files(raw_dir, params, seen)
     if not files:
         extensions = ", ".join(ext for lang in params.languages.values() for ext in lang.extensions)
-        raise UserError(f"{raw_dir}: none of the {seen['files']} files seen has an extension of languages "
-                        f"({extensions}) and at most segment.max_file_bytes ({seg.max_file_bytes}) bytes")
+        raise UserError(
+            f"{raw_dir}: none of the {seen['files']} files seen has an extension of languages "
+            f"({extensions}) and at most segment.max_file_bytes ({seg.max_file_bytes}) bytes"
+        )
     control_tokens = list(params.control_tokens().values())
     if seg.tokenizer == LEARN:
         tokenizer = with_control_tokens(learn_bpe(train_texts(files, params), seg.vocab_size), control_tokens)
     else:
         tokenizer = load_tokenizer(seg.tokenizer, control_tokens)
     dtype = "uint16" if len(tokenizer) <= 65535 else "uint32"
-    meta = Meta(tokenizer=seg.tokenizer, segment_len=seg.segment_len, stride=seg.stride, dtype=dtype,
-                control_token_ids={lang: tokenizer.convert_tokens_to_ids(token)
-                                   for lang, token in params.control_tokens().items()},
-                eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, vocab_size=len(tokenizer))
-    lsh = MinHashLSH(threshold=seg.near_dedup.threshold, num_perm=seg.near_dedup.num_perm) \
-        if seg.near_dedup.enabled else None
+    meta = Meta(
+        tokenizer=seg.tokenizer,
+        segment_len=seg.segment_len,
+        stride=seg.stride,
+        dtype=dtype,
+        control_token_ids={
+            lang: tokenizer.convert_tokens_to_ids(token) for lang, token in params.control_tokens().items()
+        },
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+    )
+    lsh = (
+        MinHashLSH(threshold=seg.near_dedup.threshold, num_perm=seg.near_dedup.num_perm)
+        if seg.near_dedup.enabled
+        else None
+    )
     kept_hashes: set[str] = set()
 
     with atomic_dir(seg.out_dir) as out:
@@ -256,5 +289,7 @@ def run(params: Params) -> None:
     stats = _stats(writer, params, seen)
     write_json(STATS_FILE, stats)
     skips = ", ".join(f"{reason} {n}" for reason, n in stats["skipped"].items() if n) or "none"
-    print(f"segment: kept {stats['files_kept']} of {stats['files_seen']} files, {stats['tokens']:,} tokens, "
-          f"{stats['windows']:,} windows; skipped: {skips}")
+    print(
+        f"segment: kept {stats['files_kept']} of {stats['files_seen']} files, {stats['tokens']:,} tokens, "
+        f"{stats['windows']:,} windows; skipped: {skips}"
+    )

@@ -26,11 +26,11 @@ import tempfile
 import zipfile
 import zlib
 from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator, Optional, Union
 
 from autocoder.atomic import atomic_dir, write_json
 from autocoder.errors import UserError
@@ -45,9 +45,12 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz
 ARCHIVE_ERRORS = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
 SKIP_REASONS = ("symlinks", "special", "unreadable")  # links, devices/fifos, files that cannot be read
 COMMIT_ID = re.compile(r"[0-9a-fA-F]{4,64}")
+GIT_REASON_LINES, GIT_REASON_CHARS = 6, 300  # of git's stderr, in an error message
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b\x0e-\x1f\x7f]")
+_GIT_BOILERPLATE = {"Please make sure you have the correct access rights", "and the repository exists."}
 
 # (relative path, reader of a regular file's bytes (None when unreadable) | why the entry is skipped)
-Entry = tuple[str, Union[Callable[[], Optional[bytes]], str]]
+Entry = tuple[str, Callable[[], bytes | None] | str]
 
 
 class _Problem(Exception):
@@ -85,7 +88,7 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
             token_regex = f"[^{inner[1:]}]" if inner.startswith("!") else f"[{inner}]"
         else:
             token_regex = _GLOB_REGEX[token]
-        parts += [re.escape(pattern[pos:m.start()]), token_regex]
+        parts += [re.escape(pattern[pos : m.start()]), token_regex]
         pos = m.end()
     parts.append(re.escape(pattern[pos:]))
     return re.compile("".join(parts))
@@ -100,12 +103,15 @@ class Selector:
     exclude: tuple[re.Pattern[str], ...]
 
     @classmethod
-    def of(cls, source: Source, languages: dict[str, Language]) -> "Selector":
+    def of(cls, source: Source, languages: dict[str, Language]) -> Selector:
         exts = [(ext, lang) for lang in source.languages for ext in languages[lang].extensions]
-        return cls(tuple(sorted(exts, key=lambda e: -len(e[0]))),
-                   tuple(map(glob_regex, source.include)), tuple(map(glob_regex, source.exclude)))
+        return cls(
+            tuple(sorted(exts, key=lambda e: -len(e[0]))),
+            tuple(map(glob_regex, source.include)),
+            tuple(map(glob_regex, source.exclude)),
+        )
 
-    def language(self, relpath: str) -> Optional[str]:
+    def language(self, relpath: str) -> str | None:
         lang = next((lang for ext, lang in self.extensions if relpath.endswith(ext)), None)
         if lang is None or any(p.fullmatch(relpath) for p in self.exclude):
             return None
@@ -115,7 +121,7 @@ class Selector:
 
 
 # ---- reading a directory or an archive -----------------------------------------------------------
-def _read(path: Path) -> Optional[bytes]:
+def _read(path: Path) -> bytes | None:
     try:
         return path.read_bytes()
     except OSError:
@@ -180,7 +186,7 @@ def _archive_entries(path: Path) -> Iterator[Iterator[Entry]]:
 
 
 # ---- git -----------------------------------------------------------------------------------------
-def _git(*args: str, cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
+def _git(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")}
     env["GIT_TERMINAL_PROMPT"] = "0"  # an unknown or private https repository fails instead of prompting
     env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
@@ -188,7 +194,23 @@ def _git(*args: str, cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
 
 
 def _reason(result: subprocess.CompletedProcess) -> str:
-    return next((line.strip() for line in result.stderr.splitlines() if line.strip()), f"git exit {result.returncode}")
+    """Why git failed, in one line: its distinct stderr lines, in order, joined by "; ". The first line
+    is often only the symptom ("git upload-pack: git-pack-objects died with error") and a later one
+    the cause ("remote: fatal: unable to read <object>"), so all are kept, up to GIT_REASON_LINES;
+    hints and the generic "Please make sure you have the correct access rights" advice are left out."""
+    text = _TERMINAL_CODES.sub("", result.stderr)  # a remote's colours, the NUL ending a sideband line
+    lines = [
+        line
+        for line in dict.fromkeys(line.strip() for line in text.splitlines())
+        if line and not line.startswith("hint:") and line not in _GIT_BOILERPLATE
+    ]
+    if not lines:
+        return f"git exit {result.returncode}"
+    shown = [
+        line if len(line) <= GIT_REASON_CHARS else line[:GIT_REASON_CHARS] + "..." for line in lines[:GIT_REASON_LINES]
+    ]
+    more = len(lines) - len(shown)
+    return "; ".join(shown) + (f"; ({more} more lines)" if more else "")
 
 
 def _check_remote(url: str, rev: str) -> None:
@@ -207,8 +229,9 @@ def _fetch(url: str, rev: str, repo: Path) -> str:
     if _git("fetch", "-q", "--no-tags", "--depth", "1", url, rev, cwd=repo).returncode:
         # Servers may refuse a shallow fetch (dumb http) or a fetch of a commit id they do not
         # advertise (or rev is an abbreviated id): fetch all branches and tags, look rev up here.
-        full = _git("fetch", "-q", "--update-head-ok", url, "+refs/heads/*:refs/heads/*",
-                    "+refs/tags/*:refs/tags/*", cwd=repo)
+        full = _git(
+            "fetch", "-q", "--update-head-ok", url, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*", cwd=repo
+        )
         if full.returncode:
             raise _Problem(f"cannot fetch {url}: {_reason(full)}")
         target = rev
@@ -217,8 +240,9 @@ def _fetch(url: str, rev: str, repo: Path) -> str:
         raise _Problem(f"revision {rev!r} not found in {url}")
     commit = resolved.stdout.strip()
     # autocrlf off: the files are the committed bytes whatever the user's git config says.
-    checkout = _git("-c", "core.autocrlf=false", "-c", "advice.detachedHead=false",
-                    "checkout", "-q", "--detach", commit, cwd=repo)
+    checkout = _git(
+        "-c", "core.autocrlf=false", "-c", "advice.detachedHead=false", "checkout", "-q", "--detach", commit, cwd=repo
+    )
     if checkout.returncode:
         raise _Problem(f"cannot check out {commit}: {_reason(checkout)}")
     return commit
@@ -231,15 +255,17 @@ class Located:
 
     kind: str  # "git", "dir" or "archive"
     location: str  # as recorded in sources.json: the URL, or the path with its placeholders expanded
-    path: Optional[Path] = None  # dir/archive on this machine
-    url: Optional[str] = None  # what git fetches (a local repository path made absolute)
+    path: Path | None = None  # dir/archive on this machine
+    url: str | None = None  # what git fetches (a local repository path made absolute)
 
 
 def locate(source: Source) -> Located:
     """Cheap checks before any copying: paths exist, archives open, repositories answer."""
     if source.license and os.path.isabs(source.license) and not os.path.isfile(source.license):
-        raise _Problem(f"license file {source.license} does not exist on this machine; "
-                       f"fix clone.sources[{source.name}].license in params.yaml")
+        raise _Problem(
+            f"license file {source.license} does not exist on this machine; "
+            f"fix clone.sources[{source.name}].license in params.yaml"
+        )
     if source.git is not None:
         url = os.path.abspath(source.git) if os.path.exists(source.git) else source.git
         _check_remote(url, source.rev)
@@ -251,8 +277,10 @@ def locate(source: Source) -> Located:
     if path.is_dir():
         return Located("dir", str(path), path=path)
     if not path.exists():
-        raise _Problem(f"path {path} does not exist on this machine; set clone.sources[{source.name}].path "
-                       f"in params.yaml to a directory or archive that does, or remove the source")
+        raise _Problem(
+            f"path {path} does not exist on this machine; set clone.sources[{source.name}].path "
+            f"in params.yaml to a directory or archive that does, or remove the source"
+        )
     with _archive_entries(path):
         pass
     return Located("archive", str(path), path=path)
@@ -315,8 +343,10 @@ def take(source: Source, located: Located, languages: dict[str, Language], out: 
 
     digest = content_sha256({rel: sha for rel, (_, _, sha) in taken.items()})
     if source.sha256 and source.sha256 != digest:
-        raise _Problem(f"content sha256 {digest} does not match the pinned sha256 {source.sha256}; if this "
-                       f"content is expected, set clone.sources[{source.name}].sha256: {digest} in params.yaml")
+        raise _Problem(
+            f"content sha256 {digest} does not match the pinned sha256 {source.sha256}; if this "
+            f"content is expected, set clone.sources[{source.name}].sha256: {digest} in params.yaml"
+        )
     per_language = {lang: {"files": 0, "bytes": 0} for lang in source.languages}
     for lang, size, _ in taken.values():
         per_language[lang]["files"] += 1
@@ -343,12 +373,16 @@ def run(params: Params) -> None:
         records = {}
         for source, where in zip(clone.sources, located):
             with _about(source):
-                records[source.name] = take(source, where, params.languages, out / source.name,
-                                            Path(work) / source.name)
+                records[source.name] = take(
+                    source, where, params.languages, out / source.name, Path(work) / source.name
+                )
             rec = records[source.name]
-            counts = ", ".join(f"{v['files']} {lang} files ({v['bytes'] / 1e6:.1f} MB)"
-                               for lang, v in rec["languages"].items())
+            counts = ", ".join(
+                f"{v['files']} {lang} files ({v['bytes'] / 1e6:.1f} MB)" for lang, v in rec["languages"].items()
+            )
             at = f" @ {rec['commit'][:12]}" if rec["commit"] else ""
-            print(f"clone: {source.name}: {counts} from {rec['location']}{at}"
-                  + ("" if rec["license_files"] else " (no licence file found)"))
+            print(
+                f"clone: {source.name}: {counts} from {rec['location']}{at}"
+                + ("" if rec["license_files"] else " (no licence file found)")
+            )
         write_json(out / SOURCES_JSON, records)

@@ -40,21 +40,25 @@ def run(params: Params) -> None:
     split = assign(corpus, sp)
     report = contamination_report(corpus, split, sp)
     with atomic_dir(sp.out_dir) as tmp:
-        write_columns(tmp / SPLIT_FILE, {"file_id": corpus.files["file_id"], "split": SPLITS[split]},
-                      strings=("split",))
+        write_columns(
+            tmp / SPLIT_FILE, {"file_id": corpus.files["file_id"], "split": SPLITS[split]}, strings=("split",)
+        )
     write_json(METRICS_FILE, report)
     sizes = ", ".join(f"{name} {report[name]['files']} files" for name in SPLITS if name in report)
-    print(f"split: {sizes}; dev windows with a train {sp.contamination_ngram}-gram: "
-          f"{report['file_split']['dev_windows_with_train_ngram']:.2%} "
-          f"(window-level split: {report['window_split']['dev_windows_with_train_ngram']:.2%})")
+    print(
+        f"split: {sizes}; dev windows with a train {sp.contamination_ngram}-gram: "
+        f"{report['file_split']['dev_windows_with_train_ngram']:.2%} "
+        f"(window-level split: {report['window_split']['dev_windows_with_train_ngram']:.2%})"
+    )
 
 
 def open_corpus(segments_dir: str | Path) -> Corpus:
     try:
         return Corpus(segments_dir)
     except FileNotFoundError:
-        raise UserError(f"{segments_dir}: no segment stage output there (segment.out_dir); "
-                        "run the segment stage first") from None
+        raise UserError(
+            f"{segments_dir}: no segment stage output there (segment.out_dir); run the segment stage first"
+        ) from None
 
 
 def file_position(sha256: str, seed: int) -> float:
@@ -88,8 +92,10 @@ def assign(corpus: Corpus, sp: SplitParams) -> np.ndarray:
     """The split code of every corpus row (assign_by_content), deterministic under sp.seed."""
     n_files, has_test = len(corpus), int(sp.test_ratio > 0)
     if n_files < 2 + has_test:
-        raise UserError(f"split: the corpus has {n_files} file(s); dev_ratio {sp.dev_ratio} and "
-                        f"test_ratio {sp.test_ratio} need at least {2 + has_test}, one per split")
+        raise UserError(
+            f"split: the corpus has {n_files} file(s); dev_ratio {sp.dev_ratio} and "
+            f"test_ratio {sp.test_ratio} need at least {2 + has_test}, one per split"
+        )
     split = assign_by_content(corpus.files["sha256"], sp)
     if not (split == 0).any():
         raise UserError(f"split: no train file left among {n_files} files; lower dev_ratio/test_ratio")
@@ -154,8 +160,9 @@ def _gram_mask(starts: np.ndarray, lengths: np.ndarray, n: int, size: int) -> np
     return np.cumsum(diff, out=diff)[:size] > 0
 
 
-def contaminated(hashes: np.ndarray, n: int, train: tuple[np.ndarray, np.ndarray],
-                 held: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+def contaminated(
+    hashes: np.ndarray, n: int, train: tuple[np.ndarray, np.ndarray], held: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
     """For each held window (starts, lengths): does one of its n-grams occur inside a train window?
 
     `hashes` are the corpus' ngram_hashes. A held window overlapping a train window by n tokens
@@ -208,8 +215,10 @@ def _leak(corpus: Corpus, hashes: np.ndarray, n: int, windows, window_split: np.
     leaked = contaminated(hashes, n, (starts[is_train], lengths[is_train]), (starts[is_held], lengths[is_held]))
     sha = corpus.files["sha256"]
     copied = np.isin(sha[np.unique(row[is_held])], sha[np.unique(row[is_train])])
-    return {f"{SPLITS[held]}_windows_with_train_ngram": _share(leaked),
-            f"{SPLITS[held]}_files_in_train": _share(copied)}
+    return {
+        f"{SPLITS[held]}_windows_with_train_ngram": _share(leaked),
+        f"{SPLITS[held]}_files_in_train": _share(copied),
+    }
 
 
 def contamination_report(corpus: Corpus, split: np.ndarray, sp: SplitParams) -> dict:
@@ -230,8 +239,11 @@ def contamination_report(corpus: Corpus, split: np.ndarray, sp: SplitParams) -> 
     n_tokens = np.bincount(split, weights=corpus.files["n_tokens"], minlength=len(SPLITS))
     present = np.flatnonzero(n_files)
     for code in present:
-        report[SPLITS[code]] = {"files": int(n_files[code]), "windows": int(n_windows[code]),
-                                "tokens": int(n_tokens[code])}
+        report[SPLITS[code]] = {
+            "files": int(n_files[code]),
+            "windows": int(n_windows[code]),
+            "tokens": int(n_tokens[code]),
+        }
     dev_windows = np.random.default_rng(sp.seed).permutation(len(row)) < round(sp.dev_ratio * len(row))
     # Threads: numpy's sorts and scans release the GIL, so the three reports share the cores.
     with ThreadPoolExecutor() as pool:

@@ -16,14 +16,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable
 
 from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerFast
 
-from autocoder.errors import UserError
-from autocoder.hub import hub_offline
+from autocoder.errors import UserError, first_line
+from autocoder.hub import TOKENIZER_FILES_TEXT, has_tokenizer_files, hub_offline, local_path
 
 PAD_TOKEN = "<pad>"  # the seed's published checkpoints use <pad> too
 EOS_TOKEN = "<|endoftext|>"  # GPT-2's and StarCoder's spelling
@@ -40,12 +40,27 @@ def _bundled_gpt2() -> PreTrainedTokenizerFast:
 
 
 def _from_pretrained(name: str) -> PreTrainedTokenizerFast:
+    folder = local_path(name)  # None: a Hub id
+    if folder is not None and not folder.is_dir():
+        problem = "does not exist" if not folder.exists() else "is a file, not a folder"
+        raise UserError(f"tokenizer {name!r}: cannot load it as a local folder: {folder} {problem}")
+    if folder is not None and not has_tokenizer_files(folder):
+        raise UserError(
+            f"tokenizer {name!r}: cannot load it as a local folder: {folder} has no tokenizer files "
+            f"({TOKENIZER_FILES_TEXT})"
+        )
     try:
         # A fast tokenizer, no remote code; offline, only a local folder or the Hub cache can answer.
+        if folder is not None:
+            return AutoTokenizer.from_pretrained(str(folder))
         return AutoTokenizer.from_pretrained(name, local_files_only=hub_offline())
     except (OSError, ValueError) as e:
-        where = "local folder" if Path(name).exists() else "Hub id"
-        raise UserError(f"tokenizer {name!r}: cannot load it as a {where} ({str(e).splitlines()[0]})") from None
+        where = (
+            "local folder"
+            if folder is not None
+            else "Hub id" + (" (the Hub is unreachable and it is not in the local Hub cache)" if hub_offline() else "")
+        )
+        raise UserError(f"tokenizer {name!r}: cannot load it as a {where} ({first_line(e)})") from None
 
 
 def base_tokenizer(name: str) -> PreTrainedTokenizerFast:
@@ -71,11 +86,20 @@ def learn_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     bpe.decoder = decoders.ByteLevel()
     specials = [EOS_TOKEN, PAD_TOKEN, *FIM_TOKENS]
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     bpe.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
-                                   additional_special_tokens=list(FIM_TOKENS), model_max_length=1 << 30)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        additional_special_tokens=list(FIM_TOKENS),
+        model_max_length=1 << 30,
+    )
 
 
 def has_fim_tokens(tok: PreTrainedTokenizerFast) -> bool:
@@ -110,7 +134,10 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+
 
 @lru_cache(maxsize=1)
 def _byte_decoder() -> dict[str, int]:
-    """GPT-2's printable stand-in character of each byte, reversed (bytes_to_unicode)."""
+    """GPT-2's printable stand-in character of each byte, reversed (bytes_to_unicode). Written out here:
+    transformers 5 no longer exports bytes_to_unicode, and tiktoken's loader of GPT-2's files
+    (data_gym_to_mergeable_bpe_ranks) numbers tokens by merge rank, with the 256 bytes first,
+    where a learned tokenizer's ids put its special tokens first."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     others = [b for b in range(256) if b not in printable]
     chars = printable + [256 + i for i in range(len(others))]
@@ -121,11 +148,19 @@ def _tiktoken_encoding(spec: dict):
     """The same BPE as a tiktoken Encoding, or None when the tokenizer is not GPT-2-style byte-level
     BPE whose token ids are its merge ranks (only then do both give identical ids)."""
     model, pre = spec["model"], spec.get("pre_tokenizer") or {}
-    if (model.get("type") != "BPE" or spec.get("normalizer") is not None or pre.get("type") != "ByteLevel"
-            or not pre.get("use_regex", True) or pre.get("add_prefix_space")
-            or model.get("dropout") or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix")
-            or model.get("byte_fallback") or model.get("ignore_merges")
-            or any(not t["special"] for t in spec.get("added_tokens", []))):
+    if (
+        model.get("type") != "BPE"
+        or spec.get("normalizer") is not None
+        or pre.get("type") != "ByteLevel"
+        or not pre.get("use_regex", True)
+        or pre.get("add_prefix_space")
+        or model.get("dropout")
+        or model.get("continuing_subword_prefix")
+        or model.get("end_of_word_suffix")
+        or model.get("byte_fallback")
+        or model.get("ignore_merges")
+        or any(not t["special"] for t in spec.get("added_tokens", []))
+    ):
         return None
     vocab, decode = model["vocab"], _byte_decoder()
     merged_ids = [vocab.get(m.replace(" ", "") if isinstance(m, str) else "".join(m)) for m in model["merges"]]

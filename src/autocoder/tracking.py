@@ -11,13 +11,15 @@ import json
 import os
 import socket
 import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
+import psutil
 import yaml
 
-from autocoder.errors import UserError
+from autocoder.atomic import removed_on_error, tmp_sibling
+from autocoder.errors import UserError, first_line
 from autocoder.params import MlflowParams
 
 RUN_INFO_FILE = "mlflow_run.json"  # in the finetune out_dir: run_id, tracking_uri, experiment_id, ...
@@ -47,7 +49,7 @@ def tracking_uri(params: MlflowParams) -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking_uri
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/") and uri != prefix + ":memory:":
-        uri = prefix + str((project_root() / uri[len(prefix):]).resolve())
+        uri = prefix + str((project_root() / uri[len(prefix) :]).resolve())
     return uri
 
 
@@ -79,12 +81,12 @@ def configure(params: MlflowParams) -> str:
     uri = tracking_uri(params)
     key = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "mlflow.tracking_uri"
     try:
+        _create_sqlite_store(uri)
         with _env(_PROBE_ENV):
             client = mlflow.MlflowClient(uri)
             experiment = client.get_experiment_by_name(params.experiment)
     except Exception as e:  # any failure (connection refused, bad database path, HTTP error) means unreachable
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{key}: cannot reach the MLflow tracking store {uri!r} ({reason[:300]})") from None
+        raise UserError(f"{key}: cannot reach the MLflow tracking store {uri!r} ({first_line(e)})") from None
     if experiment is None:
         # A local store gets params' artifact folder, as an absolute URI so runs log from any cwd;
         # a server keeps its own artifact store.
@@ -99,6 +101,25 @@ def configure(params: MlflowParams) -> str:
     return uri
 
 
+def _create_sqlite_store(uri: str) -> None:
+    """Create a new SQLite store under a temporary name and rename it into place. MLflow builds its
+    tables in dozens of migration steps: a process killed half-way through would leave a database
+    that no later run can open ("table _alembic_tmp_experiments already exists")."""
+    import mlflow
+
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or uri == prefix + ":memory:":
+        return
+    path = Path(uri[len(prefix) :])
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_sibling(path)
+    with removed_on_error(tmp, path):
+        mlflow.MlflowClient(prefix + str(tmp)).search_experiments(max_results=1)  # creates the tables
+    os.replace(tmp, path)
+
+
 def end_dead_runs(experiment_id: str, stage: str) -> list[str]:
     """Mark this host's RUNNING runs of `stage` whose process is gone (killed) as KILLED.
 
@@ -108,28 +129,27 @@ def end_dead_runs(experiment_id: str, stage: str) -> list[str]:
     import mlflow
 
     client = mlflow.MlflowClient()
-    running = client.search_runs(
-        [experiment_id], f"tags.`{STAGE_TAG}` = '{stage}' and attributes.status = 'RUNNING'"
-    )
+    running = client.search_runs([experiment_id], f"tags.`{STAGE_TAG}` = '{stage}' and attributes.status = 'RUNNING'")
     ended = []
     for run in running:
         tags = run.data.tags
-        if tags.get(HOST_TAG) == socket.gethostname() and not _alive(int(tags.get(PID_TAG, "0"))):
+        if tags.get(HOST_TAG) == socket.gethostname() and not _alive(int(tags.get(PID_TAG, "0") or 0)):
             client.set_terminated(run.info.run_id, status="KILLED")
             ended.append(run.info.run_id)
     return ended
 
 
 def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+    return pid > 0 and psutil.pid_exists(pid)
+
+
+def flatten(nested: dict, separator: str, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a<separator>b": 1}: nested params or metrics as MLflow's flat keys."""
+    flat = {}
+    for key, value in nested.items():
+        name = f"{prefix}{key}"
+        flat.update(flatten(value, separator, name + separator) if isinstance(value, dict) else {name: value})
+    return flat
 
 
 def process_tags(stage: str) -> dict[str, str]:

@@ -20,20 +20,31 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from autocoder.atomic import removed_on_error, write_json
+from autocoder.atomic import atomic_dir, removed_on_error, write_json
 from autocoder.params import FinetuneParams
 
 PROGRESS_FILE = "progress.json"
 # Knobs that change how a run is watched or where it writes, not what it computes.
-_NOT_FINGERPRINTED = {"checkpoint_every", "log_every", "out_dir", "checkpoint_dir", "num_processes", "mixed_precision",
-                      "compile"}
+_NOT_FINGERPRINTED = {
+    "checkpoint_every",
+    "log_every",
+    "out_dir",
+    "checkpoint_dir",
+    "num_processes",
+    "mixed_precision",
+    "compile",
+}
 
 
 def fingerprint(ft: FinetuneParams, data_hash: str, num_processes: int, mixed_precision: str) -> str:
     """What a checkpoint must match to be resumed: the params that change the result, the data, and
     the processes and precision actually used."""
-    key = {"finetune": ft.model_dump(exclude=_NOT_FINGERPRINTED), "data": data_hash,
-           "num_processes": num_processes, "mixed_precision": mixed_precision}
+    key = {
+        "finetune": ft.model_dump(exclude=_NOT_FINGERPRINTED),
+        "data": data_hash,
+        "num_processes": num_processes,
+        "mixed_precision": mixed_precision,
+    }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -98,13 +109,8 @@ def save(accelerator: Accelerator, ckpt_dir: Path, progress: Progress, fp: str) 
 def save_best(accelerator: Accelerator, model, ckpt_dir: Path, step: int) -> None:
     """Save the model (weights and config, safetensors) as the best so far."""
     if accelerator.is_main_process:
-        target = best_dir(ckpt_dir, step)
-        tmp = target.with_name(f".{target.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        with removed_on_error(tmp, target):
+        with atomic_dir(best_dir(ckpt_dir, step)) as tmp:
             accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
     accelerator.wait_for_everyone()
 
 

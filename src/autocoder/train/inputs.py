@@ -13,9 +13,17 @@ from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-from autocoder.corpus import (CONTROL_IDS, FILES_FILE, META_FILE, PROMPT_FORMAT_KEY, SPLIT_FILE, TOKENIZER_DIR,
-                              Corpus, split_rows)
-from autocoder.errors import UserError
+from autocoder.corpus import (
+    CONTROL_IDS,
+    FILES_FILE,
+    META_FILE,
+    PROMPT_FORMAT_KEY,
+    SPLIT_FILE,
+    TOKENIZER_DIR,
+    Corpus,
+    split_rows,
+)
+from autocoder.errors import UserError, first_line
 from autocoder.hub import hub_offline
 from autocoder.params import FinetuneParams, Params, ScratchModel
 from autocoder.tokenizer import FIM_TOKENS, fingerprint, has_fim_tokens
@@ -34,11 +42,6 @@ class Inputs:
     tokenizer_fingerprint: str
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
-
-
 def check_inputs(params: Params) -> Inputs:
     ft, seg_dir, split_dir = params.finetune, Path(params.segment.out_dir), Path(params.split.out_dir)
     if not (seg_dir / META_FILE).exists():
@@ -48,20 +51,25 @@ def check_inputs(params: Params) -> Inputs:
     corpus = Corpus(seg_dir)
     train_rows, dev_rows = split_rows(corpus, split_dir, "train"), split_rows(corpus, split_dir, "dev")
     if len(train_rows) == 0 or len(dev_rows) == 0:
-        raise UserError(f"split.out_dir: {split_dir} has {len(train_rows)} train and {len(dev_rows)} dev files; "
-                        "finetune needs both")
+        raise UserError(
+            f"split.out_dir: {split_dir} has {len(train_rows)} train and {len(dev_rows)} dev files; finetune needs both"
+        )
     window = corpus.meta.segment_len + 2
     if ft.windows == "sliding" and window > ft.max_length:
-        raise UserError(f"finetune.max_length: {ft.max_length} is shorter than the data's windows "
-                        f"(segment_len {corpus.meta.segment_len} + control token + eos = {window})")
+        raise UserError(
+            f"finetune.max_length: {ft.max_length} is shorter than the data's windows "
+            f"(segment_len {corpus.meta.segment_len} + control token + eos = {window})"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(seg_dir / TOKENIZER_DIR)
     except (OSError, ValueError) as e:
-        raise UserError(f"segment.out_dir: cannot load {seg_dir / TOKENIZER_DIR} ({_first_line(e)})") from None
+        raise UserError(f"segment.out_dir: cannot load {seg_dir / TOKENIZER_DIR} ({first_line(e)})") from None
     if ft.fim_rate > 0 and not has_fim_tokens(tokenizer):
-        raise UserError(f"finetune.fim_rate: {ft.fim_rate} needs the tokenizer's fill-in-the-middle tokens "
-                        f"({', '.join(FIM_TOKENS)}), which {seg_dir / TOKENIZER_DIR} lacks (segment.tokenizer: "
-                        "learn makes them); set fim_rate: 0")
+        raise UserError(
+            f"finetune.fim_rate: {ft.fim_rate} needs the tokenizer's fill-in-the-middle tokens "
+            f"({', '.join(FIM_TOKENS)}), which {seg_dir / TOKENIZER_DIR} lacks (segment.tokenizer: "
+            "learn makes them); set fim_rate: 0"
+        )
     model_config = check_model(ft, tokenizer)
     tok_fingerprint = fingerprint(tokenizer)
     data_hash = hashlib.sha256(tok_fingerprint.encode())
@@ -72,8 +80,9 @@ def check_inputs(params: Params) -> Inputs:
         with open(path, "rb") as f:
             data_hash.update(hashlib.file_digest(f, "sha256").digest())
     dev_split = dev_split_hash([str(corpus.files["sha256"][r]) for r in dev_rows], corpus.meta.segment_len)
-    return Inputs(corpus, tokenizer, train_rows, dev_rows, model_config, data_hash.hexdigest(), dev_split,
-                  tok_fingerprint)
+    return Inputs(
+        corpus, tokenizer, train_rows, dev_rows, model_config, data_hash.hexdigest(), dev_split, tok_fingerprint
+    )
 
 
 def _source(name: str) -> tuple[str, bool]:
@@ -93,15 +102,20 @@ def check_model(ft: FinetuneParams, tokenizer) -> PretrainedConfig:
     try:
         config = AutoConfig.from_pretrained(name, local_files_only=not local and hub_offline())
     except (OSError, ValueError) as e:
-        where = "local folder" if local else "Hub id" + (" (the Hub is unreachable and it is not in the local cache)"
-                                                        if hub_offline() else "")
-        raise UserError(f"finetune.model: cannot load {ft.model!r} as a {where}: {_first_line(e)}") from None
+        where = (
+            "local folder"
+            if local
+            else "Hub id" + (" (the Hub is unreachable and it is not in the local cache)" if hub_offline() else "")
+        )
+        raise UserError(f"finetune.model: cannot load {ft.model!r} as a {where}: {first_line(e)}") from None
     if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
         raise UserError(f"finetune.model: {ft.model!r} is a {config.model_type} model, not a causal language model")
     context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
     if context is not None and context < ft.max_length:
-        raise UserError(f"finetune.max_length: {ft.max_length} exceeds the context of finetune.model {ft.model!r} "
-                        f"({context} positions)")
+        raise UserError(
+            f"finetune.max_length: {ft.max_length} exceeds the context of finetune.model {ft.model!r} "
+            f"({context} positions)"
+        )
     if local:
         weights = sorted(Path(name).glob("*.safetensors"))
         if not weights:
@@ -111,25 +125,45 @@ def check_model(ft: FinetuneParams, tokenizer) -> PretrainedConfig:
                 with safe_open(str(path), "pt"):  # reads the header: a truncated or garbled file fails here
                     pass
             except (SafetensorError, OSError) as e:
-                raise UserError(f"finetune.model: {path} is corrupt ({_first_line(e)})") from None
+                raise UserError(f"finetune.model: {path} is corrupt ({first_line(e)})") from None
     return config
 
 
 def scratch_config(s: ScratchModel, tokenizer) -> PretrainedConfig:
     """The config of finetune.scratch: a Llama-style decoder (RoPE, RMSNorm, SwiGLU, tied embeddings)
     or GPT-2's shape, sized for the data's tokenizer."""
-    tokens = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.eos_token_id,
-              "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    tokens = {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.eos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     if s.architecture == "gpt2":
-        return GPT2Config(n_layer=s.n_layer, n_embd=s.n_embd, n_head=s.n_head, n_positions=s.n_positions,
-                          n_inner=s.intermediate_size, resid_pdrop=s.dropout, embd_pdrop=s.dropout,
-                          attn_pdrop=s.dropout, **tokens)
+        return GPT2Config(
+            n_layer=s.n_layer,
+            n_embd=s.n_embd,
+            n_head=s.n_head,
+            n_positions=s.n_positions,
+            n_inner=s.intermediate_size,
+            resid_pdrop=s.dropout,
+            embd_pdrop=s.dropout,
+            attn_pdrop=s.dropout,
+            **tokens,
+        )
     # SwiGLU's three matrices at 8/3 the width cost what GPT-2's two at 4x do (LLaMA), rounded to 64.
     intermediate = s.intermediate_size or 64 * round(8 * s.n_embd / 3 / 64)
-    return LlamaConfig(hidden_size=s.n_embd, num_hidden_layers=s.n_layer, num_attention_heads=s.n_head,
-                       num_key_value_heads=s.n_kv_head or s.n_head, intermediate_size=intermediate,
-                       max_position_embeddings=s.n_positions, rope_theta=s.rope_theta,
-                       attention_dropout=s.dropout, tie_word_embeddings=True, **tokens)
+    return LlamaConfig(
+        hidden_size=s.n_embd,
+        num_hidden_layers=s.n_layer,
+        num_attention_heads=s.n_head,
+        num_key_value_heads=s.n_kv_head or s.n_head,
+        intermediate_size=intermediate,
+        max_position_embeddings=s.n_positions,
+        rope_theta=s.rope_theta,
+        attention_dropout=s.dropout,
+        tie_word_embeddings=True,
+        **tokens,
+    )
 
 
 def build_model(ft: FinetuneParams, config: PretrainedConfig, tokenizer) -> torch.nn.Module:
@@ -140,10 +174,14 @@ def build_model(ft: FinetuneParams, config: PretrainedConfig, tokenizer) -> torc
         name, local = _source(ft.model)
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                name, config=config, use_safetensors=True, dtype=torch.float32,
-                local_files_only=not local and hub_offline())
+                name,
+                config=config,
+                use_safetensors=True,
+                dtype=torch.float32,
+                local_files_only=not local and hub_offline(),
+            )
         except (OSError, ValueError, SafetensorError) as e:
-            raise UserError(f"finetune.model: cannot load the weights of {ft.model!r}: {_first_line(e)}") from None
+            raise UserError(f"finetune.model: cannot load the weights of {ft.model!r}: {first_line(e)}") from None
     if model.get_input_embeddings().num_embeddings != len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id

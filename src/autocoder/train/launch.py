@@ -25,7 +25,7 @@ from subprocess import CalledProcessError
 
 import torch
 
-from autocoder.errors import UserError
+from autocoder.errors import UserError, exit_on_user_error
 from autocoder.params import Params, load_params
 
 LAUNCHED_ENV = ("LOCAL_RANK", "ACCELERATE_DYNAMO_BACKEND")  # set by torchrun / accelerate's launchers
@@ -65,8 +65,14 @@ def hardware_flags(num_processes: int, mixed_precision: str, config_file: str | 
     if _user_config(config_file):
         return []
     gpus = torch.cuda.device_count()
-    flags = ["--num_machines", "1", "--dynamo_backend", "no",
-             "--mixed_precision", resolve_mixed_precision(mixed_precision)]
+    flags = [
+        "--num_machines",
+        "1",
+        "--dynamo_backend",
+        "no",
+        "--mixed_precision",
+        resolve_mixed_precision(mixed_precision),
+    ]
     if gpus and num_processes > gpus:
         raise UserError(f"finetune.num_processes: {num_processes} processes, but this machine has {gpus} GPUs")
     if num_processes > 1:
@@ -101,21 +107,27 @@ def relaunch(params: Params) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         params_file = Path(tmp) / "params.json"  # JSON is YAML: load_params reads it as it is
         params_file.write_text(params.model_dump_json())
-        accelerate_launch(["--num_processes", str(params.finetune.num_processes),
-                           "-m", "autocoder.cli", "--params", str(params_file), "finetune"],
-                          params.finetune.mixed_precision)
+        accelerate_launch(
+            [
+                "--num_processes",
+                str(params.finetune.num_processes),
+                "-m",
+                "autocoder.cli",
+                "--params",
+                str(params_file),
+                "finetune",
+            ],
+            params.finetune.mixed_precision,
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
     from autocoder.train import check_before_launch
 
-    try:
+    with exit_on_user_error("autocoder finetune"):
         params = load_params()
         check_before_launch(params)
         accelerate_launch(sys.argv[1:] if argv is None else argv, params.finetune.mixed_precision)
-    except UserError as e:
-        print(f"autocoder finetune: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -26,30 +26,42 @@ from torch.utils.data import DataLoader, Subset
 from transformers import get_scheduler
 
 from autocoder import tracking
-from autocoder.atomic import atomic_dir, write_json
+from autocoder.atomic import atomic_dir, write_json, write_text
 from autocoder.corpus import TOKENIZER_DIR
-from autocoder.errors import UserError
+from autocoder.errors import UserError, first_line
+from autocoder.examples import FimTransform, PackedWindows
 from autocoder.params import Params
 from autocoder.train import checkpoint
 from autocoder.train.checkpoint import Progress
-from autocoder.examples import FimTransform, PackedWindows
 from autocoder.train.data import IGNORE, DevWindows, TrainWindows, collate
-from autocoder.train.inputs import Inputs, _first_line, build_model
+from autocoder.train.inputs import Inputs, build_model
 from autocoder.train.launch import resolve_mixed_precision
 
 STAGE = "finetune"
 METRICS_FILE = Path("metrics/finetune.json")
 PLOTS_FILE = Path("plots/finetune.csv")
-PLOT_COLUMNS = ["step", "tokens", "train_minutes", "train_loss", "dev_loss", "dev_perplexity", "dev_bits_per_byte",
-                "lr", "tokens_per_s"]
+PLOT_COLUMNS = [
+    "step",
+    "tokens",
+    "train_minutes",
+    "train_loss",
+    "dev_loss",
+    "dev_perplexity",
+    "dev_bits_per_byte",
+    "lr",
+    "tokens_per_s",
+]
 
 
 def train(params: Params, inputs: Inputs) -> None:
     ft = params.finetune
     # torchrun on a machine without GPUs: DDP over gloo on the CPU.
     no_gpu_ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    accelerator = Accelerator(cpu=no_gpu_ddp, mixed_precision=resolve_mixed_precision(ft.mixed_precision),
-                              dynamo_backend="inductor" if ft.compile else "no")
+    accelerator = Accelerator(
+        cpu=no_gpu_ddp,
+        mixed_precision=resolve_mixed_precision(ft.mixed_precision),
+        dynamo_backend="inductor" if ft.compile else "no",
+    )
     transformers.utils.logging.disable_progress_bar()  # a bar per saved model would drown the log
     try:
         _train(params, inputs, accelerator)
@@ -61,8 +73,10 @@ def _train(params: Params, inputs: Inputs, accelerator: Accelerator) -> None:
     ft, ckpt_dir, main = params.finetune, Path(params.finetune.checkpoint_dir), accelerator.is_main_process
     log = partial(accelerator.print, f"{STAGE}:", flush=True)
     if accelerator.num_processes != ft.num_processes:
-        log(f"warning: finetune.num_processes is {ft.num_processes} but accelerate started "
-            f"{accelerator.num_processes} (an accelerate config?); the global batch follows the processes")
+        log(
+            f"warning: finetune.num_processes is {ft.num_processes} but accelerate started "
+            f"{accelerator.num_processes} (an accelerate config?); the global batch follows the processes"
+        )
     uri = tracking.configure(params.mlflow) if main else None  # unreachable store: stop before training
 
     set_seed(ft.seed)
@@ -76,16 +90,28 @@ def _train(params: Params, inputs: Inputs, accelerator: Accelerator) -> None:
     fim = FimTransform(inputs.tokenizer, ft.fim_rate, ft.fim_spm_rate) if ft.fim_rate > 0 else None
     # A generator of its own: starting an epoch must not draw from the global RNG that dropout uses,
     # or a resumed run would drift from an uninterrupted one.
-    loader = DataLoader(TrainWindows(windows, ft.seed, fim), batch_size=ft.batch_size,
-                        collate_fn=partial(collate, pad_id=pad_id), generator=torch.Generator())
+    loader = DataLoader(
+        TrainWindows(windows, ft.seed, fim),
+        batch_size=ft.batch_size,
+        collate_fn=partial(collate, pad_id=pad_id),
+        generator=torch.Generator(),
+    )
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     total_steps = ft.max_steps or max(1, ft.epochs * len(loader) // ft.grad_accum)
     # Stepped once per optimizer step by hand (a prepared scheduler steps once per process).
-    scheduler = get_scheduler(ft.lr_scheduler, optimizer, round(ft.warmup_ratio * total_steps), total_steps,
-                              scheduler_specific_kwargs={"min_lr_rate": 0.1} if ft.lr_scheduler == "cosine_with_min_lr" else None)
+    scheduler = get_scheduler(
+        ft.lr_scheduler,
+        optimizer,
+        round(ft.warmup_ratio * total_steps),
+        total_steps,
+        scheduler_specific_kwargs={"min_lr_rate": 0.1} if ft.lr_scheduler == "cosine_with_min_lr" else None,
+    )
     accelerator.register_for_checkpointing(scheduler)
-    dev_set = DevWindows(inputs.corpus.windows(inputs.dev_rows, stride=inputs.corpus.meta.segment_len),
-                         ft.eval_max_windows, inputs.tokenizer)
+    dev_set = DevWindows(
+        inputs.corpus.windows(inputs.dev_rows, stride=inputs.corpus.meta.segment_len),
+        ft.eval_max_windows,
+        inputs.tokenizer,
+    )
 
     fp = checkpoint.fingerprint(ft, inputs.data_hash, accelerator.num_processes, accelerator.mixed_precision)
     progress = Progress()
@@ -95,12 +121,16 @@ def _train(params: Params, inputs: Inputs, accelerator: Accelerator) -> None:
         try:
             accelerator.load_state(str(path))
         except Exception as e:  # damaged after it was complete (a crash before it reached the disk, a full disk)
-            raise UserError(f"finetune.checkpoint_dir: cannot resume from {path} ({_first_line(e)}); "
-                            "delete it to resume from an older checkpoint or start over") from None
+            raise UserError(
+                f"finetune.checkpoint_dir: cannot resume from {path} ({first_line(e)}); "
+                "delete it to resume from an older checkpoint or start over"
+            ) from None
         log(f"resuming from {path} at step {progress.step} of {total_steps}")
-    log(f"{total_steps} optimizer steps of {ft.batch_size} x {ft.grad_accum} x {accelerator.num_processes} "
+    log(
+        f"{total_steps} optimizer steps of {ft.batch_size} x {ft.grad_accum} x {accelerator.num_processes} "
         f"windows ({len(loader.dataset)} train windows, {len(dev_set)} dev windows), "
-        f"{accelerator.device}, mixed precision {accelerator.mixed_precision}")
+        f"{accelerator.device}, mixed precision {accelerator.mixed_precision}"
+    )
 
     with _mlflow_run(params, inputs, progress, accelerator) if main else nullcontext():
         batches = _micro_batches(accelerator, loader, progress.step * ft.grad_accum)
@@ -137,13 +167,21 @@ def _train(params: Params, inputs: Inputs, accelerator: Accelerator) -> None:
             seconds = time.perf_counter() - started
             progress.tokens_seen += int(window_tokens)
             progress.train_seconds += seconds
-            row = {"step": step, "tokens": progress.tokens_seen, "train_minutes": progress.train_seconds / 60,
-                   "train_loss": loss_total / accelerator.num_processes / steps, "lr": lr,
-                   "tokens_per_s": window_tokens / seconds}
+            row = {
+                "step": step,
+                "tokens": progress.tokens_seen,
+                "train_minutes": progress.train_seconds / 60,
+                "train_loss": loss_total / accelerator.num_processes / steps,
+                "lr": lr,
+                "tokens_per_s": window_tokens / seconds,
+            }
             if eval_due:
                 dev_loss = evaluate(accelerator, model, dev_set, ft.batch_size, pad_id)
-                row |= {"dev_loss": dev_loss, "dev_perplexity": math.exp(dev_loss),
-                        "dev_bits_per_byte": dev_loss / math.log(2) * dev_set.tokens_per_byte}
+                row |= {
+                    "dev_loss": dev_loss,
+                    "dev_perplexity": math.exp(dev_loss),
+                    "dev_bits_per_byte": dev_loss / math.log(2) * dev_set.tokens_per_byte,
+                }
                 if dev_loss < progress.best_dev_loss:
                     progress.best_dev_loss, progress.best_step, progress.evals_without_improvement = dev_loss, step, 0
                     checkpoint.save_best(accelerator, model, ckpt_dir, step)
@@ -218,20 +256,18 @@ def _mlflow_run(params: Params, inputs: Inputs, progress: Progress, accelerator:
             accelerator.print(f"{STAGE}: cannot reopen MLflow run {progress.mlflow_run_id} ({e}); starting a new one")
     run = mlflow.start_run()
     progress.mlflow_run_id = run.info.run_id
-    mlflow.log_params(_flatten(params.finetune.model_dump()))
-    mlflow.set_tags({**tracking.process_tags(STAGE),
-                     **tracking.lineage_tags([params.segment.out_dir, params.split.out_dir]),
-                     "tokenizer_fingerprint": inputs.tokenizer_fingerprint, "dev_split": inputs.dev_split,
-                     "num_processes": str(accelerator.num_processes),
-                     "mixed_precision": str(accelerator.mixed_precision)})
+    mlflow.log_params(tracking.flatten(params.finetune.model_dump(), "."))
+    mlflow.set_tags(
+        {
+            **tracking.process_tags(STAGE),
+            **tracking.lineage_tags([params.segment.out_dir, params.split.out_dir]),
+            "tokenizer_fingerprint": inputs.tokenizer_fingerprint,
+            "dev_split": inputs.dev_split,
+            "num_processes": str(accelerator.num_processes),
+            "mixed_precision": str(accelerator.mixed_precision),
+        }
+    )
     return run
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    flat = {}
-    for k, v in d.items():
-        flat.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return flat
 
 
 def _write_outputs(params: Params, inputs: Inputs, progress: Progress, uri: str, log) -> None:
@@ -239,22 +275,35 @@ def _write_outputs(params: Params, inputs: Inputs, progress: Progress, uri: str,
     with atomic_dir(ft.out_dir) as out:
         shutil.copytree(checkpoint.best_dir(ckpt_dir, progress.best_step), out / "best")
         inputs.tokenizer.save_pretrained(out / "best")
-        write_json(out / tracking.RUN_INFO_FILE, {
-            "run_id": progress.mlflow_run_id, "tracking_uri": uri,
-            "experiment_id": mlflow.active_run().info.experiment_id,
-            "tokenizer_fingerprint": inputs.tokenizer_fingerprint, "dev_split": inputs.dev_split})
-    metrics = {"best_dev_perplexity": math.exp(progress.best_dev_loss), "best_dev_loss": progress.best_dev_loss,
-               "best_step": progress.best_step, "steps": progress.step, "tokens_seen": progress.tokens_seen,
-               "train_seconds": round(progress.train_seconds, 3),
-               "tokens_per_s": progress.tokens_seen / max(progress.train_seconds, 1e-9)}
+        write_json(
+            out / tracking.RUN_INFO_FILE,
+            {
+                "run_id": progress.mlflow_run_id,
+                "tracking_uri": uri,
+                "experiment_id": mlflow.active_run().info.experiment_id,
+                "tokenizer_fingerprint": inputs.tokenizer_fingerprint,
+                "dev_split": inputs.dev_split,
+            },
+        )
+    metrics = {
+        "best_dev_perplexity": math.exp(progress.best_dev_loss),
+        "best_dev_loss": progress.best_dev_loss,
+        "best_step": progress.best_step,
+        "steps": progress.step,
+        "tokens_seen": progress.tokens_seen,
+        "train_seconds": round(progress.train_seconds, 3),
+        "tokens_per_s": progress.tokens_seen / max(progress.train_seconds, 1e-9),
+    }
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
     mlflow.log_artifacts(str(Path(ft.out_dir) / "best"), "best")
     mlflow.log_artifacts(str(inputs.corpus.dir / TOKENIZER_DIR), "tokenizer")
     write_json(METRICS_FILE, metrics)
     _write_csv(PLOTS_FILE, progress.history)
     checkpoint.prune(ckpt_dir, keep=set())  # done: nothing left to resume
-    log(f"best dev perplexity {metrics['best_dev_perplexity']:.4g} at step {progress.best_step}; "
-        f"model in {Path(ft.out_dir) / 'best'}")
+    log(
+        f"best dev perplexity {metrics['best_dev_perplexity']:.4g} at step {progress.best_step}; "
+        f"model in {Path(ft.out_dir) / 'best'}"
+    )
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -263,7 +312,4 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(text, PLOT_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: (v if k in ("step", "tokens") else f"{v:.6g}") for k, v in row.items()} for row in rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text.getvalue())
-    os.replace(tmp, path)
+    write_text(path, text.getvalue())
