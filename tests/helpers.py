@@ -237,7 +237,7 @@ def finetuned_project(root: Path, segments: Path, split: Path, model_dir: Path, 
             "tracking_uri": uri,
             "experiment_id": run.info.experiment_id,
             "tokenizer_fingerprint": fingerprint(AutoTokenizer.from_pretrained(segments / "tokenizer")),
-            "dev_split": dev_split_hash([str(corpus.files["sha256"][r]) for r in dev], corpus.meta.segment_len),
+            "dev_split": dev_split_hash(corpus, dev),
         },
     )
     return params

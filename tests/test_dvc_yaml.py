@@ -50,9 +50,7 @@ def imported_modules(path: Path, *, top_level_only: bool) -> set[str]:
 def stage_files(stage: str) -> set[Path]:
     """Every project file that running `stage` can execute: its script, the modules it imports, and
     theirs, with the package __init__.py files that importing a submodule runs."""
-    starts = [ROOT / "stages" / f"{stage}.py"]
-    if "-m autocoder.train.launch" in STAGES[stage]["cmd"]:
-        starts.append(module_file("autocoder.train.launch"))
+    starts = [ROOT / "stages" / f"{stage}.py", ROOT / "stages" / "_env.py"]
     seen: dict[Path, bool] = {}  # file -> followed in full
     todo = [(path, False) for path in starts]
     while todo:

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -62,8 +63,7 @@ def project(tmp_path, monkeypatch, gpt2_tokenizer, mlflow_db):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     write_corpus(tmp_path / "data", gpt2_tokenizer, real_code_files(), DEV, segment_len=SEGMENT_LEN, stride=15)
-    (tmp_path / "stages").mkdir()
-    shutil.copy(ROOT / "stages/finetune.py", tmp_path / "stages")
+    shutil.copytree(ROOT / "stages", tmp_path / "stages")
 
     def make(**finetune) -> Params:
         raw = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -75,16 +75,19 @@ def project(tmp_path, monkeypatch, gpt2_tokenizer, mlflow_db):
     return make
 
 
-def start(*args: str, **popen) -> subprocess.Popen:
-    """python -m <args>, as a user would start it in the project."""
+def start(*args: str, module: bool = True, **popen) -> subprocess.Popen:
+    """python -m <args> (or python <script> <args>), as a user would start it in the project."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PATH"] = f"{VENV_BIN}:{env['PATH']}"
-    return subprocess.Popen([sys.executable, "-m", *args], env=env, text=True, **popen)
+    return subprocess.Popen([sys.executable, *(["-m"] if module else []), *args], env=env, text=True, **popen)
 
 
 def launch(num_processes: int, **popen) -> subprocess.Popen:
-    """The DVC stage's command (dvc.yaml)."""
-    return start("autocoder.train.launch", "--num_processes", str(num_processes), "stages/finetune.py", **popen)
+    """The DVC stage's command, as dvc.yaml writes it."""
+    cmd = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["finetune"]["cmd"]
+    python, *args = shlex.split(cmd.replace("${finetune.num_processes}", str(num_processes)))
+    assert python == "python"
+    return start(*args, module=False, **popen)
 
 
 def plot_rows() -> list[dict]:

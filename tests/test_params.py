@@ -48,6 +48,10 @@ def test_base_profile_never_trains_on_the_defaults_dev_files():
         (lambda p: p["clone"]["sources"][0].update(languages=["cobol"]), "cobol"),
         (lambda p: p["clone"]["sources"][0].update(git="https://example.org/x.git"), "exactly one of"),
         (lambda p: p.update(finetun={}), "finetun: unknown key"),
+        (
+            lambda p: p["languages"].update(c={"extensions": [".c", ".h"]}, cpp={"extensions": [".cpp", ".h"]}),
+            "languages.cpp.extensions: '.h' is also an extension of c",
+        ),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, mutate, key):
@@ -55,6 +59,15 @@ def test_bad_params_name_the_key(tmp_path, mutate, key):
         load_params(_write(tmp_path, mutate))
     assert key in str(err.value)
     assert str(tmp_path / "params.yaml") in str(err.value)
+
+
+def test_a_path_s_language_is_its_longest_matching_extension(tmp_path):
+    params = load_params(
+        _write(tmp_path, lambda p: p["languages"].update(ts={"extensions": [".ts"]}, dts={"extensions": [".d.ts"]}))
+    )
+    assert params.language_of("src/types.d.ts") == "dts" and params.language_of("src/app.ts") == "ts"
+    assert params.language_of("src/types.d.ts", among=["python", "ts"]) == "ts"  # a source without dts
+    assert params.language_of("README.md") is None and params.language_of("a/b.py") == "python"
 
 
 def test_missing_params_file(tmp_path):

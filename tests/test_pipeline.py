@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from helpers import make_tiny_project, run
+from helpers import ROOT, VENV_BIN, make_tiny_project, run
 
 pytestmark = pytest.mark.slow
 
@@ -83,6 +86,27 @@ def test_keys_that_change_no_output_rerun_nothing(project):
         assert "finetune.seed" in run(["dvc", "status", "finetune"], project).stdout
     finally:
         path.write_text(saved)
+
+
+def test_repro_without_the_venv_activated(project, tmp_path):
+    """`.venv/bin/dvc repro` with `python` on PATH a Python without autocoder (the one the venv was made
+    from): the stage re-runs itself with the project's .venv/bin/python; without a .venv it stops with
+    one line that says what to do."""
+    bare_bin = tmp_path / "bin"
+    bare_bin.mkdir()
+    (bare_bin / "python").symlink_to(Path(sys.base_prefix) / "bin" / "python3")
+    env = {**os.environ, "PATH": f"{bare_bin}:/usr/bin:/bin"}
+    bare = subprocess.run(["python", "-c", "import autocoder"], env=env, capture_output=True)
+    assert bare.returncode != 0, "the venv's base Python has autocoder: nothing to test"
+    stopped = subprocess.run(["python", "stages/split.py"], cwd=project, env=env, capture_output=True, text=True)
+    assert stopped.returncode == 1 and stopped.stderr.count("\n") == 1, stopped.stderr
+    assert "has no autocoder package; run `make venv`" in stopped.stderr
+    (project / ".venv").symlink_to(ROOT / ".venv")  # the project's venv, as `make venv` makes it
+    try:
+        out = run([str(VENV_BIN / "dvc"), "repro", "--force", "--single-item", "split"], project, env=env).stdout
+        assert "Running stage 'split'" in out
+    finally:
+        (project / ".venv").unlink()
 
 
 def test_segment_param_change_reruns_segment_and_split_only(project):

@@ -134,6 +134,17 @@ def test_champion_pyfunc_predicts_and_backs_complete(logged, capsys):
     assert capsys.readouterr().out.strip()
 
 
+def test_pyfunc_generates_as_the_model_was_evaluated(logged):
+    """A row that leaves the generation settings out gets those the evaluate stage measured with."""
+    params, uri = logged
+    model = mlflow.pyfunc.load_model(uri)
+    evaluated = generation_settings(params.evaluate)
+    assert model.model_config["generation"] == evaluated
+    [completion] = model.unwrap_python_model().completer.complete("python", "def f", **evaluated)
+    out = model.predict([{"lang": "python", "context": "def f"}])
+    assert out["completion"][0] == completion.text and out["confidence"][0] == pytest.approx(completion.confidence)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -59,3 +59,12 @@ def test_a_tokenizer_folder_that_is_missing_or_empty_is_one_clear_line(tmp_path,
     assert load_tokenizer(str(tmp_path / "saved"), ["<python>"]).encode("def f(x):") == gpt2_tokenizer.encode(
         "def f(x):"
     )
+
+
+def test_a_folder_tokenizer_saves_the_same_config_on_or_off_the_hub(tmp_path, gpt2_tokenizer):
+    """transformers writes the load's local_files_only into the saved config; segment saves the
+    tokenizer into data/segments, whose hash must not depend on whether the Hub was reachable."""
+    gpt2_tokenizer.save_pretrained(tmp_path / "saved")
+    load_tokenizer(str(tmp_path / "saved"), ["<python>"]).save_pretrained(tmp_path / "again")
+    config = json.loads((tmp_path / "again" / "tokenizer_config.json").read_text())
+    assert config["local_files_only"] is True

@@ -78,6 +78,24 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     inter.add_argument("--lang", default=None, help="start in this language")
     add_model_args(inter)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve completions over HTTP: OpenAI /v1/completions, llama.cpp /infill and /completion",
+        formatter_class=_DefaultsFormatter,
+    )
+    serve.add_argument("--model", help="model folder or Hub id (default: the registry's champion)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--queue-size", type=int, default=16, help="requests waiting at most; more get a 503")
+    serve.add_argument(
+        "--min-confidence",
+        type=float,
+        default=None,
+        help="hide completions whose mean token log-probability is below this (default: the threshold the "
+        "evaluate stage fitted for the registered model; none for a model folder)",
+    )
+    serve.add_argument("--no-gate", action="store_true", help="show every completion: no confidence gate or filters")
     return parser
 
 
@@ -86,6 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     with exit_on_user_error(f"autocoder {args.command}"):
         if args.command in STAGES:
             importlib.import_module(STAGES[args.command]).run(load_params(args.params))
+        elif args.command == "serve":
+            from autocoder.serve import serve_command
+
+            serve_command(args)
         else:
             from autocoder import complete
 

@@ -45,7 +45,8 @@ from __future__ import annotations
 import json
 import re
 import sys
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -78,7 +79,15 @@ class Completion:
     text: str
     confidence: float  # mean log-probability (natural log) of the tokens generated up to the stop
     n_tokens: int  # tokens generated, the one that completed the stop (or eos) included
-    stop: str  # "pattern", "eos" or "length"
+    stop: str  # "pattern", "eos", "length", or "cancelled" (on_step said so)
+    # each generated token and its log-probability (for a server's `logprobs`)
+    token_ids: list[int] = field(default_factory=list, repr=False)
+    token_logprobs: list[float] = field(default_factory=list, repr=False)
+    healed: str = ""  # the context's last token, taken back (token healing): the tokens re-spell it first
+
+    def summary(self) -> dict:
+        """What the CLI's --json prints."""
+        return {"text": self.text, "confidence": self.confidence, "n_tokens": self.n_tokens, "stop": self.stop}
 
 
 class StopCheck:
@@ -105,6 +114,7 @@ class Completer:
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self._token_texts: list[str] | None = None  # each token's text, for token healing
+        self.confidence_threshold: float | None = None  # the gate fitted on dev (a registered model's)
         self.prompt_format = prompt_format or getattr(model.config, PROMPT_FORMAT_KEY, None) or SEED_TEXT
         added = tokenizer.get_added_vocab()
         if control_tokens is None:  # no params: every added "<name>" token that is not eos/pad/FIM/...
@@ -202,10 +212,14 @@ class Completer:
         repetition_penalty: float = 1.0,
         no_repeat_ngram_size: int = 0,
         heal: bool = True,
+        on_step: Callable[[list[str]], bool] | None = None,
     ) -> list[Completion]:
         """`num` completions of `context`: greedy when temperature is 0, else sampled (top-p). With a
         `suffix`, the completion fills in between `context` and `suffix` (the module docstring).
-        `heal`: token healing of the context's last token (the module docstring)."""
+        `heal`: token healing of the context's last token (the module docstring). `on_step`, when
+        given, is called after every generated token with each completion's text so far (not yet cut
+        at `stop`); when it returns False, generation ends there and the unfinished ones stop as
+        "cancelled" (a server whose client went away)."""
         _check_generation_args(max_new_tokens, temperature, top_p, num)
         _check_loop_guard(repetition_penalty, no_repeat_ngram_size)
         specials = 1 if suffix is None else 4  # control (+ <fim_prefix>, <fim_suffix>, <fim_middle>)
@@ -256,6 +270,9 @@ class Completer:
                         stops[row] = check(generated[row])
                 if all(stops):
                     break
+                if on_step is not None and not on_step([self._text(ids, healed) for ids in generated]):
+                    stops = [reason or "cancelled" for reason in stops]
+                    break
                 inputs = tokens[:, None]
                 if processors:
                     sequence = torch.cat([sequence, inputs], dim=1)
@@ -264,11 +281,22 @@ class Completer:
             for ids, row_logprobs, reason in zip(generated, logprobs, stops)
         ]
 
+    def _text(self, ids: list[int], healed: str) -> str:
+        """The text of generated ids, without the healed token's text the context already has."""
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)[len(healed) :]
+
     def _completion(
         self, ids: list[int], logprobs: list[float], reason: str, stop: re.Pattern, healed: str
     ) -> Completion:
-        text = self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        return Completion(cut_at(stop, text[len(healed) :]), sum(logprobs) / len(logprobs), len(ids), reason)
+        return Completion(
+            cut_at(stop, self._text(ids, healed)),
+            sum(logprobs) / len(logprobs),
+            len(ids),
+            reason,
+            ids,
+            logprobs,
+            healed,
+        )
 
     def _healed_tail(self, context: str) -> str:
         """The text of the context's last token, when token healing can take it back."""
@@ -362,7 +390,7 @@ def _from_registry(uri: str, params: Params | None) -> Completer:
     return model.unwrap_python_model().completer
 
 
-def _load_params(args) -> Params | None:
+def params_for(args) -> Params | None:
     """The params file; optional when --model names the model (e.g. outside the project)."""
     if args.model is not None and not Path(args.params).exists():
         return None
@@ -372,7 +400,7 @@ def _load_params(args) -> Params | None:
 def _completer_for(args) -> Completer:
     from transformers.utils import logging
 
-    params = _load_params(args)
+    params = params_for(args)
     evaluated = generation_settings(params.evaluate if params else None)  # what the model was measured with
     if args.max_new_tokens is None:
         args.max_new_tokens = evaluated["max_new_tokens"]
@@ -399,7 +427,7 @@ def complete_command(args) -> None:
     if args.json:
         print(
             json.dumps(
-                {"lang": args.lang, "prompt": args.prompt, "completions": [asdict(c) for c in completions]}, indent=2
+                {"lang": args.lang, "prompt": args.prompt, "completions": [c.summary() for c in completions]}, indent=2
             )
         )
     else:  # a completion never contains a blank line, so one separates several

@@ -26,15 +26,20 @@ MLflow run, register it, and make it the champion if it is the best comparable m
   least one of them with a letter or digit) occurs three or more times in the predicted text,
   overlapping occurrences counted (a repeated longer n-gram repeats its first 4 tokens too), or the
   predicted line, stripped and not empty, equals the line above the target, stripped).
+- The confidence gate (autocoder.gate), fitted over both line measures together: precision (exact
+  match) against coverage as the confidence threshold varies (`plots/confidence.csv`, a DVC plot),
+  and the threshold that reaches `target_precision` (`confidence_gate` in the metrics), stored in the
+  registered model's config for `autocoder serve`.
 - Samples: the params' prompts completed greedily (`samples.md`, with whether each Python one parses:
   `ast.parse(prompt + completion)`), their latency p50/p95, and `samples`: how many ended by
   themselves (a blank line or eos, not max_new_tokens), out of how many, and the share of Python
   samples that parse.
 - Every generation here uses the loop guard of the params (`repetition_penalty`,
-  `no_repeat_ngram_size`; off by default).
+  `no_repeat_ngram_size`).
 
 Outputs: `<out_dir>/samples.md`, `<out_dir>/line_completion.jsonl` and `<out_dir>/infill.jsonl` (every
-example), `metrics/metrics.json`; the same metrics (prefixed `eval/`) and files go to the finetune's run.
+example), `metrics/metrics.json`, `plots/confidence.csv`; the same metrics (prefixed `eval/`) and
+files go to the finetune's run.
 """
 
 from __future__ import annotations
@@ -55,8 +60,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
-from autocoder import registry, serving
-from autocoder.atomic import atomic_dir, write_json
+from autocoder import gate, registry, serving
+from autocoder.atomic import atomic_dir, write_json, write_text
 from autocoder.complete import BLANK_LINE, CONTROL_IDS, END_OF_LINE, Completer, Completion
 from autocoder.corpus import TOKENIZER_DIR, Corpus, split_rows, window_starts
 from autocoder.errors import UserError
@@ -66,6 +71,7 @@ from autocoder.tracking import RUN_INFO_FILE, configure, flatten, read_run_info
 from autocoder.train.data import IGNORE, collate, dev_split_hash
 
 METRICS_FILE = Path("metrics/metrics.json")
+CONFIDENCE_PLOT = Path("plots/confidence.csv")  # the gate's precision against coverage
 STAGE = "evaluate"
 REPEAT_NGRAM, REPEAT_TIMES = 4, 3  # a completion "repeats" when a token 4-gram occurs 3+ times
 PROGRESS = {"mininterval": 5}  # tqdm: a progress line every 5 s at most, not to flood DVC's log
@@ -97,6 +103,12 @@ def run(params: Params) -> None:
     else:
         infill = infill_examples(completer, corpus, dev_rows, cfg)
         metrics["infill"] = line_completion_scores(infill, languages)
+    measured = examples + (infill or [])
+    confidence_gate = gate.fit(
+        [e["confidence"] for e in measured], [e["exact_match"] for e in measured], cfg.target_precision
+    )
+    metrics["confidence_gate"] = confidence_gate.metrics()
+    print(f"{STAGE}: confidence gate: {_gate_line(confidence_gate)}")
     samples, latencies = sample_prompts(completer, cfg)
     metrics["samples"] = samples_summary(samples)
     metrics["latency_ms"] = {
@@ -110,12 +122,18 @@ def run(params: Params) -> None:
         if infill is not None:
             (out / "infill.jsonl").write_text(_jsonl(infill))
     write_json(METRICS_FILE, metrics)
+    write_text(CONFIDENCE_PLOT, _csv(confidence_gate.curve, ["threshold", "coverage", "precision"]))
 
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({f"eval/{k}": v for k, v in flatten(metrics, "/").items() if v is not None})
         mlflow.log_artifacts(cfg.out_dir, STAGE)
+        mlflow.log_artifact(str(CONFIDENCE_PLOT), STAGE)
         model_info = serving.log_model(
-            model_dir, params.control_tokens(), CONTROL_IDS, generation_settings(params.evaluate)
+            model_dir,
+            params.control_tokens(),
+            CONTROL_IDS,
+            generation_settings(params.evaluate),
+            confidence_gate.threshold,
         )
         decision = registry.register(
             model_info.model_uri,
@@ -144,7 +162,7 @@ def _check_inputs(params: Params) -> tuple[Path, Corpus, np.ndarray, tuple[str, 
         raise UserError(f"split.out_dir: {split_dir} has no dev files to evaluate on")
     # What the registry compares must describe the data measured here; the finetune recorded its own.
     tok_fingerprint = fingerprint(AutoTokenizer.from_pretrained(seg_dir / TOKENIZER_DIR))
-    dev_split = dev_split_hash([str(corpus.files["sha256"][r]) for r in dev_rows], corpus.meta.segment_len)
+    dev_split = dev_split_hash(corpus, dev_rows)
     run_info = Path(params.finetune.out_dir) / RUN_INFO_FILE
     if (tok_fingerprint, dev_split) != (info.get("tokenizer_fingerprint"), info.get("dev_split")):
         raise UserError(
@@ -224,6 +242,22 @@ def dev_perplexity(completer: Completer, corpus: Corpus, rows: np.ndarray, cfg: 
 
 def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+
+
+def _csv(rows: list[dict], columns: list[str]) -> str:
+    return ",".join(columns) + "\n" + "".join(",".join(f"{row[c]:.6g}" for c in columns) + "\n" for row in rows)
+
+
+def _gate_line(fit: gate.Fit) -> str:
+    if fit.threshold is None:
+        return (
+            f"no threshold reaches precision {fit.target_precision:.0%} (all shown: {fit.precision:.1%} "
+            "exactly right); nothing is hidden for low confidence"
+        )
+    return (
+        f"threshold {fit.threshold:.3f} shows {fit.coverage:.1%} of dev completions, {fit.precision:.1%} "
+        f"of them exactly right (target {fit.target_precision:.0%})"
+    )
 
 
 def _generation(cfg: EvaluateParams) -> dict:
@@ -310,6 +344,7 @@ def line_example(completer: Completer, lang: str, path: str, lines: list[str], i
         "exact_match": exact_match(predicted, target),
         "edit_similarity": edit_similarity(predicted, target),
         "repeats": repeats(completer.tokenizer, predicted, above),
+        "confidence": completion.confidence,
     }
 
 

@@ -10,6 +10,7 @@ A key left out of a params file takes its default here, which is the default par
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -204,6 +205,8 @@ class EvaluateParams(_Strict):
     repetition_penalty: float = Field(1.1, gt=0)  # loop guard for every generation here; 1.0 = off
     no_repeat_ngram_size: int = Field(0, ge=0)  # loop guard: no n-gram twice; 0 = off
     latency_repeats: int = Field(3, gt=0)  # timed completions of each prompt
+    # the confidence gate (autocoder.gate): the precision of what an editor is shown
+    target_precision: float = Field(0.5, gt=0, le=1)
     seed: int = 0
     # language -> prompts for samples.md; none by default: they depend on the languages
     prompts: dict[str, list[str]] = Field(default_factory=dict)
@@ -257,6 +260,15 @@ class Params(_Strict):
                         f"clone.sources[{source.name}].languages: {lang!r} is not in languages "
                         f"({', '.join(self.languages)})"
                     )
+        claimed: dict[str, str] = {}
+        for name, lang in self.languages.items():
+            for ext in lang.extensions:
+                if ext in claimed:
+                    raise ValueError(
+                        f"languages.{name}.extensions: {ext!r} is also an extension of "
+                        f"{claimed[ext]}; a file must have one language"
+                    )
+                claimed[ext] = name
         names = [s.name for s in self.clone.sources]
         if len(set(names)) != len(names):
             raise ValueError("clone.sources: source names must be unique")
@@ -280,6 +292,13 @@ class Params(_Strict):
             if lang not in self.languages:
                 raise ValueError(f"evaluate.prompts: {lang!r} is not in languages")
         return self
+
+    def language_of(self, path: str, among: Iterable[str] | None = None) -> str | None:
+        """The language of a file path by its extension (the longest one that matches: '.d.ts' wins over
+        '.ts'), of `among` only when given; None for none. Clone and segment both decide by this."""
+        names = self.languages if among is None else among
+        matches = [(ext, name) for name in names for ext in self.languages[name].extensions if path.endswith(ext)]
+        return max(matches, key=lambda match: len(match[0]))[1] if matches else None
 
     def control_tokens(self) -> dict[str, str]:
         """Language name -> control token, in params order (which fixes the added token ids)."""

@@ -82,11 +82,6 @@ def list_files(raw_dir: Path, params: Params, seen: Counter) -> list[SourceFile]
     """The files of `raw_dir/<source>/...` to read, in sorted order. Files skipped without reading
     them (symlinks, unknown extensions, too large) are counted in `seen` under their reason, next to
     `files` and `bytes` for everything seen."""
-    # Longest extension first, so that '.d.ts' wins over '.ts'.
-    extensions = sorted(
-        ((ext, name) for name, lang in params.languages.items() for ext in lang.extensions),
-        key=lambda pair: -len(pair[0]),
-    )
     files = []
     for source in sorted(p for p in raw_dir.iterdir() if p.is_dir() and not p.is_symlink()):
         for entry in _walk(str(source)):
@@ -99,7 +94,7 @@ def list_files(raw_dir: Path, params: Params, seen: Counter) -> list[SourceFile]
                 continue
             size = entry.stat(follow_symlinks=False).st_size
             seen["bytes"] += size
-            language = next((name for ext, name in extensions if entry.name.endswith(ext)), None)
+            language = params.language_of(entry.name)  # as clone decided it
             if language is None:
                 seen["unknown_extension"] += 1
             elif size > params.segment.max_file_bytes:

@@ -53,6 +53,7 @@ class CompletionModel(mlflow.pyfunc.PythonModel):
         )
         # the settings the evaluate stage measured the model with (older models: the schema's)
         self.defaults = {**generation_settings(), **config.get("generation", {}), **SAMPLING_DEFAULTS}
+        self.completer.confidence_threshold = config.get("confidence_threshold")
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         rows = model_input.to_dict("records") if isinstance(model_input, pd.DataFrame) else list(model_input)
@@ -75,14 +76,26 @@ def _options(row: dict, defaults: dict) -> dict:
     return options
 
 
-def log_model(hf_dir: str | Path, control_tokens: dict[str, str], prompt_format: str, generation: dict):
+def log_model(
+    hf_dir: str | Path,
+    control_tokens: dict[str, str],
+    prompt_format: str,
+    generation: dict,
+    confidence_threshold: float | None = None,
+):
     """Log the pyfunc model (with the HF folder) to the active run; returns mlflow's ModelInfo.
-    `generation`: the settings it was measured with (params.generation_settings), its defaults."""
+    `generation`: the settings it was measured with (params.generation_settings), its defaults;
+    `confidence_threshold`: the confidence gate fitted on dev (autocoder.gate), None for none."""
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=str(Path(__file__).with_name("serving_model.py")),
         artifacts={HF_ARTIFACT: str(hf_dir)},
-        model_config={"control_tokens": control_tokens, "prompt_format": prompt_format, "generation": generation},
+        model_config={
+            "control_tokens": control_tokens,
+            "prompt_format": prompt_format,
+            "generation": generation,
+            "confidence_threshold": confidence_threshold,
+        },
         signature=SIGNATURE,
         # Checked at logging time: MLflow loads the model and completes this example.
         input_example=pd.DataFrame({"lang": [next(iter(control_tokens))], "context": ["def f"], "max_new_tokens": [2]}),

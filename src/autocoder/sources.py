@@ -34,7 +34,7 @@ from pathlib import Path, PurePosixPath
 
 from autocoder.atomic import atomic_dir, write_json
 from autocoder.errors import UserError
-from autocoder.params import Language, Params, Source
+from autocoder.params import Params, Source
 
 SOURCES_JSON = "sources.json"
 # Path placeholders: the running interpreter's standard library and its installed packages (the
@@ -98,21 +98,22 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
 class Selector:
     """The language of a relative path a source takes, or None."""
 
-    extensions: tuple[tuple[str, str], ...]  # (extension, language), longest extension first
+    params: Params
+    languages: tuple[str, ...]  # the source's
     include: tuple[re.Pattern[str], ...]
     exclude: tuple[re.Pattern[str], ...]
 
     @classmethod
-    def of(cls, source: Source, languages: dict[str, Language]) -> Selector:
-        exts = [(ext, lang) for lang in source.languages for ext in languages[lang].extensions]
+    def of(cls, source: Source, params: Params) -> Selector:
         return cls(
-            tuple(sorted(exts, key=lambda e: -len(e[0]))),
+            params,
+            tuple(source.languages),
             tuple(map(glob_regex, source.include)),
             tuple(map(glob_regex, source.exclude)),
         )
 
     def language(self, relpath: str) -> str | None:
-        lang = next((lang for ext, lang in self.extensions if relpath.endswith(ext)), None)
+        lang = self.params.language_of(relpath, among=self.languages)
         if lang is None or any(p.fullmatch(relpath) for p in self.exclude):
             return None
         if self.include and not any(p.fullmatch(relpath) for p in self.include):
@@ -300,7 +301,7 @@ def _is_license(source: Source, rel: str) -> bool:
     return not source.license and "/" not in rel and rel.upper().startswith(LICENSE_PREFIXES)
 
 
-def take(source: Source, located: Located, languages: dict[str, Language], out: Path, work: Path) -> dict:
+def take(source: Source, located: Located, params: Params, out: Path, work: Path) -> dict:
     """Write the files `source` takes under `out`; return its sources.json record."""
     commit = None
     if located.kind == "git":
@@ -310,7 +311,7 @@ def take(source: Source, located: Located, languages: dict[str, Language], out: 
         entries = nullcontext(_walk_dir(located.path))
     else:
         entries = _archive_entries(located.path)
-    selector = Selector.of(source, languages)
+    selector = Selector.of(source, params)
     taken: dict[str, tuple[str, int, str]] = {}  # relpath -> (language, bytes, sha256)
     licenses: dict[str, bytes] = {}
     skipped = Counter(dict.fromkeys(SKIP_REASONS, 0))
@@ -373,9 +374,7 @@ def run(params: Params) -> None:
         records = {}
         for source, where in zip(clone.sources, located):
             with _about(source):
-                records[source.name] = take(
-                    source, where, params.languages, out / source.name, Path(work) / source.name
-                )
+                records[source.name] = take(source, where, params, out / source.name, Path(work) / source.name)
             rec = records[source.name]
             counts = ", ".join(
                 f"{v['files']} {lang} files ({v['bytes'] / 1e6:.1f} MB)" for lang, v in rec["languages"].items()

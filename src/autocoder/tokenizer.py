@@ -51,8 +51,11 @@ def _from_pretrained(name: str) -> PreTrainedTokenizerFast:
         )
     try:
         # A fast tokenizer, no remote code; offline, only a local folder or the Hub cache can answer.
+        # transformers saves the load's local_files_only into tokenizer_config.json, and segment saves
+        # the tokenizer into data/segments: a folder (which never needs the Hub) always loads with
+        # True, so that the data's hash does not depend on whether this machine reached the Hub.
         if folder is not None:
-            return AutoTokenizer.from_pretrained(str(folder))
+            return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         return AutoTokenizer.from_pretrained(name, local_files_only=hub_offline())
     except (OSError, ValueError) as e:
         where = (

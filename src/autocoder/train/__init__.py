@@ -5,8 +5,9 @@ perplexity to `<out_dir>/best/` (safetensors + tokenizer) with `<out_dir>/mlflow
 `metrics/finetune.json` and `plots/finetune.csv`; logs the run to MLflow. A killed run resumes from
 the newest checkpoint in `<checkpoint_dir>/`.
 
-dvc.yaml launches it through accelerate (autocoder.train.launch); `autocoder finetune` trains in
-this process, or re-launches itself through accelerate when finetune.num_processes > 1.
+dvc.yaml's stages/finetune.py launches it through accelerate (autocoder.train.launch); `autocoder
+finetune` trains in this process, or re-launches itself through accelerate when
+finetune.num_processes > 1.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -22,6 +23,11 @@ from accelerate import Accelerator
 
 from autocoder.atomic import atomic_dir, removed_on_error, write_json
 from autocoder.params import FinetuneParams
+
+# Tied embeddings (lm_head = embed_tokens) are one tensor twice; safetensors stores it once, and
+# accelerate says so on every save ("Removed shared tensor {'lm_head.weight'} while saving"). Loading
+# the checkpoint ties them again (resume is tested), so the line says nothing a user must act on.
+logging.getLogger("accelerate.utils.other").addFilter(lambda record: "Removed shared tensor" not in record.getMessage())
 
 PROGRESS_FILE = "progress.json"
 # Knobs that change how a run is watched or where it writes, not what it computes.

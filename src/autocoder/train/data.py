@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from autocoder.corpus import Windows
+from autocoder.corpus import Corpus, Windows
 from autocoder.examples import IGNORE, FimTransform
 
 
@@ -129,7 +129,9 @@ def collate(examples: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> dict:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "n_tokens": n_tokens}
 
 
-def dev_split_hash(sha256s: list[str], segment_len: int) -> str:
-    """Identifies a dev set: models compare dev perplexity only when this (and the tokenizer) match."""
-    text = "\n".join(sorted(sha256s)) + f"\nsegment_len={segment_len}\n"
+def dev_split_hash(corpus: Corpus, dev_rows) -> str:
+    """Identifies a dev set (its files' contents and the window length): models compare dev
+    perplexity only when this (and the tokenizer) match. Finetune records it, evaluate checks it."""
+    sha256s = [str(corpus.files["sha256"][row]) for row in dev_rows]
+    text = "\n".join(sorted(sha256s)) + f"\nsegment_len={corpus.meta.segment_len}\n"
     return hashlib.sha256(text.encode()).hexdigest()

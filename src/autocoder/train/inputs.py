@@ -79,7 +79,7 @@ def check_inputs(params: Params) -> Inputs:
     for path in [seg_dir / META_FILE, seg_dir / FILES_FILE, split_dir / SPLIT_FILE, *model_files]:
         with open(path, "rb") as f:
             data_hash.update(hashlib.file_digest(f, "sha256").digest())
-    dev_split = dev_split_hash([str(corpus.files["sha256"][r]) for r in dev_rows], corpus.meta.segment_len)
+    dev_split = dev_split_hash(corpus, dev_rows)
     return Inputs(
         corpus, tokenizer, train_rows, dev_rows, model_config, data_hash.hexdigest(), dev_split, tok_fingerprint
     )
@@ -185,6 +185,10 @@ def build_model(ft: FinetuneParams, config: PretrainedConfig, tokenizer) -> torc
     if model.get_input_embeddings().num_embeddings != len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
+    if model.loss_type is None:
+        # transformers picks a model's loss by its class name; GPT2LMHeadModel's names none, so the
+        # first forward warns "loss_type=None ... unrecognized" and falls back to this same loss.
+        model.loss_type = "ForCausalLM"
     # Saved with every checkpoint: `autocoder complete --model DIR` then prompts as windows are built.
     setattr(model.config, PROMPT_FORMAT_KEY, CONTROL_IDS)
     if model.generation_config is not None:

@@ -1,7 +1,9 @@
 """`accelerate launch` for the finetune stage, with the flags that this machine needs.
 
-dvc.yaml runs `python -m autocoder.train.launch --num_processes N stages/finetune.py`: every
-argument is an `accelerate launch` argument and goes to accelerate's own launcher. Plain
+dvc.yaml runs `python stages/finetune.py --num_processes N`, which calls main() here with its
+arguments and itself: `accelerate launch --num_processes N stages/finetune.py`, every argument an
+`accelerate launch` argument for accelerate's own launcher (`python -m autocoder.train.launch
+--num_processes N stages/finetune.py` does the same). Plain
 `accelerate launch --num_processes N` cannot be written into dvc.yaml for every machine: without
 GPUs it starts one process whatever N is (its multi-CPU mode needs mpirun), and `--multi_gpu`,
 which starts N processes through torchrun, refuses N = 1. So, unless the user ran

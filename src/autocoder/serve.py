@@ -1,0 +1,473 @@
+"""`autocoder serve`: completions over HTTP, in the protocols editors' completion clients speak.
+
+- OpenAI's completions, `POST /v1/completions` (`prompt`, `suffix`, `max_tokens`, `temperature`,
+  `top_p`, `n`, `stop`, `logprobs`, `stream` as server-sent events) and `GET /v1/models`: Continue's
+  OpenAI provider, llm-ls' `openai` backend (llm-vscode, llm.nvim) and Tabby's `openai/completion`
+  model backend call these.
+- llama.cpp's `POST /infill` (`input_prefix`, `input_suffix`, `n_predict`, ...) and `POST /completion`
+  (`prompt`, `n_predict`, ...), answered as llama.cpp does (`content`, `stop_type`).
+- `GET /health`: {"status": "ok"} with what was served.
+
+The model loads once, at start-up. Generation runs in one worker thread, one request at a time (on a
+CPU, two at once would each take about twice as long); requests wait in a queue of at most
+`queue_size` and one beyond it gets a 503. A client that goes away stops its generation at the
+next token, streamed or not.
+
+Each request's language: its `language` field (one of the model's), else the extension of its
+`filename` (by params.yaml's languages), else the model's first language. Unless a request says
+otherwise, generation is what the evaluate stage measured the model with (params.generation_settings:
+greedy, evaluate.max_new_tokens, its loop guard) and stops at a blank line; a request's `stop` strings
+replace that stop. The confidence gate (autocoder.gate) hides what an editor should not show: below the threshold fitted
+with the registered model (or `--min-confidence`), too short, repeating the line above or the text
+after the cursor; the answer then has empty text and says why in `gated` (next to `confidence`),
+so a client can tell "nothing confident" from "nothing". A streamed answer comes whole at its end
+while the gate is on (`--no-gate` turns it off). A bad request gets a 400 with OpenAI's error shape,
+{"error": {"message", "type", "param", "code"}}, naming the field; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from autocoder import gate
+from autocoder.complete import BLANK_LINE, Completer, Completion, cut_at
+from autocoder.errors import UserError
+from autocoder.params import Params, generation_settings
+
+MAX_PROMPT_CHARS = 100_000  # of prompt + suffix: far more than the model's context ever sees
+MAX_STOPS = 4  # as OpenAI allows
+MAX_CHOICES = 8
+
+
+class ApiError(Exception):
+    """A request the server refuses: its status, message and the field at fault."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind = status, message, param, kind
+
+
+class _Common(BaseModel):
+    """What every completion request may carry besides its protocol's fields."""
+
+    language: str | None = None  # one of the model's languages
+    filename: str | None = None  # or the file being edited, whose extension names the language
+
+
+class OpenAIRequest(_Common):
+    # OpenAI rejects an argument it does not know; so does this server.
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    prompt: str | list[str] = ""
+    suffix: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(0.0, ge=0, le=2)  # greedy unless asked: the model was evaluated so
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
+    stop: str | list[str] | None = None
+    logprobs: int | None = Field(None, ge=0, le=5)
+    stream: bool = False
+    # Sent by OpenAI clients (Continue sends the penalties); accepted and not used.
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    best_of: int | None = None
+    user: str | None = None
+    seed: int | None = None
+    stream_options: dict | None = None
+
+
+class LlamaCppRequest(_Common):
+    # llama.cpp ignores fields it does not use (sampling options this server does not have).
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = ""  # /completion: the text to continue; /infill: text appended to input_prefix
+    input_prefix: str = ""
+    input_suffix: str = ""
+    n_predict: int = Field(-1, ge=-1)  # -1: the server's default
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: list[str] = Field(default_factory=list)
+    stream: bool = False
+
+
+@dataclass
+class Job:
+    """One request's generation, run in the worker thread; `cancel()` (a client gone) stops it at the
+    next token. `on_texts`, when set, receives each completion's text so far after every token."""
+
+    options: dict
+    on_texts: object = None  # callable(list[str]) or None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def step(self, texts: list[str]) -> bool:
+        if self.on_texts is not None:
+            self.on_texts(texts)
+        return not self.cancelled.is_set()
+
+
+class Server:
+    """The loaded model, its worker thread and its queue; `app` is the FastAPI application."""
+
+    def __init__(
+        self,
+        completer: Completer,
+        params: Params | None,
+        model_name: str,
+        queue_size: int,
+        gated: bool = True,
+        min_confidence: float | None = None,
+    ):
+        self.completer, self.params, self.model_name = completer, params, model_name
+        # the gate: off, or the given threshold, else the one fitted with the registered model (if any)
+        self.gated = gated
+        self.threshold = min_confidence if min_confidence is not None else completer.confidence_threshold
+        self.defaults = generation_settings(params.evaluate if params else None)
+        self.queue_size = queue_size
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+        self.waiting = 0  # requests queued or generating (touched only on the event loop)
+        self.counts: Counter = Counter()
+        self.app = self._build_app()
+
+    # ---- request -> generation options ----------------------------------------------------------
+    def language(self, req: _Common) -> str:
+        known = list(self.completer.languages)
+        if req.language is not None:
+            if req.language not in known:
+                raise ApiError(400, f"language {req.language!r}: the model knows {', '.join(known)}", "language")
+            return req.language
+        if req.filename and self.params is not None:
+            lang = self.params.language_of(
+                req.filename, among=[name for name in self.params.languages if name in known]
+            )
+            if lang is not None:
+                return lang
+        return known[0]
+
+    def options(self, req: _Common, prefix: str, suffix: str | None, max_tokens: int | None, stop, **sampling) -> dict:
+        if len(prefix) + len(suffix or "") > MAX_PROMPT_CHARS:
+            raise ApiError(400, f"prompt and suffix: more than {MAX_PROMPT_CHARS} characters", "prompt")
+        if suffix is not None and not self.completer.can_infill:
+            raise ApiError(400, f"suffix: model {self.model_name} has no fill-in-the-middle tokens", "suffix")
+        limit = self.completer.model.config.max_position_embeddings // 2  # the rest is left for the context
+        new_tokens = self.defaults["max_new_tokens"] if max_tokens is None else max_tokens
+        if new_tokens > limit:
+            raise ApiError(400, f"max_tokens: {new_tokens} is more than this model's limit of {limit}", "max_tokens")
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if len(stops) > MAX_STOPS or any(not s for s in stops):
+            raise ApiError(400, f"stop: at most {MAX_STOPS} non-empty strings", "stop")
+        if sampling.get("num", 1) > 1 and sampling.get("temperature", 0.0) == 0:
+            raise ApiError(400, "n: more than one choice needs a temperature above 0 (greedy gives one)", "n")
+        return {
+            "lang": self.language(req),
+            "context": prefix,
+            "suffix": suffix,
+            "max_new_tokens": new_tokens,
+            "stop": re.compile("|".join(map(re.escape, stops))) if stops else BLANK_LINE,
+            "stops": stops,
+            "repetition_penalty": self.defaults["repetition_penalty"],
+            "no_repeat_ngram_size": self.defaults["no_repeat_ngram_size"],
+            **sampling,
+        }
+
+    def hidden(self, job: Job, completion: Completion) -> str | None:
+        """Why the gate hides this completion (autocoder.gate), or None."""
+        if not self.gated:
+            return None
+        options = job.options
+        return gate.hidden(
+            completion.text, completion.confidence, self.threshold, options["context"], options["suffix"]
+        )
+
+    # ---- running a job ----------------------------------------------------------------------------
+    def _generate(self, job: Job) -> list[Completion]:
+        options = {k: v for k, v in job.options.items() if k != "stops"}
+        return self.completer.complete(**options, on_step=job.step)
+
+    def start(self, job: Job) -> asyncio.Future:
+        """Queue the job for the worker thread; it leaves the queue count when it has ended."""
+        future = asyncio.get_running_loop().run_in_executor(self.worker, self._generate, job)
+        future.add_done_callback(self._ended)
+        return future
+
+    def _ended(self, future: asyncio.Future) -> None:
+        self.waiting -= 1
+        failed = future.cancelled() or future.exception() is not None
+        if failed or any(c.stop == "cancelled" for c in future.result()):
+            self.counts["cancelled" if not failed else "failed"] += 1
+        else:
+            self.counts["served"] += 1
+
+    async def run(self, job: Job, request: Request) -> list[Completion]:
+        """Generate in the worker thread; cancel if the client disconnects while it waits or runs."""
+        future = self.start(job)
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=0.05)
+            if done:
+                return future.result()
+            if await request.is_disconnected():
+                job.cancel()
+
+    def admit(self) -> None:
+        if self.waiting >= self.queue_size:
+            self.counts["busy"] += 1
+            raise ApiError(503, f"busy: {self.waiting} requests are queued; retry later", kind="server_busy")
+        self.waiting += 1
+
+    def start_streamed(self, job: Job) -> tuple[asyncio.Future, asyncio.Queue]:
+        """Start the job, its texts after every token going to the returned queue."""
+        loop, updates = asyncio.get_running_loop(), asyncio.Queue()
+        job.on_texts = lambda texts: loop.call_soon_threadsafe(updates.put_nowait, texts)
+        return self.start(job), updates
+
+    async def stream(self, job: Job, future, updates, request: Request, chunks) -> AsyncIterator[str]:
+        """Server-sent events: `chunks(deltas, completions)` makes the events' data from each choice's
+        new settled text (and, at the end, the completions); the last event is data: [DONE]."""
+        stops = job.options["stops"]
+        sent = [""] * job.options.get("num", 1)
+        try:
+            while not future.done() or not updates.empty():
+                try:
+                    texts = await asyncio.wait_for(updates.get(), timeout=0.05)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        job.cancel()
+                    continue
+                deltas = []
+                for i, text in enumerate(texts):
+                    settled = _settled(text, job.options["stop"], stops)
+                    deltas.append(settled[len(sent[i]) :] if settled.startswith(sent[i]) else "")
+                    sent[i] += deltas[-1]
+                if any(deltas) and not self.gated:  # gated: nothing is shown before the gate has decided
+                    for data in chunks(deltas, None):
+                        yield f"data: {json.dumps(data)}\n\n"
+            completions = future.result()
+            rest = [c.text[len(s) :] if c.text.startswith(s) else "" for c, s in zip(completions, sent)]
+            for data in chunks(rest, completions):
+                yield f"data: {json.dumps(data)}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:  # also when the client went away (the response is closed): stop generating
+            job.cancel()
+
+    # ---- the protocols ----------------------------------------------------------------------------
+    def _build_app(self) -> FastAPI:
+        app = FastAPI(title="autocoder", docs_url=None, redoc_url=None)
+
+        @app.exception_handler(ApiError)
+        async def api_error(_, e: ApiError):
+            return _error(e.status, e.message, e.param, e.kind)
+
+        @app.exception_handler(RequestValidationError)
+        async def invalid(_, e: RequestValidationError):
+            first = e.errors()[0]
+            loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+            if first.get("type") == "json_invalid":
+                return _error(400, f"the body is not valid JSON ({first.get('msg')})", None)
+            param = ".".join(loc) or None
+            message = "unknown field" if first.get("type") == "extra_forbidden" else first.get("msg", "invalid")
+            return _error(400, f"{param}: {message}" if param else message, param)
+
+        @app.get("/health")
+        async def health():
+            return {"status": "ok", "model": self.model_name, "queued": self.waiting, **self.counts}
+
+        @app.get("/v1/models")
+        async def models():
+            return {"object": "list", "data": [{"id": self.model_name, "object": "model", "owned_by": "autocoder"}]}
+
+        @app.post("/v1/completions")
+        async def completions(req: OpenAIRequest, request: Request):
+            prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+            if len(prompts) != 1:
+                raise ApiError(400, "prompt: one prompt per request (a list of one string at most)", "prompt")
+            sampling = {"temperature": req.temperature, "top_p": req.top_p, "num": req.n}
+            job = Job(self.options(req, prompts[0], req.suffix, req.max_tokens, req.stop, **sampling))
+            return await self._answer(job, request, req.stream, _OpenAIShape(self, req, job))
+
+        async def llama_cpp(req: LlamaCppRequest, request: Request, infill: bool):
+            prefix = req.input_prefix + req.prompt if infill else req.prompt
+            max_tokens = None if req.n_predict == -1 else req.n_predict
+            if max_tokens == 0:
+                raise ApiError(400, "n_predict: 0 generates nothing", "n_predict")
+            sampling = {"temperature": req.temperature, "top_p": req.top_p}
+            job = Job(self.options(req, prefix, req.input_suffix if infill else None, max_tokens, req.stop, **sampling))
+            return await self._answer(job, request, req.stream, _LlamaCppShape(self, job, prefix))
+
+        @app.post("/infill")
+        async def infill(req: LlamaCppRequest, request: Request):
+            return await llama_cpp(req, request, infill=True)
+
+        @app.post("/completion")
+        async def completion(req: LlamaCppRequest, request: Request):
+            return await llama_cpp(req, request, infill=False)
+
+        return app
+
+    async def _answer(self, job: Job, request: Request, stream: bool, shape):
+        self.admit()
+        if stream:
+            events = self.stream(job, *self.start_streamed(job), request, shape.chunks)
+            return StreamingResponse(events, media_type="text/event-stream")
+        try:
+            completions = await self.run(job, request)
+        except UserError as e:  # the Completer's own checks
+            raise ApiError(400, str(e)) from None
+        if any(c.stop == "cancelled" for c in completions):
+            return JSONResponse({"error": {"message": "cancelled: the client went away"}}, status_code=499)
+        return shape.body(completions)
+
+
+def _settled(text: str, stop: re.Pattern, stops: list[str]) -> str:
+    """The part of a completion's text so far that no later token can take back: cut at the stop,
+    less a tail that could still become one (the start of a stop string, or a line break followed
+    only by blanks for the default blank-line stop) or is half a character."""
+    text = cut_at(stop, text)
+    if stops:
+        hold = max((k for s in stops for k in range(len(s) - 1, 0, -1) if text.endswith(s[:k])), default=0)
+    else:
+        tail = re.search(r"\n[ \t]*\Z", text)
+        hold = len(text) - tail.start() if tail else 0
+    settled = text[: len(text) - hold]
+    return settled.rstrip("\ufffd")
+
+
+def _error(status: int, message: str, param: str | None, kind: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}}, status_code=status)
+
+
+class _OpenAIShape:
+    """OpenAI's text_completion objects."""
+
+    def __init__(self, server: Server, req: OpenAIRequest, job: Job):
+        self.server, self.req, self.job = server, req, job
+        self.id, self.created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def _object(self, choices: list[dict], usage: dict | None = None) -> dict:
+        body = {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.server.model_name,
+            "choices": choices,
+        }
+        return {**body, "usage": usage} if usage is not None else body
+
+    def _choice(self, i: int, text: str, completion: Completion | None) -> dict:
+        if completion is None:  # a streamed piece
+            return {"text": text, "index": i, "logprobs": None, "finish_reason": None}
+        gated = self.server.hidden(self.job, completion)
+        logprobs = _logprobs(self.server.completer, completion) if self.req.logprobs is not None and not gated else None
+        return {
+            "text": "" if gated else text,
+            "index": i,
+            "logprobs": logprobs,
+            "finish_reason": "length" if completion.stop == "length" else "stop",
+            "confidence": completion.confidence,
+            "gated": gated,  # why nothing is shown (autocoder.gate), or null
+        }
+
+    def body(self, completions: list[Completion]) -> dict:
+        choices = [self._choice(i, c.text, c) for i, c in enumerate(completions)]
+        return self._object(choices, _usage(self.server.completer, self.job, completions))
+
+    def chunks(self, texts: list[str], completions: list[Completion] | None):
+        for i, text in enumerate(texts):
+            completion = completions[i] if completions else None
+            if text or completion is not None:
+                yield self._object([self._choice(i, text, completion)])
+
+
+class _LlamaCppShape:
+    """llama.cpp's /completion and /infill answers."""
+
+    def __init__(self, server: Server, job: Job, prompt: str):
+        self.server, self.job, self.prompt = server, job, prompt
+
+    def _stop_type(self, completion: Completion) -> str:
+        return {"eos": "eos", "length": "limit", "pattern": "word"}.get(completion.stop, "none")
+
+    def _final(self, content: str, completion: Completion) -> dict:
+        usage = _usage(self.server.completer, self.job, [completion])
+        gated = self.server.hidden(self.job, completion)
+        return {
+            "content": "" if gated else content,
+            "confidence": completion.confidence,
+            "gated": gated,
+            "stop": True,
+            "stop_type": self._stop_type(completion),
+            "stopping_word": "",
+            "tokens_predicted": usage["completion_tokens"],
+            "tokens_evaluated": usage["prompt_tokens"],
+            "model": self.server.model_name,
+        }
+
+    def body(self, completions: list[Completion]) -> dict:
+        return self._final(completions[0].text, completions[0])
+
+    def chunks(self, texts: list[str], completions: list[Completion] | None):
+        if completions is not None:
+            yield self._final(texts[0], completions[0])
+        elif texts[0]:
+            yield {"content": texts[0], "stop": False}
+
+
+def _usage(completer: Completer, job: Job, completions: list[Completion]) -> dict:
+    """Token counts as OpenAI reports them; the prompt's as tokenized, before the context is cut to fit."""
+    encode = completer.tokenizer.encode
+    prompt = len(encode(job.options["context"])) + len(encode(job.options["suffix"] or ""))
+    generated = sum(c.n_tokens for c in completions)
+    return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
+
+
+def _logprobs(completer: Completer, completion: Completion) -> dict:
+    """OpenAI's legacy logprobs object for the tokens that make up the returned text (a healed token's
+    text that the prompt already has left out of the first one)."""
+    tokens, offsets, logprobs, at = [], [], [], -len(completion.healed)
+    for token_id, logprob in zip(completion.token_ids, completion.token_logprobs):
+        if at >= len(completion.text):
+            break
+        text = completer.tokenizer.decode([token_id], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        shown = text[max(0, -at) :][: max(0, len(completion.text) - max(at, 0))]
+        if shown:
+            tokens.append(shown)
+            offsets.append(max(at, 0))
+            logprobs.append(logprob)
+        at += len(text)
+    return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": None, "text_offset": offsets}
+
+
+def serve_command(args) -> None:
+    """`autocoder serve`: load the model once, then answer on --host:--port until interrupted."""
+    import uvicorn
+
+    from autocoder.complete import load_completer, params_for
+
+    if args.queue_size < 1:
+        raise UserError(f"--queue-size: {args.queue_size} must be at least 1")
+    params = params_for(args)
+    completer = load_completer(args.model, params)
+    name = args.model or (f"models:/{params.evaluate.registered_model_name}@champion" if params else "autocoder")
+    server = Server(completer, params, name, args.queue_size, not args.no_gate, args.min_confidence)
+    print(
+        f"autocoder serve: {name} on http://{args.host}:{args.port} (OpenAI /v1/completions, llama.cpp "
+        "/infill and /completion)",
+        flush=True,
+    )
+    uvicorn.run(server.app, host=args.host, port=args.port, log_level="warning")

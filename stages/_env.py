@@ -1,0 +1,23 @@
+"""The Python environment of a stage command, imported by every stage script before autocoder.
+
+dvc.yaml's commands run `python`: the first one on PATH. With the venv activated (or through `make
+repro`) that is .venv/bin/python; `.venv/bin/dvc repro` without activating it finds the system's,
+which has no autocoder. Then this re-runs the stage with the project's .venv/bin/python, or, when
+there is none, stops with one line that says what to do.
+"""
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+if importlib.util.find_spec("autocoder") is None:
+    venv_python = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
+    # Compared as paths, not as the files they link to: a venv's python is a link to the very
+    # interpreter it was made from, and only its own path makes it the venv's.
+    if venv_python.is_file() and Path(sys.executable).absolute() != venv_python.absolute():
+        os.execv(venv_python, [str(venv_python), *sys.argv])
+    sys.exit(
+        f"{sys.argv[0]}: {sys.executable} has no autocoder package; run `make venv` and then "
+        "`source .venv/bin/activate` (or use `make repro`)"
+    )
