@@ -21,6 +21,8 @@ import pytest
 from autocoder.complete import Completer
 from helpers import ROOT, VENV_BIN
 
+pytestmark = pytest.mark.slow  # real server processes: not in `make test-fast`
+
 BASE = ROOT / "models/autocoder-base"
 PREFIX = "def total_of(items):\n    total = 0\n    for item in items:\n"
 SUFFIX = "\n    return total\n"

@@ -13,7 +13,9 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -69,20 +71,110 @@ def train(params: Params, inputs: Inputs) -> None:
         accelerator.end_training()
 
 
+@dataclass
+class Run:
+    """What the loop works with, once set up."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    batches: Iterator[dict]  # micro-batches from where the run (or its checkpoint) is
+    dev_set: DevWindows
+    total_steps: int
+    fingerprint: str  # of the params and data a checkpoint may be resumed with
+    progress: Progress
+
+
 def _train(params: Params, inputs: Inputs, accelerator: Accelerator) -> None:
     ft, ckpt_dir, main = params.finetune, Path(params.finetune.checkpoint_dir), accelerator.is_main_process
     log = partial(accelerator.print, f"{STAGE}:", flush=True)
+    uri = tracking.configure(params.mlflow) if main else None  # unreachable store: stop before training
+    run = _set_up(params, inputs, accelerator, log)
+    progress, pad_id = run.progress, inputs.tokenizer.pad_token_id
+    with _mlflow_run(params, inputs, progress, accelerator) if main else nullcontext():
+        # A window: the steps since the last log line, whose loss and throughput it reports.
+        loss_sum, steps, tokens, started = torch.zeros((), device=accelerator.device), 0, 0, time.perf_counter()
+        stop = False
+        run.model.train()
+        while progress.step < run.total_steps and not stop:
+            # ---- one optimizer step ----
+            lr = run.scheduler.get_last_lr()[0]
+            step_loss, step_tokens = _optimizer_step(ft, accelerator, run)
+            loss_sum += step_loss
+            tokens += step_tokens
+            progress.step += 1
+            steps += 1
+            step, last = progress.step, progress.step == run.total_steps
+            eval_due = step % ft.eval_every == 0 or last
+            checkpoint_due = step % ft.checkpoint_every == 0 and not last
+            if not (step % ft.log_every == 0 or eval_due or checkpoint_due):
+                continue
+
+            # ---- the window's numbers; reduce() waits for the device, so the clock stops here ----
+            window = torch.stack([loss_sum.double(), torch.tensor(tokens, dtype=torch.float64, device=loss_sum.device)])
+            loss_total, window_tokens = accelerator.reduce(window, "sum").tolist()
+            seconds = time.perf_counter() - started
+            progress.tokens_seen += int(window_tokens)
+            progress.train_seconds += seconds
+            row = {
+                "step": step,
+                "tokens": progress.tokens_seen,
+                "train_minutes": progress.train_seconds / 60,
+                "train_loss": loss_total / accelerator.num_processes / steps,
+                "lr": lr,
+                "tokens_per_s": window_tokens / seconds,
+            }
+
+            # ---- dev loss, the best model kept, early stopping ----
+            if eval_due:
+                dev_loss = evaluate(accelerator, run.model, run.dev_set, ft.batch_size, pad_id)
+                row |= {
+                    "dev_loss": dev_loss,
+                    "dev_perplexity": math.exp(dev_loss),
+                    "dev_bits_per_byte": dev_loss / math.log(2) * run.dev_set.tokens_per_byte,
+                }
+                if dev_loss < progress.best_dev_loss:
+                    progress.best_dev_loss, progress.best_step, progress.evals_without_improvement = dev_loss, step, 0
+                    checkpoint.save_best(accelerator, run.model, ckpt_dir, step)
+                else:
+                    progress.evals_without_improvement += 1
+                    stop = progress.evals_without_improvement == ft.early_stopping_patience
+
+            # ---- log, track, checkpoint ----
+            progress.history.append(row)
+            eta = (run.total_steps - step) * seconds / steps / 60  # at this window's pace
+            log(
+                f"step {step}/{run.total_steps} "
+                + " ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step")
+                + (f" eta {eta:.1f} min" if not last else "")
+            )
+            if main:
+                mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
+            if stop:
+                log(f"early stopping: no better dev loss in {ft.early_stopping_patience} evaluations")
+            elif checkpoint_due:
+                checkpoint.save(accelerator, ckpt_dir, progress, run.fingerprint)
+            loss_sum.zero_()
+            steps, tokens, started = 0, 0, time.perf_counter()
+
+        accelerator.wait_for_everyone()
+        if main:
+            _write_outputs(params, inputs, progress, uri, log)
+    accelerator.wait_for_everyone()
+
+
+def _set_up(params: Params, inputs: Inputs, accelerator: Accelerator, log) -> Run:
+    """Model, optimizer, data and schedule, prepared by accelerate; resumed from the newest matching
+    checkpoint when there is one."""
+    ft, ckpt_dir = params.finetune, Path(params.finetune.checkpoint_dir)
     if accelerator.num_processes != ft.num_processes:
         log(
             f"warning: finetune.num_processes is {ft.num_processes} but accelerate started "
             f"{accelerator.num_processes} (an accelerate config?); the global batch follows the processes"
         )
-    uri = tracking.configure(params.mlflow) if main else None  # unreachable store: stop before training
-
     set_seed(ft.seed)
     model = build_model(ft, inputs.model_config, inputs.tokenizer)
     optimizer = torch.optim.AdamW(_param_groups(model, ft.weight_decay), lr=ft.learning_rate)
-    pad_id = inputs.tokenizer.pad_token_id
     if ft.windows == "packed":
         windows = PackedWindows(inputs.corpus, inputs.train_rows, ft.max_length, ft.seed)
     else:
@@ -93,7 +185,7 @@ def _train(params: Params, inputs: Inputs, accelerator: Accelerator) -> None:
     loader = DataLoader(
         TrainWindows(windows, ft.seed, fim),
         batch_size=ft.batch_size,
-        collate_fn=partial(collate, pad_id=pad_id),
+        collate_fn=partial(collate, pad_id=inputs.tokenizer.pad_token_id),
         generator=torch.Generator(),
     )
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
@@ -131,78 +223,28 @@ def _train(params: Params, inputs: Inputs, accelerator: Accelerator) -> None:
         f"windows ({len(loader.dataset)} train windows, {len(dev_set)} dev windows), "
         f"{accelerator.device}, mixed precision {accelerator.mixed_precision}"
     )
+    batches = _micro_batches(accelerator, loader, progress.step * ft.grad_accum)
+    return Run(model, optimizer, scheduler, batches, dev_set, total_steps, fp, progress)
 
-    with _mlflow_run(params, inputs, progress, accelerator) if main else nullcontext():
-        batches = _micro_batches(accelerator, loader, progress.step * ft.grad_accum)
-        loss_sum = torch.zeros((), device=accelerator.device)
-        steps, tokens, started = 0, 0, time.perf_counter()
-        stop = False
-        model.train()
-        while progress.step < total_steps and not stop:
-            lr = scheduler.get_last_lr()[0]
-            for micro in range(ft.grad_accum):
-                batch = next(batches)
-                tokens += batch.pop("n_tokens")
-                # Gradients are all-reduced once per optimizer step, after its last micro-batch.
-                with accelerator.no_sync(model) if micro < ft.grad_accum - 1 else nullcontext():
-                    loss = model(**batch).loss / ft.grad_accum
-                    accelerator.backward(loss)
-                loss_sum += loss.detach()
-            if ft.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), ft.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            progress.step += 1
-            steps += 1
 
-            step, last = progress.step, progress.step == total_steps
-            eval_due = step % ft.eval_every == 0 or last
-            checkpoint_due = step % ft.checkpoint_every == 0 and not last
-            if not (step % ft.log_every == 0 or eval_due or checkpoint_due):
-                continue
-            # Close the throughput window before evaluating or saving (reduce() waits for the device).
-            window = torch.stack([loss_sum.double(), torch.tensor(tokens, dtype=torch.float64, device=loss_sum.device)])
-            loss_total, window_tokens = accelerator.reduce(window, "sum").tolist()
-            seconds = time.perf_counter() - started
-            progress.tokens_seen += int(window_tokens)
-            progress.train_seconds += seconds
-            row = {
-                "step": step,
-                "tokens": progress.tokens_seen,
-                "train_minutes": progress.train_seconds / 60,
-                "train_loss": loss_total / accelerator.num_processes / steps,
-                "lr": lr,
-                "tokens_per_s": window_tokens / seconds,
-            }
-            if eval_due:
-                dev_loss = evaluate(accelerator, model, dev_set, ft.batch_size, pad_id)
-                row |= {
-                    "dev_loss": dev_loss,
-                    "dev_perplexity": math.exp(dev_loss),
-                    "dev_bits_per_byte": dev_loss / math.log(2) * dev_set.tokens_per_byte,
-                }
-                if dev_loss < progress.best_dev_loss:
-                    progress.best_dev_loss, progress.best_step, progress.evals_without_improvement = dev_loss, step, 0
-                    checkpoint.save_best(accelerator, model, ckpt_dir, step)
-                else:
-                    progress.evals_without_improvement += 1
-                    stop = progress.evals_without_improvement == ft.early_stopping_patience
-            progress.history.append(row)
-            log(f"step {step}/{total_steps} " + " ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step"))
-            if main:
-                mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
-            if stop:
-                log(f"early stopping: no better dev loss in {ft.early_stopping_patience} evaluations")
-            elif checkpoint_due:
-                checkpoint.save(accelerator, ckpt_dir, progress, fp)
-            loss_sum.zero_()
-            steps, tokens, started = 0, 0, time.perf_counter()
-
-        accelerator.wait_for_everyone()
-        if main:
-            _write_outputs(params, inputs, progress, uri, log)
-    accelerator.wait_for_everyone()
+def _optimizer_step(ft, accelerator: Accelerator, run: Run) -> tuple[torch.Tensor, int]:
+    """grad_accum micro-batches, clipped gradients, one optimizer and scheduler step; returns the
+    step's loss (on the device: no wait for it) and its tokens."""
+    loss_sum, tokens = torch.zeros((), device=accelerator.device), 0
+    for micro in range(ft.grad_accum):
+        batch = next(run.batches)
+        tokens += batch.pop("n_tokens")
+        # Gradients are all-reduced once per optimizer step, after its last micro-batch.
+        with accelerator.no_sync(run.model) if micro < ft.grad_accum - 1 else nullcontext():
+            loss = run.model(**batch).loss / ft.grad_accum
+            accelerator.backward(loss)
+        loss_sum += loss.detach()
+    if ft.max_grad_norm:
+        accelerator.clip_grad_norm_(run.model.parameters(), ft.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss_sum, tokens
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
