@@ -5,8 +5,9 @@ lines): about 1,500 characters of the file before the line as `prompt`, about 50
 `suffix`, `stop: ["\\n"]`, POSTed to /v1/completions over HTTP. Measured: end-to-end latency (p50,
 p95) sequentially, and with 8 concurrent clients (a fixed number of requests, every one answered,
 none failed), and the share of lines completed exactly (so that a faster server can be checked to
-write the same code). The server is a real `autocoder serve` process on 127.0.0.1; it is warmed up
-with a few requests first. Writes benchmarks/results/serve.json.
+write the same code; the gate is off, so that every completion counts). The server is a real
+`autocoder serve` process on 127.0.0.1; it is warmed up with a few requests first. Writes
+benchmarks/results/serve.json.
 
     python benchmarks/serve.py [--model models/finetune/best] [--requests 60] [--clients 8]
 """
@@ -101,6 +102,7 @@ def main() -> None:
         str(port),
         "--queue-size",
         str(4 * args.clients),
+        "--no-gate",  # every completion's text, for its exact match
     ]
     server = subprocess.Popen(cmd, start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:

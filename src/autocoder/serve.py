@@ -456,9 +456,11 @@ def _logprobs(completer: Completer, completion: Completion) -> dict:
 def serve_command(args) -> None:
     """`autocoder serve`: load the model once, then answer on --host:--port until interrupted."""
     import uvicorn
+    from transformers.utils import logging
 
     from autocoder.complete import load_completer, params_for
 
+    logging.disable_progress_bar()  # no "Loading weights" bar
     if args.queue_size < 1:
         raise UserError(f"--queue-size: {args.queue_size} must be at least 1")
     params = params_for(args)
