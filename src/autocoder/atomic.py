@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,9 +42,11 @@ def _remove(path: Path) -> None:
 def tmp_sibling(target: Path) -> Path:
     """This process' temporary name for `target`. Those of dead processes (killed while writing: never
     trusted, but garbage that could fill the disk) are removed."""
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):
-        pid = stale.name.rsplit("-", 1)[1]
-        if pid.isdigit() and (int(pid) == os.getpid() or not psutil.pid_exists(int(pid))):
+    prefix = f".{target.name}.tmp-"
+    for stale in target.parent.glob(prefix + "*"):
+        # ".x.tmp-<pid>", or a file next to it named after it (SQLite's ".x.tmp-<pid>-journal")
+        pid = re.match(r"\d+", stale.name[len(prefix) :])
+        if pid and (int(pid[0]) == os.getpid() or not psutil.pid_exists(int(pid[0]))):
             _remove(stale)
     return target.with_name(f".{target.name}.tmp-{os.getpid()}")
 
