@@ -17,6 +17,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import psutil
 import pytest
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -29,6 +30,7 @@ from autocoder.train import checkpoint, run
 from autocoder.train.data import IGNORE, DevWindows, Permutation, TrainWindows, collate
 from autocoder.train.launch import hardware_flags, resolve_mixed_precision
 from helpers import ROOT, VENV_BIN, real_code_files, write_corpus
+from services import free_port
 
 SEGMENT_LEN = 30
 DEV = {"py/heapq.py", "py/shlex.py", "java/Factorial5.java"}
@@ -294,14 +296,28 @@ def test_pretrained_model_gets_the_datas_tokens(project, tmp_path, gpt2_tokenize
 
 
 def test_launch_flags_follow_the_hardware_unless_configured():
-    two = hardware_flags(2, "auto")
+    two = hardware_flags(2, "auto", {}, 300)
     assert "--multi_gpu" in two and two[two.index("--main_process_port") + 1] == "0"
     assert two[two.index("--mixed_precision") + 1] == resolve_mixed_precision("auto")  # bf16 on this CPU
-    assert "--multi_gpu" not in hardware_flags(1, "auto")  # accelerate refuses it for one process
+    assert "--multi_gpu" not in hardware_flags(1, "auto", {}, 300)  # accelerate refuses it for one process
     if "OMP_NUM_THREADS" not in os.environ:
         threads = int(two[two.index("--num_cpu_threads_per_process") + 1])
         assert threads == max(1, len(os.sched_getaffinity(0)) // 2)
-    assert hardware_flags(2, "auto", config_file="my_accelerate.yaml") == []  # the user's config decides
+    # A config's own settings win; the flags fill in only what it leaves out.
+    machines = hardware_flags(4, "no", two_machine_config(29500), 60)
+    for flag in ("--num_machines", "--multi_gpu", "--main_process_port"):
+        assert flag not in machines
+    assert machines[machines.index("--rdzv_conf") + 1] == "timeout=60"
+    if "OMP_NUM_THREADS" not in os.environ:  # 2 processes on each machine
+        assert machines[machines.index("--num_cpu_threads_per_process") + 1] == str(
+            max(1, len(os.sched_getaffinity(0)) // 2)
+        )
+    fsdp = {"distributed_type": "FSDP", "mixed_precision": "bf16", "num_machines": 1}
+    assert "--multi_gpu" not in hardware_flags(2, "no", fsdp, 60) and "--mixed_precision" not in hardware_flags(
+        2, "no", fsdp, 60
+    )
+    with pytest.raises(UserError, match="finetune.num_processes: 3 processes do not divide among 2 machines"):
+        hardware_flags(3, "no", two_machine_config(29500), 60)
 
 
 def test_train_order_is_a_seeded_permutation_per_epoch(tmp_path, gpt2_tokenizer):
@@ -382,3 +398,109 @@ def test_learned_recipe_trains(tmp_path, monkeypatch, mlflow_db):
     # Packed windows of max_length: every position is a real token but the padding that ends a FIM
     # example whose re-encoded text came out shorter.
     assert 0.9 < metrics()["tokens_seen"] / (12 * TINY["batch_size"] * TINY["max_length"]) <= 1
+
+
+# ---- several machines: two on 127.0.0.1, each with its own copy of the project ----
+
+
+def two_machine_config(port: int) -> dict:
+    """configs/accelerate/two-machines.yaml, on this machine's loopback."""
+    config = yaml.safe_load((ROOT / "configs/accelerate/two-machines.yaml").read_text())
+    return {**config, "main_process_ip": "127.0.0.1", "main_process_port": port}
+
+
+def machine(rank: int, folder: Path, **popen) -> subprocess.Popen:
+    """One machine's `dvc repro` finetune command, started in its own project folder and process group."""
+    cmd = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["finetune"]["cmd"]
+    python, *args = shlex.split(cmd.replace("${finetune.num_processes}", "2"))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env |= {"PATH": f"{VENV_BIN}:{env['PATH']}", "OMP_NUM_THREADS": "1"}  # two machines on 2 cores
+    return subprocess.Popen(
+        [sys.executable, *args, "--machine_rank", str(rank)],
+        cwd=folder,
+        env=env,
+        text=True,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        **popen,
+    )
+
+
+@pytest.mark.slow  # accelerate launch, twice
+def test_two_machines_match_one_and_resume_after_one_is_killed(project, tmp_path):
+    """Two machines (one process each, gloo over 127.0.0.1) train as one machine accumulating two
+    micro-batches; killing machine 1 stops both with an error, and a rerun of both resumes."""
+    config = tmp_path / "configs/accelerate/two-machines.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text(yaml.safe_dump(two_machine_config(free_port())))
+    project(
+        num_processes=2,
+        grad_accum=1,
+        max_steps=80,
+        eval_every=8,
+        checkpoint_every=8,
+        accelerate_config="configs/accelerate/two-machines.yaml",
+    )
+    other = tmp_path / "machine-1"  # machine 1's own disk: the same commit and data
+    other.mkdir()
+    for name in ("data", "stages", "configs", "params.yaml"):
+        (shutil.copytree if (tmp_path / name).is_dir() else shutil.copy)(tmp_path / name, other / name)
+
+    # ---- machine 1 killed after the first checkpoint: both stop ----
+    first = other / CKPT / "machine-1/step-00000008"
+    m0, m1 = machine(0, tmp_path), machine(1, other)
+    deadline = time.monotonic() + 300
+    while not first.exists() and m1.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for proc in [psutil.Process(m1.pid), *psutil.Process(m1.pid).children(recursive=True)]:
+        proc.kill()  # the whole machine: its launcher, torchrun and the training process
+    m1.communicate()
+    out0 = m0.communicate(timeout=120)[0]
+    assert first.exists() and (CKPT / "machine-0/step-00000008").exists(), out0
+    assert m0.returncode != 0 and not OUT.exists(), out0
+    reported = [line for line in out0.splitlines() if line.startswith("autocoder finetune:")]
+    assert len(reported) == 1 and "process 0 of 2 lost the others" in reported[0], out0
+    assert "rerun every machine to resume" in reported[0]
+
+    # ---- both rerun: they resume, and only machine 0 writes outputs and logs ----
+    m0, m1 = machine(0, tmp_path), machine(1, other)
+    out1 = m1.communicate(timeout=600)[0]
+    out0 = m0.communicate(timeout=600)[0]
+    assert m0.returncode == 0 and m1.returncode == 0, out0 + out1
+    assert "resuming from models/checkpoints/machine-0/step-" in out0, out0
+    assert "of 2 x 1 x 2 windows" in out0
+    assert not (other / OUT).exists() and not (other / "metrics").exists() and not (other / "mlruns.db").exists()
+    assert not list((other / CKPT).rglob("step-*")) and not list(CKPT.rglob("step-*"))  # done on both
+    two_rows, two_metrics = plot_rows(), metrics()
+    logged = mlflow.MlflowClient(run_info()["tracking_uri"]).get_run(run_info()["run_id"])
+    assert logged.data.tags["num_processes"] == "2" and logged.info.status == "FINISHED"
+
+    # ---- one machine, one process, accumulating two micro-batches: the same run ----
+    shutil.rmtree(OUT)
+    run(project(num_processes=1, grad_accum=2, max_steps=80, eval_every=8, checkpoint_every=8))
+    rows = plot_rows()
+    assert [r["step"] for r in rows] == [r["step"] for r in two_rows]
+    for key in ("train_loss", "dev_loss", "lr"):
+        assert [float(r[key]) for r in rows if r[key]] == pytest.approx(
+            [float(r[key]) for r in two_rows if r[key]], rel=1e-4
+        ), key
+    assert metrics()["tokens_seen"] == two_metrics["tokens_seen"]
+
+
+@pytest.mark.slow  # accelerate launch
+def test_a_machine_that_cannot_reach_the_main_one_stops_in_one_line(project, tmp_path):
+    config = tmp_path / "configs/accelerate/two-machines.yaml"
+    config.parent.mkdir(parents=True)
+    port = free_port()  # nothing listens there
+    config.write_text(yaml.safe_dump(two_machine_config(port)))
+    project(num_processes=2, rendezvous_timeout=3, accelerate_config="configs/accelerate/two-machines.yaml")
+    started = time.monotonic()
+    out = machine(1, tmp_path).communicate(timeout=120)[0]
+    assert time.monotonic() - started < 60, out
+    reported = [line for line in out.splitlines() if line.startswith("autocoder finetune:")]
+    assert reported == [
+        f"autocoder finetune: machine 1 cannot reach the main machine at 127.0.0.1:{port} within 3 s "
+        "(finetune.rendezvous_timeout; Connection refused): is machine 0 running, and is the port open?"
+    ], out
+    assert "Traceback" not in out and not CKPT.exists()

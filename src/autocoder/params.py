@@ -151,7 +151,13 @@ class FinetuneParams(_Strict):
         "models/autocoder-base", min_length=1
     )  # "scratch", a Hub id (distilgpt2, gpt2-medium, ...) or a local folder
     scratch: ScratchModel = ScratchModel()
-    num_processes: int = Field(1, gt=0)  # accelerate processes: GPUs, or CPU processes (gloo)
+    num_processes: int = Field(1, gt=0)  # accelerate processes: GPUs, or CPU processes (gloo); all machines'
+    # An accelerate config file (`accelerate config --config_file F`) for the launch: several machines,
+    # FSDP (configs/accelerate/). None: the one `accelerate config` wrote, if any, else this machine's
+    # GPUs or cores (train/launch.py). Each machine gives its own rank: `--machine_rank R`.
+    accelerate_config: str | None = Field(None, min_length=1)
+    # Several machines: how long one waits for the others to join (seconds) before it stops.
+    rendezvous_timeout: int = Field(300, gt=0)
     # auto: bf16 on GPUs that have it, else fp16; bf16 autocast on CPUs with native bf16 (avx512_bf16,
     # amx_bf16), else fp32
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
@@ -238,7 +244,7 @@ class MlflowParams(_Strict):
 UNTRACKED_KEYS = {
     "segment": {"workers", "files_per_batch", "out_dir"},  # the same tokens whatever the parallelism
     # a resumed run ends where an uninterrupted one does
-    "finetune": {"log_every", "checkpoint_every", "checkpoint_dir", "out_dir"},
+    "finetune": {"log_every", "checkpoint_every", "checkpoint_dir", "out_dir", "rendezvous_timeout"},
 }
 
 

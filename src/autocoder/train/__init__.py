@@ -7,7 +7,7 @@ the newest checkpoint in `<checkpoint_dir>/`.
 
 dvc.yaml's stages/finetune.py launches it through accelerate (autocoder.train.launch); `autocoder
 finetune` trains in this process, or re-launches itself through accelerate when
-finetune.num_processes > 1.
+finetune.num_processes > 1 or finetune.accelerate_config names a config.
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ from autocoder.params import Params
 # package first, and must not find its own module already loaded.
 
 
-def check_before_launch(params: Params):
-    """Every check that can fail on bad input (data, model, tracking store), before any process starts."""
+def check_before_launch(params: Params, tracking_store: bool = True):
+    """Every check that can fail on bad input (data, model, tracking store where this machine logs),
+    before any process starts."""
     from autocoder.train.inputs import check_inputs
 
     inputs = check_inputs(params)
-    tracking.configure(params.mlflow)
+    if tracking_store:
+        tracking.configure(params.mlflow)
     return inputs
 
 
@@ -33,8 +35,8 @@ def run(params: Params) -> None:
     from autocoder.train.launch import launched_by_accelerate, relaunch
     from autocoder.train.loop import train
 
-    if params.finetune.num_processes > 1 and not launched_by_accelerate():
-        check_before_launch(params)
+    ft = params.finetune
+    if (ft.num_processes > 1 or ft.accelerate_config) and not launched_by_accelerate():
         relaunch(params)
     else:
         train(params, check_inputs(params))

@@ -6,6 +6,10 @@ process' RNG states) plus `progress.json` (the step, which fixes the data positi
 loss so far; the metric history; the MLflow run id; the fingerprint of the params and data). It is
 written under a temporary name and renamed when complete. The best model so far lives beside it in
 `best-step-00000150/` (the folder the newest checkpoint's progress names).
+
+Several machines: each keeps a full checkpoint of its own in `<checkpoint_dir>/machine-<rank>/`
+(its disk may be its own, or shared with the others: the folders never collide), and a rerun
+resumes from the newest step that every machine has.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 
 from autocoder.atomic import atomic_dir, removed_on_error, write_json
 from autocoder.params import FinetuneParams
@@ -39,6 +44,7 @@ _NOT_FINGERPRINTED = {
     "num_processes",
     "mixed_precision",
     "compile",
+    "rendezvous_timeout",
 }
 
 
@@ -66,6 +72,14 @@ class Progress:
     mlflow_run_id: str | None = None
 
 
+def machine_dir(ckpt_dir: Path, accelerator: Accelerator) -> Path:
+    """This machine's checkpoint folder: checkpoint_dir itself on one machine."""
+    per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))  # set by torchrun
+    if per_machine == accelerator.num_processes:
+        return ckpt_dir
+    return ckpt_dir / f"machine-{accelerator.process_index // per_machine}"
+
+
 def step_dir(ckpt_dir: Path, step: int) -> Path:
     return ckpt_dir / f"step-{step:08d}"
 
@@ -74,8 +88,12 @@ def best_dir(ckpt_dir: Path, step: int) -> Path:
     return ckpt_dir / f"best-step-{step:08d}"
 
 
-def latest(ckpt_dir: Path, fp: str, log) -> tuple[Path, Progress] | None:
-    """The newest complete checkpoint made with the same params and data, if any."""
+def latest(ckpt_dir: Path, fp: str, log, needs_best: bool = True) -> tuple[Path, Progress] | None:
+    """The newest checkpoint that every process can resume from: complete, made with the same params
+    and data, and, for the process that writes the outputs (needs_best), with its best model. A kill
+    during a save can leave one machine a checkpoint ahead of another; all of them resume from the
+    same step. Every process must call this."""
+    found = {}
     for path in sorted(ckpt_dir.glob("step-*"), reverse=True):
         try:
             saved = json.loads((path / PROGRESS_FILE).read_text())
@@ -86,27 +104,36 @@ def latest(ckpt_dir: Path, fp: str, log) -> tuple[Path, Progress] | None:
             log(f"ignoring checkpoint {path}: it was made with different finetune params or data")
             continue
         progress = Progress(**saved)
-        if progress.best_step and not best_dir(ckpt_dir, progress.best_step).is_dir():
+        if needs_best and progress.best_step and not best_dir(ckpt_dir, progress.best_step).is_dir():
             log(f"ignoring checkpoint {path}: its best model {best_dir(ckpt_dir, progress.best_step)} is missing")
             continue
-        return path, progress
+        found[progress.step] = path, progress
+    everywhere = set.intersection(*(set(steps) for steps in gather_object([list(found)])))
+    for step in sorted(found, reverse=True):
+        if step in everywhere:
+            return found[step]
+        log(f"ignoring checkpoint {found[step][0]}: another machine or process lacks it")
     return None
 
 
 def save(accelerator: Accelerator, ckpt_dir: Path, progress: Progress, fp: str) -> Path:
-    """Save the full training state of every process; the folder appears only when complete."""
+    """Save the full training state of every process, on every machine; the folder appears only
+    when complete, and the previous one goes only when the new one is on every machine."""
     target = step_dir(ckpt_dir, progress.step)
     tmp = target.with_name(f".{target.name}.tmp")
-    if accelerator.is_main_process:
+    # The first process of each machine writes its machine's folder (save_on_each_node).
+    if accelerator.is_local_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     with removed_on_error(tmp, target):  # e.g. a full disk: one line, and the space given back
         accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    if accelerator.is_local_main_process:
         write_json(tmp / PROGRESS_FILE, {**asdict(progress), "fingerprint": fp})
         shutil.rmtree(target, ignore_errors=True)  # an ignored checkpoint of the same step
         os.replace(tmp, target)
+    accelerator.wait_for_everyone()
+    if accelerator.is_local_main_process:
         prune(ckpt_dir, keep={target.name, best_dir(ckpt_dir, progress.best_step).name})
     accelerator.wait_for_everyone()
     return target

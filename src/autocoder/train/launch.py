@@ -6,13 +6,21 @@ arguments and itself: `accelerate launch --num_processes N stages/finetune.py`, 
 --num_processes N stages/finetune.py` does the same). Plain
 `accelerate launch --num_processes N` cannot be written into dvc.yaml for every machine: without
 GPUs it starts one process whatever N is (its multi-CPU mode needs mpirun), and `--multi_gpu`,
-which starts N processes through torchrun, refuses N = 1. So, unless the user ran
-`accelerate config` (then their config decides, as it would for `accelerate launch`), this adds:
+which starts N processes through torchrun, refuses N = 1. So this adds, for each setting that the
+accelerate config in use (finetune.accelerate_config, `--config_file`, or the one `accelerate
+config` wrote) does not make itself:
 
 - N > 1: --multi_gpu (torchrun), one process per GPU (more processes than GPUs is an error), or,
   without GPUs, N CPU processes (the training script then uses DDP over gloo);
-- without GPUs: the cores shared out between the processes (accelerate's default is 1 thread each);
-- --mixed_precision from finetune.mixed_precision, and the defaults accelerate would warn about.
+- without GPUs: the cores shared out between the machine's processes (accelerate's default is 1
+  thread each);
+- --mixed_precision from finetune.mixed_precision, and the defaults accelerate would warn about;
+- several machines: the rendezvous timeout, finetune.rendezvous_timeout.
+
+Several machines (num_machines > 1 in the config): every machine runs this with the same params and
+data, and its own `--machine_rank`; N is the processes of all machines together, as for accelerate.
+A machine other than the first waits at most finetune.rendezvous_timeout seconds for the first
+one's address to answer, and the first waits as long for the others.
 
 Bad input fails here, once, in one line, before any process starts.
 """
@@ -20,17 +28,21 @@ Bad input fails here, once, in one line, before any process starts.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 from subprocess import CalledProcessError
 
 import torch
+import yaml
 
 from autocoder.errors import UserError, exit_on_user_error
 from autocoder.params import Params, load_params
 
 LAUNCHED_ENV = ("LOCAL_RANK", "ACCELERATE_DYNAMO_BACKEND")  # set by torchrun / accelerate's launchers
+DEFAULT_PORT = 29500  # accelerate's and torchrun's
 
 
 def launched_by_accelerate() -> bool:
@@ -56,47 +68,101 @@ def resolve_mixed_precision(setting: str) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
-def _user_config(config_file: str | None) -> bool:
+def accelerate_config(config_file: str | None) -> dict:
+    """The settings of the accelerate config in use: config_file, else the one `accelerate config`
+    wrote, else none."""
     from accelerate.commands.config import default_config_file
 
-    return config_file is not None or os.path.isfile(default_config_file)
+    path = Path(config_file) if config_file else Path(default_config_file)
+    if not config_file and not path.is_file():
+        return {}
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"accelerate config {path}: cannot read it ({str(e).splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"accelerate config {path}: not a mapping of accelerate settings")
+    return config
 
 
-def hardware_flags(num_processes: int, mixed_precision: str, config_file: str | None = None) -> list[str]:
-    """The `accelerate launch` flags for this machine (see the module docstring)."""
-    if _user_config(config_file):
-        return []
+def hardware_flags(num_processes: int, mixed_precision: str, config: dict, rendezvous_timeout: int) -> list[str]:
+    """The `accelerate launch` flags for this machine, for the settings `config` does not make
+    (see the module docstring)."""
     gpus = torch.cuda.device_count()
-    flags = [
-        "--num_machines",
-        "1",
-        "--dynamo_backend",
-        "no",
-        "--mixed_precision",
-        resolve_mixed_precision(mixed_precision),
-    ]
-    if gpus and num_processes > gpus:
-        raise UserError(f"finetune.num_processes: {num_processes} processes, but this machine has {gpus} GPUs")
-    if num_processes > 1:
-        flags += ["--multi_gpu", "--main_process_port", "0"]  # 0: a free port, so runs can share the machine
-    if not gpus and "OMP_NUM_THREADS" not in os.environ:
-        flags += ["--num_cpu_threads_per_process", str(max(1, len(os.sched_getaffinity(0)) // num_processes))]
+    machines = int(config.get("num_machines", 1))
+    if num_processes % machines:
+        raise UserError(f"finetune.num_processes: {num_processes} processes do not divide among {machines} machines")
+    per_machine = num_processes // machines
+    if gpus and per_machine > gpus:
+        raise UserError(f"finetune.num_processes: {per_machine} processes on a machine with {gpus} GPUs")
+    flags = []
+    if "num_machines" not in config:
+        flags += ["--num_machines", "1"]
+    if "dynamo_config" not in config:
+        flags += ["--dynamo_backend", "no"]
+    if "mixed_precision" not in config:
+        flags += ["--mixed_precision", resolve_mixed_precision(mixed_precision)]
+    if num_processes > 1 and "distributed_type" not in config:
+        flags += ["--multi_gpu"]
+    if num_processes > 1 and machines == 1 and "main_process_port" not in config:
+        flags += ["--main_process_port", "0"]  # 0: a free port, so runs can share the machine
+    if machines > 1 and "rdzv_conf" not in config:
+        flags += ["--rdzv_conf", f"timeout={rendezvous_timeout}"]
+    if not gpus and "OMP_NUM_THREADS" not in os.environ and "num_cpu_threads_per_process" not in config:
+        flags += ["--num_cpu_threads_per_process", str(max(1, len(os.sched_getaffinity(0)) // per_machine))]
     return flags
 
 
-def accelerate_launch(argv: list[str], mixed_precision: str) -> None:
-    """Run `accelerate launch <hardware flags> <argv>`; exit with the failing process' code (it has
-    already said why) when one fails."""
-    from accelerate.commands.launch import launch_command, launch_command_parser
+def wait_for_main_machine(host: str, port: int, timeout: float, machine_rank: int) -> None:
+    """A machine other than the first: wait until the first one's rendezvous address answers, and
+    say which address did not (torchrun itself would retry it silently, for ever)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=min(5.0, timeout)).close()
+            return
+        except OSError as e:
+            if time.monotonic() + 1 > deadline:
+                raise UserError(
+                    f"machine {machine_rank} cannot reach the main machine at {host}:{port} within "
+                    f"{timeout:g} s (finetune.rendezvous_timeout; {e.strerror or e}): is machine 0 running, "
+                    "and is the port open?"
+                ) from None
+            time.sleep(1)
 
-    parser = launch_command_parser()
+
+def accelerate_launch(argv: list[str], params: Params) -> None:
+    """Check the inputs, then run `accelerate launch <flags> <argv>`; exit with the failing process'
+    code (it has already said why) when one fails."""
+    from accelerate.commands.launch import launch_command, launch_command_parser
+    from torch.distributed import DistError
+
+    from autocoder.train import check_before_launch
+
+    ft, parser = params.finetune, launch_command_parser()
     args = parser.parse_args(argv)
-    flags = hardware_flags(args.num_processes or 1, mixed_precision, args.config_file)
+    config_flags = ["--config_file", ft.accelerate_config] if ft.accelerate_config and not args.config_file else []
+    config = accelerate_config(args.config_file or ft.accelerate_config)
+    flags = config_flags + hardware_flags(args.num_processes or 1, ft.mixed_precision, config, ft.rendezvous_timeout)
+    machines = int(args.num_machines or config.get("num_machines", 1))
+    rank = int(args.machine_rank if args.machine_rank is not None else config.get("machine_rank", 0))
+    host = args.main_process_ip or config.get("main_process_ip")
+    port = int(args.main_process_port or config.get("main_process_port") or DEFAULT_PORT)
+    if machines > 1 and not host:
+        raise UserError(f"finetune.accelerate_config: {machines} machines, but no main_process_ip for machine 0")
+    check_before_launch(params, tracking_store=rank == 0)  # only machine 0 logs to MLflow
+    if machines > 1 and rank > 0:
+        wait_for_main_machine(host, port, ft.rendezvous_timeout, rank)
     print("finetune: accelerate launch " + " ".join(flags + argv), flush=True)
     try:
         launch_command(parser.parse_args(flags + argv))  # argv last: the user's own flags win
     except CalledProcessError as e:
         sys.exit(e.returncode)
+    except DistError as e:  # the rendezvous: machine 0 waited for the others in vain
+        raise UserError(
+            f"machine {rank} of {machines}: the rendezvous at {host}:{port} failed within "
+            f"finetune.rendezvous_timeout ({ft.rendezvous_timeout} s): {str(e).splitlines()[0]}"
+        ) from None
     except Exception as e:  # torchrun's ChildFailedError
         failures = getattr(e, "failures", None)
         if not failures:
@@ -105,7 +171,8 @@ def accelerate_launch(argv: list[str], mixed_precision: str) -> None:
 
 
 def relaunch(params: Params) -> None:
-    """Run the stage in finetune.num_processes processes (`autocoder finetune` with N > 1)."""
+    """Run the stage through accelerate (`autocoder finetune` with more than one process or an
+    accelerate config of its own)."""
     with tempfile.TemporaryDirectory() as tmp:
         params_file = Path(tmp) / "params.json"  # JSON is YAML: load_params reads it as it is
         params_file.write_text(params.model_dump_json())
@@ -119,17 +186,13 @@ def relaunch(params: Params) -> None:
                 str(params_file),
                 "finetune",
             ],
-            params.finetune.mixed_precision,
+            params,
         )
 
 
 def main(argv: list[str] | None = None) -> None:
-    from autocoder.train import check_before_launch
-
     with exit_on_user_error("autocoder finetune"):
-        params = load_params()
-        check_before_launch(params)
-        accelerate_launch(sys.argv[1:] if argv is None else argv, params.finetune.mixed_precision)
+        accelerate_launch(sys.argv[1:] if argv is None else argv, load_params())
 
 
 if __name__ == "__main__":

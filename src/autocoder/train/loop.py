@@ -11,6 +11,7 @@ import csv
 import io
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import mlflow
 import torch
 import transformers
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader, Subset
 from transformers import get_scheduler
 
@@ -63,10 +64,21 @@ def train(params: Params, inputs: Inputs) -> None:
         cpu=no_gpu_ddp,
         mixed_precision=resolve_mixed_precision(ft.mixed_precision),
         dynamo_backend="inductor" if ft.compile else "no",
+        # Checkpoints on every machine, which may not share a disk (train/checkpoint.py)
+        project_config=ProjectConfiguration(save_on_each_node=True),
     )
     transformers.utils.logging.disable_progress_bar()  # a bar per saved model would drown the log
     try:
         _train(params, inputs, accelerator)
+    except (torch.distributed.DistError, RuntimeError) as e:
+        # gloo says only "RuntimeError: [...gloo/transport/tcp/pair.cc] Connection closed by peer"
+        if accelerator.num_processes == 1 or not isinstance(e, torch.distributed.DistError) and "gloo" not in str(e):
+            raise
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", first_line(e)).split(". ")[0]  # less gloo's source file
+        raise UserError(
+            f"process {accelerator.process_index} of {accelerator.num_processes} lost the others "
+            f"({reason}); rerun every machine to resume from the newest checkpoint"
+        ) from e
     finally:
         accelerator.end_training()
 
@@ -83,14 +95,15 @@ class Run:
     total_steps: int
     fingerprint: str  # of the params and data a checkpoint may be resumed with
     progress: Progress
+    ckpt_dir: Path  # this machine's checkpoints
 
 
 def _train(params: Params, inputs: Inputs, accelerator: Accelerator) -> None:
-    ft, ckpt_dir, main = params.finetune, Path(params.finetune.checkpoint_dir), accelerator.is_main_process
+    ft, main = params.finetune, accelerator.is_main_process
     log = partial(accelerator.print, f"{STAGE}:", flush=True)
     uri = tracking.configure(params.mlflow) if main else None  # unreachable store: stop before training
     run = _set_up(params, inputs, accelerator, log)
-    progress, pad_id = run.progress, inputs.tokenizer.pad_token_id
+    progress, pad_id, ckpt_dir = run.progress, inputs.tokenizer.pad_token_id, run.ckpt_dir
     with _mlflow_run(params, inputs, progress, accelerator) if main else nullcontext():
         # A window: the steps since the last log line, whose loss and throughput it reports.
         loss_sum, steps, tokens, started = torch.zeros((), device=accelerator.device), 0, 0, time.perf_counter()
@@ -159,14 +172,17 @@ def _train(params: Params, inputs: Inputs, accelerator: Accelerator) -> None:
 
         accelerator.wait_for_everyone()
         if main:
-            _write_outputs(params, inputs, progress, uri, log)
+            _write_outputs(params, inputs, progress, ckpt_dir, uri, log)
     accelerator.wait_for_everyone()
+    if accelerator.is_local_main_process:
+        checkpoint.prune(ckpt_dir, keep=set())  # done: nothing left to resume, on any machine
 
 
 def _set_up(params: Params, inputs: Inputs, accelerator: Accelerator, log) -> Run:
     """Model, optimizer, data and schedule, prepared by accelerate; resumed from the newest matching
     checkpoint when there is one."""
-    ft, ckpt_dir = params.finetune, Path(params.finetune.checkpoint_dir)
+    ft = params.finetune
+    ckpt_dir = checkpoint.machine_dir(Path(ft.checkpoint_dir), accelerator)
     if accelerator.num_processes != ft.num_processes:
         log(
             f"warning: finetune.num_processes is {ft.num_processes} but accelerate started "
@@ -207,7 +223,7 @@ def _set_up(params: Params, inputs: Inputs, accelerator: Accelerator, log) -> Ru
 
     fp = checkpoint.fingerprint(ft, inputs.data_hash, accelerator.num_processes, accelerator.mixed_precision)
     progress = Progress()
-    resumed = checkpoint.latest(ckpt_dir, fp, log)
+    resumed = checkpoint.latest(ckpt_dir, fp, log, needs_best=accelerator.is_main_process)
     if resumed:
         path, progress = resumed
         try:
@@ -224,7 +240,7 @@ def _set_up(params: Params, inputs: Inputs, accelerator: Accelerator, log) -> Ru
         f"{accelerator.device}, mixed precision {accelerator.mixed_precision}"
     )
     batches = _micro_batches(accelerator, loader, progress.step * ft.grad_accum)
-    return Run(model, optimizer, scheduler, batches, dev_set, total_steps, fp, progress)
+    return Run(model, optimizer, scheduler, batches, dev_set, total_steps, fp, progress, ckpt_dir)
 
 
 def _optimizer_step(ft, accelerator: Accelerator, run: Run) -> tuple[torch.Tensor, int]:
@@ -312,8 +328,8 @@ def _mlflow_run(params: Params, inputs: Inputs, progress: Progress, accelerator:
     return run
 
 
-def _write_outputs(params: Params, inputs: Inputs, progress: Progress, uri: str, log) -> None:
-    ft, ckpt_dir = params.finetune, Path(params.finetune.checkpoint_dir)
+def _write_outputs(params: Params, inputs: Inputs, progress: Progress, ckpt_dir: Path, uri: str, log) -> None:
+    ft = params.finetune
     with atomic_dir(ft.out_dir) as out:
         shutil.copytree(checkpoint.best_dir(ckpt_dir, progress.best_step), out / "best")
         inputs.tokenizer.save_pretrained(out / "best")
@@ -341,7 +357,6 @@ def _write_outputs(params: Params, inputs: Inputs, progress: Progress, uri: str,
     mlflow.log_artifacts(str(inputs.corpus.dir / TOKENIZER_DIR), "tokenizer")
     write_json(METRICS_FILE, metrics)
     _write_csv(PLOTS_FILE, progress.history)
-    checkpoint.prune(ckpt_dir, keep=set())  # done: nothing left to resume
     log(
         f"best dev perplexity {metrics['best_dev_perplexity']:.4g} at step {progress.best_step}; "
         f"model in {Path(ft.out_dir) / 'best'}"
