@@ -19,6 +19,7 @@ import mlflow
 import numpy as np
 import psutil
 import pytest
+import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -312,10 +313,6 @@ def test_launch_flags_follow_the_hardware_unless_configured():
         assert machines[machines.index("--num_cpu_threads_per_process") + 1] == str(
             max(1, len(os.sched_getaffinity(0)) // 2)
         )
-    fsdp = {"distributed_type": "FSDP", "mixed_precision": "bf16", "num_machines": 1}
-    assert "--multi_gpu" not in hardware_flags(2, "no", fsdp, 60) and "--mixed_precision" not in hardware_flags(
-        2, "no", fsdp, 60
-    )
     with pytest.raises(UserError, match="finetune.num_processes: 3 processes do not divide among 2 machines"):
         hardware_flags(3, "no", two_machine_config(29500), 60)
 
@@ -504,3 +501,31 @@ def test_a_machine_that_cannot_reach_the_main_one_stops_in_one_line(project, tmp
         "(finetune.rendezvous_timeout; Connection refused): is machine 0 running, and is the port open?"
     ], out
     assert "Traceback" not in out and not CKPT.exists()
+
+
+def test_the_fsdp_config_shards_every_decoder_block_and_is_refused_without_gpus():
+    """FSDP is not run here: accelerate chooses it only on GPUs. What is tested is what accelerate
+    makes of the config (the environment it gives the processes) and that the blocks it wraps are
+    those of the models finetune builds."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    config_file = str(ROOT / "configs/accelerate/fsdp.yaml")
+    args, _, _ = _validate_launch_command(
+        launch_command_parser().parse_args(["--config_file", config_file, "--num_processes", "2", "train.py"])
+    )
+    env = prepare_multi_gpu_env(args)
+    assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
+    assert env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP"
+    assert env["FSDP_STATE_DICT_TYPE"] == "SHARDED_STATE_DICT"
+    llama = LlamaForCausalLM(
+        LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    )
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2))
+    blocks = {type(llama.model.layers[0]).__name__, type(gpt2.transformer.h[0]).__name__}
+    assert set(env["FSDP_TRANSFORMER_CLS_TO_WRAP"].split(",")) == blocks
+
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="distributed_type FSDP needs GPUs, and this machine has none"):
+            hardware_flags(2, "auto", yaml.safe_load(Path(config_file).read_text()), 60)

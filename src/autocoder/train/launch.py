@@ -89,6 +89,9 @@ def hardware_flags(num_processes: int, mixed_precision: str, config: dict, rende
     """The `accelerate launch` flags for this machine, for the settings `config` does not make
     (see the module docstring)."""
     gpus = torch.cuda.device_count()
+    if config.get("distributed_type") == "FSDP" and not gpus:
+        # accelerate (1.15) chooses FSDP only on GPUs; on the CPU it would train DDP without a word
+        raise UserError("accelerate config: distributed_type FSDP needs GPUs, and this machine has none")
     machines = int(config.get("num_machines", 1))
     if num_processes % machines:
         raise UserError(f"finetune.num_processes: {num_processes} processes do not divide among {machines} machines")
