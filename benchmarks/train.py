@@ -15,7 +15,9 @@ torch threads of one process):
   torch.compile, SDPA attention, one process;
 - ours-eager: the same without torch.compile; ours-fp32: also without bf16 (what each one buys);
 - ours-2proc: ours-eager with finetune.num_processes 2 (accelerate launch, DDP over gloo, one
-  thread each) and half the batch per process.
+  thread each) and half the batch per process;
+- ours-2machines: the same as two machines on 127.0.0.1, one process each
+  (configs/accelerate/two-machines.yaml; machine 1 is a second launch beside the first).
 
 tokens/s counts real tokens, not padding. The stage's own figures leave evaluations and checkpoints
 out; for ours they also leave out the first log window (torch.compile compiles during the first
@@ -121,6 +123,39 @@ def measure_ours(raw: dict, work: Path) -> dict:
 
     os.chdir(work)
     run(Params.model_validate(raw))
+    return stage_throughput()
+
+
+def measure_two_machines(raw: dict, work: Path) -> dict:
+    """Two machines on 127.0.0.1 (configs/accelerate/two-machines.yaml), one process and one thread
+    each: machine 1 is launched beside this process, which is machine 0."""
+    import socket
+
+    from autocoder.params import Params
+    from autocoder.train import run
+
+    os.chdir(work)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = yaml.safe_load((ROOT / "configs/accelerate/two-machines.yaml").read_text())
+    Path("two-machines.yaml").write_text(
+        yaml.safe_dump({**config, "main_process_ip": "127.0.0.1", "main_process_port": port})
+    )
+    raw = {**raw, "finetune": {**raw["finetune"], "accelerate_config": "two-machines.yaml"}}
+    Path("params.yaml").write_text(yaml.safe_dump(raw))
+    os.environ["OMP_NUM_THREADS"] = "1"
+    launch = [sys.executable, "-m", "autocoder.train.launch", "--num_processes", "2"]
+    machine1 = subprocess.Popen(
+        [*launch, "--machine_rank", "1", "-m", "autocoder.cli", "finetune"], stdout=sys.stderr, stderr=sys.stderr
+    )
+    run(Params.model_validate(raw))
+    if machine1.wait():
+        raise SystemExit(f"machine 1 failed ({machine1.returncode})")
+    return stage_throughput()
+
+
+def stage_throughput() -> dict:
     # plots/finetune.csv: one row per log window, with the tokens and training minutes so far.
     rows = list(csv.DictReader(Path("plots/finetune.csv").open()))
     first, last = rows[0], rows[-1]
@@ -179,6 +214,8 @@ VARIANTS = {
     "ours-fp32": (measure_ours, {"compile": False, "mixed_precision": "no"}),
     # DDP over gloo, 1 thread each
     "ours-2proc": (measure_ours, {"compile": False, "num_processes": 2, "batch_size": "half"}),
+    # two machines on loopback, one process (1 thread) each: DDP over gloo through TCP rendezvous
+    "ours-2machines": (measure_two_machines, {"compile": False, "num_processes": 2, "batch_size": "half"}),
 }
 
 
