@@ -354,7 +354,8 @@ def test_collate_pads_to_the_longest_and_ignores_padding():
 
 def test_learned_recipe_trains(tmp_path, monkeypatch, mlflow_db):
     """The default's recipe end to end in the stage: a learned code tokenizer with FIM tokens, the
-    Llama scratch model, packed windows, fill-in-the-middle and bf16 autocast where the CPU has it."""
+    Llama scratch model, packed windows, fill-in-the-middle, bf16 autocast where the CPU has it and
+    torch.compile."""
     from autocoder.tokenizer import learn_bpe, with_control_tokens
 
     monkeypatch.chdir(tmp_path)
@@ -372,6 +373,7 @@ def test_learned_recipe_trains(tmp_path, monkeypatch, mlflow_db):
             "windows": "packed",
             "fim_rate": 0.5,
             "mixed_precision": "auto",
+            "compile": True,
             "scratch": {**TINY["scratch"], "architecture": "llama"},
         }
     )
@@ -384,6 +386,9 @@ def test_learned_recipe_trains(tmp_path, monkeypatch, mlflow_db):
         ).read_text()
 
     best = OUT / "best"
+    # The saved weights are the trained ones, by their plain names (not torch.compile's "_orig_mod.")
+    loaded, loading = AutoModelForCausalLM.from_pretrained(best, output_loading_info=True)
+    assert not loading["missing_keys"] and not loading["unexpected_keys"], loading
     config = json.loads((best / "config.json").read_text())
     assert config["model_type"] == "llama" and config["vocab_size"] == len(tokenizer)
     assert Completer.from_pretrained(best).can_infill

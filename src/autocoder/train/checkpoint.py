@@ -142,10 +142,11 @@ def save(accelerator: Accelerator, ckpt_dir: Path, progress: Progress, fp: str) 
 def save_best(accelerator: Accelerator, model, ckpt_dir: Path, step: int) -> None:
     """Save the model (weights and config, safetensors) as the best so far: a plain save_pretrained
     folder. Every process takes part: under FSDP the full weights are gathered from all of them."""
-    state_dict = accelerator.get_state_dict(model)
+    raw = accelerator.unwrap_model(model, keep_torch_compile=False)  # no torch.compile "_orig_mod." names
+    state_dict = accelerator.get_state_dict(raw)
     if accelerator.is_main_process:
         with atomic_dir(best_dir(ckpt_dir, step)) as tmp:
-            accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(tmp, state_dict=state_dict)
+            raw.save_pretrained(tmp, state_dict=state_dict)
     accelerator.wait_for_everyone()
 
 
