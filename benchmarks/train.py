@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -274,6 +275,9 @@ def main() -> None:
                 runs[which].append(child(which, raw, args.threads))
                 print(f"{which}: {runs[which][-1]['tokens_per_s']:.0f} tokens/s", file=sys.stderr)
 
+    # --variants: a subset replaces those variants' figures in the results and keeps the others'
+    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() and set(args.variants) != set(VARIANTS) else {}
+    runs = {**previous.get("runs", {}), **runs}
     best = {which: max(results, key=lambda r: r["tokens_per_s"]) for which, results in runs.items()}
     ft = raw["finetune"]
     computed = args.steps * ft["batch_size"] * SEED_LENGTH
@@ -286,21 +290,25 @@ def main() -> None:
         "threads": args.threads,
         "runs": runs,
         "tokens_per_s": {k: round(v["tokens_per_s"], 1) for k, v in best.items()},
-        "speedup_over_seed": {k: round(v["tokens_per_s"] / best["seed"]["tokens_per_s"], 2) for k, v in best.items()},
-        # the share of the seed's computed positions that were padding
-        "seed_padding_share": round(1 - best["seed"]["tokens"] / computed, 4),
     }
+    if "seed" in best:
+        report["speedup_over_seed"] = {
+            k: round(v["tokens_per_s"] / best["seed"]["tokens_per_s"], 2) for k, v in best.items()
+        }
+        # the share of the seed's computed positions that were padding
+        report["seed_padding_share"] = round(1 - best["seed"]["tokens"] / computed, 4)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{'loop':<11} {'tokens/s':>9} {'vs seed':>8} {'real tokens':>12} {'seconds':>8} {'load avg':>9}")
     for which, r in best.items():
+        speedup = report.get("speedup_over_seed", {}).get(which, math.nan)
         print(
-            f"{which:<11} {r['tokens_per_s']:>9.0f} {report['speedup_over_seed'][which]:>7.2f}x {r['tokens']:>12} "
+            f"{which:<11} {r['tokens_per_s']:>9.0f} {speedup:>7.2f}x {r['tokens']:>12} "
             f"{r['seconds']:>8.1f} {r['load_average_before']:>9.1f}"
         )
     print(
         f"best of {args.repeats}; {args.steps} steps of {ft['batch_size']} windows; the seed's batches were "
-        f"{report['seed_padding_share']:.1%} padding; {corpus}; {RESULTS.relative_to(ROOT)}"
+        f"{report.get('seed_padding_share', math.nan):.1%} padding; {corpus}; {RESULTS.relative_to(ROOT)}"
     )
 
 
