@@ -272,7 +272,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             order = args.variants if repeat % 2 == 0 else args.variants[::-1]  # no order bias
             for which in order:
-                runs[which].append(child(which, raw, args.threads))
+                runs[which].append({**child(which, raw, args.threads), "corpus": corpus})
                 print(f"{which}: {runs[which][-1]['tokens_per_s']:.0f} tokens/s", file=sys.stderr)
 
     # --variants: a subset replaces those variants' figures in the results and keeps the others'
