@@ -102,6 +102,18 @@ def metrics() -> dict:
     return json.loads(Path("metrics/finetune.json").read_text())
 
 
+def assert_same_run(other_rows: list[dict], other_metrics: dict) -> None:
+    """This project's last run logged the same steps, losses and learning rates (within a relative
+    1e-4) and saw the same tokens as the other run."""
+    rows = plot_rows()
+    assert [r["step"] for r in rows] == [r["step"] for r in other_rows]
+    for key in ("train_loss", "dev_loss", "lr"):
+        assert [float(r[key]) for r in rows if r[key]] == pytest.approx(
+            [float(r[key]) for r in other_rows if r[key]], rel=1e-4
+        ), key
+    assert metrics()["tokens_seen"] == other_metrics["tokens_seen"]
+
+
 def run_info() -> dict:
     return json.loads((OUT / "mlflow_run.json").read_text())
 
@@ -181,13 +193,7 @@ def test_two_processes_match_one_with_grad_accum(project):
     assert logged.data.tags["num_processes"] == "2"
 
     run(project(num_processes=1, grad_accum=2, max_steps=6, eval_every=3))
-    rows = plot_rows()
-    assert [r["step"] for r in rows] == [r["step"] for r in ddp_rows]
-    for key in ("train_loss", "dev_loss", "lr"):
-        assert [float(r[key]) for r in rows if r[key]] == pytest.approx(
-            [float(r[key]) for r in ddp_rows if r[key]], rel=1e-4
-        ), key
-    assert metrics()["tokens_seen"] == ddp_metrics["tokens_seen"]
+    assert_same_run(ddp_rows, ddp_metrics)
 
 
 def test_resume_after_kill_ends_like_an_uninterrupted_run(project, capsys):
@@ -481,13 +487,7 @@ def test_two_machines_match_one_and_resume_after_one_is_killed(project, tmp_path
     # ---- one machine, one process, accumulating two micro-batches: the same run ----
     shutil.rmtree(OUT)
     run(project(num_processes=1, grad_accum=2, max_steps=80, eval_every=8, checkpoint_every=8))
-    rows = plot_rows()
-    assert [r["step"] for r in rows] == [r["step"] for r in two_rows]
-    for key in ("train_loss", "dev_loss", "lr"):
-        assert [float(r[key]) for r in rows if r[key]] == pytest.approx(
-            [float(r[key]) for r in two_rows if r[key]], rel=1e-4
-        ), key
-    assert metrics()["tokens_seen"] == two_metrics["tokens_seen"]
+    assert_same_run(two_rows, two_metrics)
 
 
 @pytest.mark.slow  # accelerate launch
