@@ -152,6 +152,7 @@ def tiny_params(project: Path, corpus: Path) -> dict:
         windows="sliding",
         fim_rate=0.0,
         compile=False,
+        onnx=False,  # the export takes seconds; test_pipeline.py exports
         mixed_precision="no",
         scratch={"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64},
         max_length=64,

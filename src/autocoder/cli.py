@@ -39,7 +39,7 @@ def _build_parser() -> argparse.ArgumentParser:
     for name in STAGES:
         sub.add_parser(name, help=f"run the {name} stage alone (as `dvc repro` would)")
 
-    def add_model_args(p: argparse.ArgumentParser) -> None:
+    def add_model_args(p: argparse.ArgumentParser, sampling: bool = True) -> None:
         p.add_argument("--model", help="model folder or Hub id (default: the registry's champion)")
         p.add_argument(
             "--max-new-tokens",
@@ -48,6 +48,8 @@ def _build_parser() -> argparse.ArgumentParser:
             help="most tokens generated; a completion usually ends sooner, at a blank line or eos "
             "(default: params.yaml's evaluate.max_new_tokens, as the model was evaluated)",
         )
+        if not sampling:
+            return
         p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
         p.add_argument(
             "--top-p",
@@ -62,6 +64,17 @@ def _build_parser() -> argparse.ArgumentParser:
             help="loop guard (1.0 = off; default: params.yaml's evaluate.repetition_penalty, as the model "
             "was evaluated)",
         )
+
+    def add_gate_args(p: argparse.ArgumentParser) -> None:
+        """The confidence gate's options, as `serve` and `lsp` take them."""
+        p.add_argument(
+            "--min-confidence",
+            type=float,
+            default=None,
+            help="hide completions whose mean token log-probability is below this (default: the threshold the "
+            "evaluate stage fitted for the registered model; none for a model folder)",
+        )
+        p.add_argument("--no-gate", action="store_true", help="show every completion: no confidence gate or filters")
 
     comp = sub.add_parser("complete", help="complete code from a prompt", formatter_class=_DefaultsFormatter)
     comp.add_argument("prompt", help="the code context to complete")
@@ -88,14 +101,21 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--queue-size", type=int, default=16, help="requests waiting at most; more get a 503")
-    serve.add_argument(
-        "--min-confidence",
-        type=float,
-        default=None,
-        help="hide completions whose mean token log-probability is below this (default: the threshold the "
-        "evaluate stage fitted for the registered model; none for a model folder)",
+    add_gate_args(serve)
+
+    lsp = sub.add_parser(
+        "lsp",
+        help="a language server on stdin/stdout (textDocument/completion, inlineCompletion) for an editor to start",
+        formatter_class=_DefaultsFormatter,
     )
-    serve.add_argument("--no-gate", action="store_true", help="show every completion: no confidence gate or filters")
+    add_model_args(lsp, sampling=False)  # greedy: the gate's threshold was fitted on greedy completions
+    add_gate_args(lsp)
+
+    export = sub.add_parser(
+        "export",
+        help="export a model folder to ONNX (model.onnx): completion then starts in about a second, without torch",
+    )
+    export.add_argument("--model", required=True, help="model folder (saved with save_pretrained, safetensors)")
     return parser
 
 
@@ -104,10 +124,20 @@ def main(argv: list[str] | None = None) -> None:
     with exit_on_user_error(f"autocoder {args.command}"):
         if args.command in STAGES:
             importlib.import_module(STAGES[args.command]).run(load_params(args.params))
+        elif args.command == "export":
+            from pathlib import Path
+
+            from autocoder.runtime import export_onnx
+
+            print(f"autocoder export: wrote {export_onnx(Path(args.model))}")
         elif args.command == "serve":
-            from autocoder.serve import serve_command
+            from autocoder.serve.http import serve_command
 
             serve_command(args)
+        elif args.command == "lsp":
+            from autocoder.serve.lsp import lsp_command
+
+            lsp_command(args)
         else:
             from autocoder import complete
 

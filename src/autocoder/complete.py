@@ -9,7 +9,10 @@ and cut the text afterwards).
 Decoding is a plain loop over the model's forward pass with its key/value cache, not
 `model.generate`: it checks the stop after each token and reads each token's log-probability (the
 `--json` confidence) straight from the logits. Per token it costs about what generate costs
-(benchmarks/complete.py); the saving is the tokens not generated after the stop.
+(benchmarks/complete.py); the saving is the tokens not generated after the stop. The forward pass is
+PyTorch's, or ONNX Runtime's for a folder with an exported model.onnx (autocoder.runtime: no torch
+import, a cold start in about a second); the loop itself works on numpy arrays, so that one loop
+serves both.
 
 Prompt formats (config.json key `prompt_format`):
 - "control_ids" (written by our finetune): [control token id] + tokenizer.encode(context), exactly
@@ -35,34 +38,30 @@ of a fill-in-the-middle prompt.
 
 Loop guard: `repetition_penalty` (CTRL's: the logits of every token already in the prompt or the
 completion are divided by it when positive, multiplied when negative) and `no_repeat_ngram_size`
-(no n-gram of the prompt + completion occurs twice) are transformers' logits processors, applied to
-the logits before the greedy or sampled choice; both off (1.0 and 0), decoding is unchanged. The
-confidence stays the model's own log-probability of each chosen token, before these processors.
+(no n-gram of the prompt + completion occurs twice), applied to the logits before the greedy or
+sampled choice; both off (1.0 and 0), decoding is unchanged. The confidence stays the model's own
+log-probability of each chosen token, before them. They and the sampling warpers (temperature, top-p)
+are transformers' logits processors written again in numpy, because the ONNX path has no torch;
+tests/test_complete.py checks them against transformers' generate.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.generation.logits_process import (
-    LogitsProcessorList,
-    NoRepeatNGramLogitsProcessor,
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopPLogitsWarper,
-)
+import numpy as np
 
 from autocoder.corpus import CONTROL_IDS, PROMPT_FORMAT_KEY
 from autocoder.errors import UserError, first_line
 from autocoder.hub import TOKENIZER_FILES_TEXT, has_tokenizer_files, hub_offline, local_path
 from autocoder.params import MlflowParams, Params, generation_settings, load_params
+from autocoder.runtime import OnnxRunner, OnnxTokenizer, TorchRunner, onnx_runner
 from autocoder.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
 BLANK_LINE = re.compile(r"\n[ \t]*\n")  # ends a completion (the seed cut at "\n\n")
@@ -105,17 +104,22 @@ class StopCheck:
 
 
 class Completer:
-    """A causal LM and its tokenizer, ready to complete code in the languages it has control tokens for."""
+    """A causal LM and its tokenizer, ready to complete code in the languages it has control tokens for.
+
+    `model`: a transformers model (run by PyTorch; also `self.model`, for the evaluate stage's
+    perplexity) or an OnnxRunner (self.model is None)."""
 
     def __init__(
         self, model, tokenizer, control_tokens: dict[str, str] | None = None, prompt_format: str | None = None
     ):
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = model.to(self.device).eval()
+        self.runner = model if isinstance(model, OnnxRunner) else TorchRunner(model)
+        self.model = None if isinstance(model, OnnxRunner) else self.runner.model
+        self.config, self.device = self.runner.config, self.runner.device
         self.tokenizer = tokenizer
         self._token_texts: list[str] | None = None  # each token's text, for token healing
         self.confidence_threshold: float | None = None  # the gate fitted on dev (a registered model's)
-        self.prompt_format = prompt_format or getattr(model.config, PROMPT_FORMAT_KEY, None) or SEED_TEXT
+        self.prompt_format = prompt_format or getattr(self.config, PROMPT_FORMAT_KEY, None) or SEED_TEXT
+        self.rng = np.random.default_rng()  # sampling (temperature > 0)
         added = tokenizer.get_added_vocab()
         if control_tokens is None:  # no params: every added "<name>" token that is not eos/pad/FIM/...
             specials = {*tokenizer.special_tokens_map.values(), FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX}
@@ -123,7 +127,7 @@ class Completer:
                 m[1]: tok for tok in added if (m := re.fullmatch(r"<(\w+)>", tok)) and tok not in specials
             }
         self.languages = {lang: added[tok] for lang, tok in control_tokens.items() if tok in added}
-        self.name = str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
+        self.name = str(getattr(self.config, "_name_or_path", "") or type(model).__name__)
         fim = [added.get(tok) for tok in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)]
         # ids of <fim_prefix>, <fim_suffix>, <fim_middle>; None: this model cannot fill in the middle
         self.fim_ids: tuple[int, int, int] | None = (
@@ -132,15 +136,27 @@ class Completer:
 
     @classmethod
     def from_pretrained(
-        cls, name: str | Path, control_tokens: dict[str, str] | None = None, prompt_format: str | None = None
+        cls,
+        name: str | Path,
+        control_tokens: dict[str, str] | None = None,
+        prompt_format: str | None = None,
+        onnx: bool = True,
     ) -> Completer:
         """A local model folder or a Hub id (offline: the Hub cache only); safetensors weights only.
 
         A name that exists here, or is spelled as only a path can be (absolute, ./, ../, ~, more
-        than one "/"), is a folder: a missing one is said to be missing, not tried on the Hub."""
+        than one "/"), is a folder: a missing one is said to be missing, not tried on the Hub. A
+        folder with an up-to-date model.onnx runs on ONNX Runtime unless `onnx` is False."""
         folder = local_path(name)
         if folder is not None:
             _check_model_folder(folder)
+            runner = onnx_runner(folder) if onnx else None
+            if runner is not None:
+                completer = cls(runner, OnnxTokenizer(folder), control_tokens, prompt_format)
+                completer.name = str(name)
+                return completer
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         source = str(folder) if folder is not None else str(name)
         try:
             kwargs = {} if folder is not None else {"local_files_only": hub_offline()}
@@ -223,11 +239,11 @@ class Completer:
         _check_generation_args(max_new_tokens, temperature, top_p, num)
         _check_loop_guard(repetition_penalty, no_repeat_ngram_size)
         specials = 1 if suffix is None else 4  # control (+ <fim_prefix>, <fim_suffix>, <fim_middle>)
-        room = self.model.config.max_position_embeddings - max_new_tokens - specials
+        room = self.config.max_position_embeddings - max_new_tokens - specials
         if room <= 0:
             raise UserError(
                 f"max_new_tokens {max_new_tokens} leaves no room for a context in the model's "
-                f"{self.model.config.max_position_embeddings} positions"
+                f"{self.config.max_position_embeddings} positions"
             )
         keep = min(room, max_context_tokens or room)
         healed, allowed = (self._healed_tail(context) if heal else ""), None
@@ -238,44 +254,37 @@ class Completer:
             prompt = prompt[:1] + prompt[1:][-keep:]  # the control token and the nearest left context
         else:
             prompt = self.fim_prompt_ids(lang, context, suffix, keep, max_suffix_tokens)
-        processors = LogitsProcessorList()
-        if repetition_penalty != 1.0:
-            processors.append(RepetitionPenaltyLogitsProcessor(float(repetition_penalty)))
-        if no_repeat_ngram_size > 0:
-            processors.append(NoRepeatNGramLogitsProcessor(int(no_repeat_ngram_size)))
-        # transformers' own sampling warpers (min_tokens_to_keep=1: the most likely token always stays)
-        warpers = LogitsProcessorList(
-            [TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)] if temperature > 0 else []
-        )
         check = StopCheck(self.tokenizer, stop, healed)
         generated: list[list[int]] = [[] for _ in range(num)]
         logprobs: list[list[float]] = [[] for _ in range(num)]
         stops: list[str | None] = [None] * num
-        inputs, cache = torch.tensor([prompt] * num, device=self.device), None
-        sequence = inputs  # prompt + generated ids, [num, len]: what the processors look at
-        with torch.inference_mode():
-            for _ in range(max_new_tokens):
-                out = self.model(input_ids=inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
-                cache, logits = out.past_key_values, out.logits[:, -1].float()
-                scores = processors(sequence, logits.clone()) if processors else logits  # logits: the confidence
-                if allowed is not None:  # the first token re-spells the healed one
-                    scores = scores.masked_fill(~allowed, float("-inf"))
-                    allowed = None
-                tokens = _sample(scores, warpers) if temperature > 0 else scores.argmax(-1)
-                token_logprobs = logits.log_softmax(-1).gather(1, tokens[:, None])[:, 0]
-                for row, (token, logprob) in enumerate(zip(tokens.tolist(), token_logprobs.tolist())):
-                    if stops[row] is None:
-                        generated[row].append(token)
-                        logprobs[row].append(logprob)
-                        stops[row] = check(generated[row])
-                if all(stops):
-                    break
-                if on_step is not None and not on_step([self._text(ids, healed) for ids in generated]):
-                    stops = [reason or "cancelled" for reason in stops]
-                    break
-                inputs = tokens[:, None]
-                if processors:
-                    sequence = torch.cat([sequence, inputs], dim=1)
+        rows = np.arange(num)
+        sequence = np.array([prompt] * num, dtype=np.int64)  # prompt + generated ids: what the guard looks at
+        inputs, cache = sequence, None
+        for _ in range(max_new_tokens):
+            logits, cache = self.runner.step(inputs, cache)
+            scores = logits.copy()  # logits stay the model's own: the confidence
+            if repetition_penalty != 1.0:
+                _penalize_repeats(scores, sequence, repetition_penalty)
+            if no_repeat_ngram_size > 0:
+                _ban_repeated_ngrams(scores, sequence, no_repeat_ngram_size)
+            if allowed is not None:  # the first token re-spells the healed one
+                scores[:, ~allowed] = -np.inf
+                allowed = None
+            tokens = _sample(scores, temperature, top_p, self.rng) if temperature > 0 else scores.argmax(-1)
+            token_logprobs = _log_softmax(logits)[rows, tokens]
+            for row, (token, logprob) in enumerate(zip(tokens.tolist(), token_logprobs.tolist())):
+                if stops[row] is None:
+                    generated[row].append(token)
+                    logprobs[row].append(logprob)
+                    stops[row] = check(generated[row])
+            if all(stops):
+                break
+            if on_step is not None and not on_step([self._text(ids, healed) for ids in generated]):
+                stops = [reason or "cancelled" for reason in stops]
+                break
+            inputs = tokens[:, None].astype(np.int64)
+            sequence = np.concatenate([sequence, inputs], axis=1)
         return [
             self._completion(ids, row_logprobs, reason or "length", stop, healed)
             for ids, row_logprobs, reason in zip(generated, logprobs, stops)
@@ -306,13 +315,13 @@ class Completer:
             return ""
         return tail
 
-    def _tokens_starting_with(self, text: str) -> torch.Tensor:
-        """A mask of the vocabulary's tokens whose text starts with `text` (one row, on the device)."""
+    def _tokens_starting_with(self, text: str) -> np.ndarray:
+        """A mask of the vocabulary's tokens whose text starts with `text`."""
         if self._token_texts is None:
             self._token_texts = [
                 self.tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in range(len(self.tokenizer))
             ]
-        mask = torch.zeros(self.model.config.vocab_size, dtype=torch.bool, device=self.device)
+        mask = np.zeros(self.config.vocab_size, dtype=bool)
         mask[[i for i, t in enumerate(self._token_texts) if t.startswith(text) and i < len(mask)]] = True
         return mask
 
@@ -330,9 +339,41 @@ def _check_model_folder(folder: Path) -> None:
         )
 
 
-def _sample(logits: torch.Tensor, warpers: LogitsProcessorList) -> torch.Tensor:
-    """One token per row from the softmax of the warped logits (temperature, then the top-p nucleus)."""
-    return torch.multinomial(warpers(None, logits).softmax(-1), 1)[:, 0]
+def _sample(scores: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> np.ndarray:
+    """One token per row from the softmax of scores / temperature, cut to the top-p nucleus: the
+    most likely tokens whose probabilities before them add up to less than top_p (the most likely
+    always stays), as transformers' TopPLogitsWarper keeps them."""
+    probs = np.exp(_log_softmax(scores / temperature))
+    order = np.argsort(-probs, axis=-1, kind="stable")
+    ranked = np.take_along_axis(probs, order, axis=-1)
+    ranked[(np.cumsum(ranked, axis=-1) - ranked) >= top_p] = 0.0
+    thresholds = rng.random((len(ranked), 1)) * ranked.sum(-1, keepdims=True)
+    picks = (np.cumsum(ranked, axis=-1) >= thresholds).argmax(-1)
+    return order[np.arange(len(order)), picks]
+
+
+def _log_softmax(scores: np.ndarray) -> np.ndarray:
+    shifted = scores - scores.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def _penalize_repeats(scores: np.ndarray, sequence: np.ndarray, penalty: float) -> None:
+    """CTRL's repetition penalty, in place: every token of the row's sequence has its score divided
+    by `penalty` where positive, multiplied where negative."""
+    for row, ids in enumerate(sequence):
+        seen = np.unique(ids)
+        s = scores[row, seen]
+        scores[row, seen] = np.where(s < 0, s * penalty, s / penalty)
+
+
+def _ban_repeated_ngrams(scores: np.ndarray, sequence: np.ndarray, n: int) -> None:
+    """In place: no token may complete an n-gram that the row's sequence already has."""
+    if sequence.shape[1] + 1 < n:
+        return
+    for row, ids in enumerate(sequence.tolist()):
+        tail = tuple(ids[len(ids) - n + 1 :])
+        banned = {ids[i + n - 1] for i in range(len(ids) - n + 1) if tuple(ids[i : i + n - 1]) == tail}
+        scores[row, list(banned)] = -np.inf
 
 
 def cut_at(pattern: re.Pattern, text: str) -> str:
@@ -390,6 +431,12 @@ def _from_registry(uri: str, params: Params | None) -> Completer:
     return model.unwrap_python_model().completer
 
 
+def quiet_model_loading() -> None:
+    """No "Loading weights" bar around a completion. transformers reads the variable when first
+    imported; importing it here to switch the bar off would cost a second of the ONNX path's start."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def params_for(args) -> Params | None:
     """The params file; optional when --model names the model (e.g. outside the project)."""
     if args.model is not None and not Path(args.params).exists():
@@ -397,9 +444,9 @@ def params_for(args) -> Params | None:
     return load_params(args.params)
 
 
-def _completer_for(args) -> Completer:
-    from transformers.utils import logging
-
+def _completer_for(args, has_text: bool = True) -> Completer:
+    """The model for `complete` or `interact`, once the arguments are known to be good: a bad one is
+    refused before the model loads (seconds)."""
     params = params_for(args)
     evaluated = generation_settings(params.evaluate if params else None)  # what the model was measured with
     if args.max_new_tokens is None:
@@ -407,13 +454,20 @@ def _completer_for(args) -> Completer:
     if args.repetition_penalty is None:
         args.repetition_penalty = evaluated["repetition_penalty"]
     _check_generation_args(args.max_new_tokens, args.temperature, args.top_p, getattr(args, "num", 1))
-    logging.disable_progress_bar()  # no "Loading weights" bar around the completion
+    _check_loop_guard(args.repetition_penalty, 0)
+    if args.lang is not None and params is not None and args.lang not in params.languages:
+        raise UserError(
+            f"--lang {args.lang!r}: not a language of {args.params} (it has: {', '.join(params.languages)})"
+        )
+    if not has_text:
+        raise UserError("the prompt is empty: give the code to complete (or a --suffix to fill in before)")
+    quiet_model_loading()
     return load_completer(args.model, params)
 
 
 def complete_command(args) -> None:
-    completer = _completer_for(args)
     suffix = args.suffix_file.read() if args.suffix_file else args.suffix
+    completer = _completer_for(args, has_text=bool(args.prompt.strip()) or bool(suffix))
     completions = completer.complete(
         args.lang,
         args.prompt,

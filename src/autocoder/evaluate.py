@@ -80,7 +80,8 @@ PROGRESS = {"mininterval": 5}  # tqdm: a progress line every 5 s at most, not to
 def run(params: Params) -> None:
     cfg = params.evaluate
     model_dir, corpus, dev_rows, measurement, run_id = _check_inputs(params)
-    completer = Completer.from_pretrained(model_dir, params.control_tokens(), prompt_format=CONTROL_IDS)
+    # PyTorch, not the exported model.onnx: perplexity needs the model itself
+    completer = Completer.from_pretrained(model_dir, params.control_tokens(), prompt_format=CONTROL_IDS, onnx=False)
     _check_model(completer, corpus, model_dir)
 
     print(f"{STAGE}: scoring dev perplexity")

@@ -164,6 +164,9 @@ class FinetuneParams(_Strict):
     # torch.compile (inductor) of the training forward and backward: ~1.8x tokens/s for the scratch
     # Llama in bf16 on 2 CPU cores (benchmarks/train.py), after a one-off compile of about a minute.
     compile: bool = True
+    # Also export the best model to best/model.onnx (autocoder.runtime): completion from it starts in
+    # about a second, without torch, and decodes ~3x faster on the CPU. Costs ~25 s after training.
+    onnx: bool = True
     learning_rate: float = Field(6e-4, gt=0)
     lr_scheduler: Literal["linear", "cosine", "constant_with_warmup", "cosine_with_min_lr"] = "cosine_with_min_lr"
     weight_decay: float = Field(0.1, ge=0)  # not applied to norms, biases and embeddings

