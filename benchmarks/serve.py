@@ -6,10 +6,12 @@ lines): about 1,500 characters of the file before the line as `prompt`, about 50
 p95) sequentially, and with 8 concurrent clients (a fixed number of requests, every one answered,
 none failed), and the share of lines completed exactly (so that a faster server can be checked to
 write the same code; the gate is off, so that every completion counts). The server is a real
-`autocoder serve` process on 127.0.0.1; it is warmed up with a few requests first. Writes
-benchmarks/results/serve.json.
+`autocoder serve` process on 127.0.0.1; it is warmed up with a few requests first. Each variant
+serves the same weights: from the exported model.onnx (ONNX Runtime), from PyTorch, and from
+model.onnx quantized to int8. Writes benchmarks/results/serve.json.
 
-    python benchmarks/serve.py [--model models/finetune/best] [--requests 60] [--clients 8]
+    python benchmarks/serve.py [--model models/finetune/best] [--variants onnx,torch,onnx-int8]
+                               [--requests 60] [--clients 8]
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,10 +36,12 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from autocoder.corpus import Corpus, split_rows
+from autocoder.runtime import ONNX_FILE, export_onnx
 
 SEGMENTS, SPLIT = Path("data/segments"), Path("data/split")
 PREFIX_CHARS, SUFFIX_CHARS = 1500, 500
 RESULTS = Path(__file__).parent / "results" / "serve.json"
+VARIANTS = ("onnx", "torch", "onnx-int8")
 
 
 def dev_examples(n: int, seed: int) -> list[dict]:
@@ -80,15 +86,8 @@ def summary(latencies: list[float], texts: list[str], examples: list[dict]) -> d
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="models/finetune/best")
-    parser.add_argument("--requests", type=int, default=60)
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-
-    examples = dev_examples(args.requests, args.seed)
+def measure(model: Path, examples: list[dict], clients: int) -> dict:
+    """Sequential and concurrent figures of a real `autocoder serve --model model`."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -97,11 +96,11 @@ def main() -> None:
         str(Path(sys.executable).parent / "autocoder"),
         "serve",
         "--model",
-        args.model,
+        str(model),
         "--port",
         str(port),
         "--queue-size",
-        str(4 * args.clients),
+        str(4 * clients),
         "--no-gate",  # every completion's text, for its exact match
     ]
     server = subprocess.Popen(cmd, start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -133,33 +132,78 @@ def main() -> None:
                 answers[i] = ask(url, examples[i])
 
         started = time.perf_counter()
-        threads = [threading.Thread(target=client) for _ in range(args.clients)]
+        threads = [threading.Thread(target=client) for _ in range(clients)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         wall = time.perf_counter() - started
         assert all(a is not None for a in answers), "a concurrent request failed"
-        results[f"concurrent_{args.clients}"] = summary([a[0] for a in answers], [a[1] for a in answers], examples) | {
+        results[f"concurrent_{clients}"] = summary([a[0] for a in answers], [a[1] for a in answers], examples) | {
             "requests_per_s": len(examples) / wall
         }
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait()
+    return results
 
+
+def variant_folder(model: Path, variant: str, scratch: Path) -> Path:
+    """The model folder served for a variant: "onnx" the exported model.onnx (exported here if the
+    folder has none), "torch" the same weights without it (PyTorch), "onnx-int8" model.onnx with its
+    matrix weights quantized to int8 (ONNX Runtime's dynamic quantization)."""
+    folder = scratch / variant
+    shutil.copytree(model, folder)
+    if variant == "torch":
+        (folder / ONNX_FILE).unlink(missing_ok=True)
+        return folder
+    if not (folder / ONNX_FILE).exists():
+        export_onnx(folder)
+    if variant == "onnx-int8":
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        source = folder / "fp32.onnx"
+        (folder / ONNX_FILE).rename(source)
+        quantize_dynamic(source, folder / ONNX_FILE, weight_type=QuantType.QInt8)
+        quantized = onnx.load(folder / ONNX_FILE)  # the runtime reads the exported metadata
+        onnx.helper.set_model_props(quantized, {p.key: p.value for p in onnx.load(source).metadata_props})
+        onnx.save(quantized, folder / ONNX_FILE)
+        source.unlink()
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="models/finetune/best")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"of {', '.join(VARIANTS)}")
+    parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    examples = dev_examples(args.requests, args.seed)
+    variants = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for variant in args.variants.split(","):
+            if variant not in VARIANTS:
+                parser.error(f"--variants: unknown {variant!r}")
+            variants[variant] = measure(
+                variant_folder(Path(args.model), variant, Path(scratch)), examples, args.clients
+            )
+            for name, r in variants[variant].items():
+                print(
+                    f"{variant:10} {name:14} p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms, "
+                    f"exact match {r['exact_match']:.1%} ({r['requests']} requests)"
+                )
     record = {
         "model": args.model,
         "prefix_chars": PREFIX_CHARS,
         "suffix_chars": SUFFIX_CHARS,
         "languages": sorted({ex["language"] for ex in examples}),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_after": os.getloadavg()[0]},
-        **results,
+        "variants": variants,
     }
-    for name, r in results.items():
-        print(
-            f"{name:14} p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms, exact match {r['exact_match']:.1%} "
-            f"({r['requests']} requests)"
-        )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(record, indent=2) + "\n")
 

@@ -422,7 +422,10 @@ def _from_registry(uri: str, params: Params | None) -> Completer:
 
     store = configure(params.mlflow if params else MlflowParams())
     try:
-        model = mlflow.pyfunc.load_model(uri)
+        # suppress_warnings: MLflow's check of the logged pip requirements against the installed
+        # packages scans every package's metadata (2.5 s of a cold start); the model runs in the
+        # project's own environment, which `make` installs from requirements.lock
+        model = mlflow.pyfunc.load_model(uri, suppress_warnings=True)
     except MlflowException as e:
         raise UserError(
             f"model {uri!r}: not in the registry at {store} ({first_line(e)}); "
@@ -433,8 +436,13 @@ def _from_registry(uri: str, params: Params | None) -> Completer:
 
 def quiet_model_loading() -> None:
     """No "Loading weights" bar around a completion. transformers reads the variable when first
-    imported; importing it here to switch the bar off would cost a second of the ONNX path's start."""
+    imported; importing it here to switch the bar off would cost a second of the ONNX path's start,
+    so only a transformers imported already (by the caller) is told directly."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
 
 
 def params_for(args) -> Params | None:
