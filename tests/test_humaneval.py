@@ -1,0 +1,55 @@
+"""HumanEval through the sandbox: the estimator against hand-computed values, every canonical
+solution passing and wrong ones failing, and the scores of a real (tiny) model's completions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from autocoder.complete import Completer
+from autocoder.humaneval import FUNCTION_END, humaneval_scores, load_problems, pass_at_k, passes, program
+from autocoder.sandbox import Limits, unavailable
+
+WHY_NOT = unavailable()
+needs_sandbox = pytest.mark.skipif(WHY_NOT is not None, reason=f"no sandbox here: {WHY_NOT}")
+
+
+def test_pass_at_k_matches_hand_computed_values():
+    assert pass_at_k(5, 2, 1) == pytest.approx(0.4)  # c / n
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)  # 1 - C(3,2) / C(5,2)
+    assert pass_at_k(10, 0, 5) == 0.0
+    assert pass_at_k(3, 2, 2) == 1.0  # fewer wrong samples than k: some draw of k always passes
+    assert pass_at_k(200, 10, 100) == pytest.approx(1 - math.comb(190, 100) / math.comb(200, 100))
+    with pytest.raises(ValueError, match="k <= n"):
+        pass_at_k(5, 2, 6)
+
+
+def test_the_problems_and_their_programs():
+    problems = load_problems()
+    assert len(problems) == 164 and len({p.task_id for p in problems}) == 164
+    text = program(problems[0], "    return False\n")
+    assert text.startswith(problems[0].prompt) and text.rstrip().endswith(f"check({problems[0].entry_point})")
+    # a completion ends at the next top-level statement, not inside the function's body
+    body = "    x = 1\n\n    return x\n"
+    assert FUNCTION_END.search(body) is None
+    assert FUNCTION_END.search(body + "def other():\n").start() == len(body) - 1
+
+
+@needs_sandbox
+def test_canonical_solutions_pass_and_wrong_ones_fail():
+    problems, limits = load_problems(), Limits(wall_s=10)
+    failing = [p.task_id for p in problems if not passes(p, p.canonical_solution, limits)]
+    assert failing == []
+    assert not any(passes(p, "    return None\n", limits) for p in problems[:10])
+    assert not passes(problems[0], "    return not", limits)  # a syntax error
+
+
+@needs_sandbox
+def test_a_tiny_models_completions_are_run_and_scored(tiny_model_dir):
+    completer = Completer.from_pretrained(tiny_model_dir)
+    problems = load_problems()[:3]
+    scores = humaneval_scores(completer, problems, Limits(wall_s=5), max_new_tokens=16, samples=2, ks=(1, 2))
+    # random weights write no solution: every completion ran and failed its tests
+    sampled = {"n": 2, "temperature": 0.8, "pass@1": 0.0, "pass@2": 0.0}
+    assert scores == {"problems": 3, "pass@1": 0.0, "sampled": sampled}

@@ -1,0 +1,108 @@
+"""The sandbox that runs generated code, tested as one: hostile programs (a fork bomb, an endless
+loop, a 10 GB allocation, writes outside its directory, a network connection, reading the project's
+files, a flood of output) are each contained, reported as failures, and leave nothing running; the
+next program runs normally. Real bubblewrap, real processes."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from autocoder.humaneval import load_problems, passes
+from autocoder.sandbox import OUTPUT_TAIL, Limits, run_python, unavailable
+
+WHY_NOT = unavailable()
+pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"no sandbox here: {WHY_NOT}")
+
+FAST = Limits(wall_s=3, cpu_s=3)
+
+
+def sandboxed_processes() -> list[psutil.Process]:
+    """Processes still running a sandboxed program (bwrap, or anything started from program.py)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "autocoder-sandbox-" in cmdline or "program.py" in cmdline:
+            found.append(proc)
+    return found
+
+
+def test_a_well_behaved_program_runs_and_its_output_is_kept():
+    outcome = run_python("import sys, math\nprint(math.factorial(5))\nsys.exit(0)")
+    assert outcome.passed and outcome.returncode == 0 and outcome.output.strip() == "120"
+    failed = run_python("assert 1 + 1 == 3, 'arithmetic'")
+    assert failed.status == "failed" and "AssertionError: arithmetic" in failed.output
+
+
+@pytest.mark.parametrize(
+    "name, program, status",
+    [
+        ("endless loop", "while True:\n    pass\n", "timeout"),
+        ("sleeping forever", "import time\ntime.sleep(3600)\n", "timeout"),
+        (
+            "fork bomb",
+            "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+            "timeout",
+        ),
+        ("10 GB allocation", "x = bytearray(10 * 2**30)\nprint('allocated')\n", "failed"),
+        ("a 100 MB file", "open('big', 'wb').write(b'x' * (100 << 20))\nprint('written')\n", "failed"),
+    ],
+)
+def test_hostile_programs_are_contained(name, program, status):
+    started = time.monotonic()
+    outcome = run_python(program, FAST)
+    assert outcome.status == status, (name, outcome)
+    assert "allocated" not in outcome.output and "written" not in outcome.output
+    assert time.monotonic() - started < FAST.wall_s + 5  # killed at the limit, not later
+    assert not sandboxed_processes(), f"{name}: left running"
+    assert run_python("print('next')").output.strip() == "next"  # and the machine still works
+
+
+def test_nothing_of_the_host_is_readable_or_writable(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOCODER_SECRET", "s3cret")
+    project_file, outside = Path(__file__).resolve(), tmp_path / "written-from-the-sandbox"
+    for program in [
+        f"print(open({str(project_file)!r}).read())",  # the project's files
+        f"import os\nprint(os.listdir({str(tmp_path)!r}))",  # the host's /tmp
+        "import os\nprint(os.listdir('/home'))",
+        f"open({str(outside)!r}, 'w').write('x')",
+        "open('/usr/autocoder-was-here', 'w').write('x')",
+    ]:
+        outcome = run_python(program, FAST)
+        assert outcome.status == "failed" and "Error" in outcome.output, (program, outcome)
+        assert "def test_nothing_of_the_host" not in outcome.output
+    assert not outside.exists() and not Path("/usr/autocoder-was-here").exists()
+    assert run_python("import os\nassert 'AUTOCODER_SECRET' not in os.environ, os.environ", FAST).passed
+    # its own directory and /tmp are writable, and thrown away afterwards
+    assert run_python("open('here', 'w').write('x')\nopen('/tmp/there', 'w').write('x')", FAST).passed
+    assert run_python("import os\nassert not os.path.exists('here') and not os.path.exists('/tmp/there')").passed
+
+
+def test_no_network_not_even_the_hosts_loopback():
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        outcome = run_python(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\n", FAST)
+        server.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            server.accept()
+    assert outcome.status == "failed" and "ConnectionRefusedError" in outcome.output
+    assert run_python("import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=2)", FAST).status == "failed"
+
+
+def test_a_flood_of_output_is_cut_to_its_tail():
+    outcome = run_python("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n", FAST)
+    assert not outcome.passed and len(outcome.output) <= OUTPUT_TAIL
+
+
+def test_hostile_completions_fail_and_the_evaluation_goes_on():
+    problem = load_problems()[0]
+    for completion in [
+        "    while True:\n        pass\n",
+        "    import os\n    os.system('rm -rf /')\n    return True\n",
+    ]:
+        assert not passes(problem, completion, FAST)
+    assert passes(problem, problem.canonical_solution, FAST)
