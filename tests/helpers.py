@@ -142,6 +142,11 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
+# The evaluate stage's HumanEval and memorization, shrunk for tiny models: they still run for real.
+TINY_HUMANEVAL = {"problems": 2, "max_new_tokens": 8}
+TINY_MEMORIZATION = {"files": 2, "prefix_tokens": 8, "new_tokens": 8}
+
+
 def tiny_params(project: Path, corpus: Path) -> dict:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["clone"]["sources"] = [{"name": "fixture", "path": str(corpus), "languages": ["python", "java"]}]
@@ -168,6 +173,8 @@ def tiny_params(project: Path, corpus: Path) -> dict:
         line_max_new_tokens=8,
         max_new_tokens=8,
         prompts={"python": ["def factorial"], "java": ["public static int"]},
+        humaneval=TINY_HUMANEVAL,
+        memorization=TINY_MEMORIZATION,
     )
     return params
 
@@ -218,6 +225,8 @@ def finetuned_project(root: Path, segments: Path, split: Path, model_dir: Path, 
             "max_new_tokens": 8,
             "perplexity_max_tokens": 2000,
             "latency_repeats": 1,
+            "humaneval": TINY_HUMANEVAL,
+            "memorization": TINY_MEMORIZATION,
             **evaluate,
         }
     )

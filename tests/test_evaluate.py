@@ -16,6 +16,7 @@ from autocoder.atomic import write_json
 from autocoder.complete import CONTROL_IDS, Completer
 from autocoder.corpus import Corpus, split_rows
 from autocoder.errors import UserError
+from autocoder.evaluate import sandbox
 from autocoder.params import EvaluateParams
 from autocoder.registry import CHAMPION, Measurement
 from autocoder.tokenizer import FIM_TOKENS, load_tokenizer
@@ -60,6 +61,16 @@ def test_evaluate_writes_metrics_samples_and_registers_the_champion(finetuned, c
     n_prompts = sum(len(prompts) for prompts in finetuned.evaluate.prompts.values())
     assert metrics["samples"]["total"] == n_prompts and 0 <= metrics["samples"]["ended"] <= n_prompts
     assert 0 <= metrics["samples"]["python_parse"] <= 1
+    why_not = sandbox.unavailable()
+    if why_not is None:  # HumanEval runs completions: a random model passes none
+        assert metrics["humaneval"] == {"problems": 2, "pass_at_1": 0.0, "contaminated_problems": 0}
+        records = [json.loads(line) for line in (Path(finetuned.evaluate.out_dir) / "humaneval.jsonl").open()]
+        assert [r["task_id"] for r in records] == ["HumanEval/0", "HumanEval/1"]
+    else:
+        assert "humaneval" not in metrics and f"humaneval skipped: {why_not}" in capsys.readouterr().out
+    memorized = metrics["memorization"]
+    assert {side: memorized[side]["files"] for side in ("train", "dev")} == {"train": 2, "dev": 2}
+    assert all(0 <= memorized[side]["mean_prefix_tokens"] <= 8 for side in ("train", "dev"))
 
     out = Path(finetuned.evaluate.out_dir)
     samples = (out / "samples.md").read_text()
@@ -76,6 +87,7 @@ def test_evaluate_writes_metrics_samples_and_registers_the_champion(finetuned, c
     assert (
         run.data.metrics["eval/line_completion/java/exact_match"] == metrics["line_completion"]["java"]["exact_match"]
     )
+    assert run.data.metrics["eval/memorization/train/exact"] == memorized["train"]["exact"]
     assert run.data.metrics["dev_perplexity"] == 100.0  # the finetune's own metric is left alone
     assert run.data.tags["champion_decision"] == "no champion yet"
     assert "evaluate/samples.md" in {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "evaluate")}
@@ -86,6 +98,8 @@ def test_evaluate_writes_metrics_samples_and_registers_the_champion(finetuned, c
         metrics["dev_perplexity"], info["tokenizer_fingerprint"], info["dev_split"]
     )
     assert version.run_id == run_id
+    if why_not is None:
+        assert float(version.tags["humaneval_pass_at_1"]) == 0.0
 
 
 @pytest.fixture

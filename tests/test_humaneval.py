@@ -8,8 +8,8 @@ import math
 import pytest
 
 from autocoder.complete import Completer
-from autocoder.humaneval import FUNCTION_END, humaneval_scores, load_problems, pass_at_k, passes, program
-from autocoder.sandbox import Limits, unavailable
+from autocoder.evaluate.humaneval import FUNCTION_END, humaneval_scores, load_problems, pass_at_k, passes, program
+from autocoder.evaluate.sandbox import Limits, unavailable
 
 WHY_NOT = unavailable()
 needs_sandbox = pytest.mark.skipif(WHY_NOT is not None, reason=f"no sandbox here: {WHY_NOT}")
@@ -49,7 +49,9 @@ def test_canonical_solutions_pass_and_wrong_ones_fail():
 def test_a_tiny_models_completions_are_run_and_scored(tiny_model_dir):
     completer = Completer.from_pretrained(tiny_model_dir)
     problems = load_problems()[:3]
-    scores = humaneval_scores(completer, problems, Limits(wall_s=5), max_new_tokens=16, samples=2, ks=(1, 2))
+    scores, records = humaneval_scores(completer, problems, Limits(wall_s=5), max_new_tokens=16, samples=2, ks=(1, 2))
     # random weights write no solution: every completion ran and failed its tests
-    sampled = {"n": 2, "temperature": 0.8, "pass@1": 0.0, "pass@2": 0.0}
-    assert scores == {"problems": 3, "pass@1": 0.0, "sampled": sampled}
+    sampled = {"n": 2, "temperature": 0.8, "pass_at_1": 0.0, "pass_at_2": 0.0}
+    assert scores == {"problems": 3, "pass_at_1": 0.0, "sampled": sampled}
+    assert [r["task_id"] for r in records] == [p.task_id for p in problems]
+    assert {r["status"] for r in records} <= {"failed", "timeout"} and all(r["completion"] for r in records)

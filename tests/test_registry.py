@@ -76,6 +76,20 @@ def test_champion_moves_only_to_a_better_comparable_model(logged):
         assert tags[registry.DECISION_TAG] == decision.reason
 
 
+def test_a_version_worse_than_the_champion_in_a_score_is_tagged_so(logged):
+    _, uri = logged
+    name, client = "regressions", mlflow.MlflowClient()
+    registry.register(uri, name, _measured(10.0), {"humaneval_pass_at_1": 0.25})
+    # better perplexity (the new champion) but a worse HumanEval: crowned, and tagged as a regression
+    second = registry.register(uri, name, _measured(9.0), {"humaneval_pass_at_1": 0.125})
+    tags = client.get_model_version(name, second.version).tags
+    assert second.promoted and float(tags["humaneval_pass_at_1"]) == 0.125
+    assert tags[registry.REGRESSION_TAG] == "humaneval_pass_at_1 0.125 < champion v1's 0.25"
+    # as good as the champion, or a score the champion lacks: no tag
+    third = registry.register(uri, name, _measured(9.5), {"humaneval_pass_at_1": 0.125, "robust": 0.1})
+    assert registry.REGRESSION_TAG not in client.get_model_version(name, third.version).tags
+
+
 CHILD = """
 import sys
 from autocoder import registry

@@ -12,8 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from autocoder.humaneval import load_problems, passes
-from autocoder.sandbox import OUTPUT_TAIL, Limits, run_python, unavailable
+from autocoder.evaluate.humaneval import load_problems, passes
+from autocoder.evaluate.sandbox import OUTPUT_TAIL, Limits, run_python, unavailable
 
 WHY_NOT = unavailable()
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"no sandbox here: {WHY_NOT}")

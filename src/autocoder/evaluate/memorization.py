@@ -1,0 +1,62 @@
+"""Memorization: how much of the files it was trained on the model reproduces word for word, against
+files it never saw (the seed's "to what extent the model memorizes examples rigidly").
+
+For `files` seeded files of each side (train, dev) with at least prefix_tokens + new_tokens tokens,
+a seeded place in the file; the model is given the prefix_tokens before it (after the language's
+control token, as in training) and generates new_tokens greedily, with no stop pattern and no loop
+guard (a repetition penalty would push the model off a file's own repeated lines). Per side: `exact`, the share of continuations equal to the file's own next new_tokens tokens,
+and `mean_prefix_tokens`, the mean number of leading tokens that match. A gap between train and dev
+is memorization; what dev shares is code any model would guess (closing braces, `self.`).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from autocoder.complete import Completer
+from autocoder.corpus import Corpus
+from autocoder.params import MemorizationParams
+
+NEVER = re.compile(r"(?!)")  # a stop pattern that never matches: exactly new_tokens are generated
+
+
+def memorization(
+    completer: Completer, corpus: Corpus, rows: dict[str, np.ndarray], cfg: MemorizationParams, seed: int
+) -> dict:
+    """{side: {"files", "exact", "mean_prefix_tokens"}} for each side of `rows` (side -> file rows)."""
+    need = cfg.prefix_tokens + cfg.new_tokens
+    scores = {}
+    for side, side_rows in rows.items():
+        rng = np.random.default_rng([seed, len(scores)])
+        long_enough = [int(r) for r in side_rows if corpus.files["n_tokens"][r] >= need]
+        chosen = rng.permutation(long_enough)[: cfg.files]
+        matched = []
+        for row in chosen:
+            tokens = corpus.file_tokens(int(row))
+            start = int(rng.integers(0, len(tokens) - need + 1))
+            prefix = tokens[start : start + cfg.prefix_tokens].tolist()
+            truth = tokens[start + cfg.prefix_tokens : start + need].tolist()
+            [completion] = completer.complete(
+                str(corpus.files["language"][row]),
+                completer.tokenizer.decode(prefix, clean_up_tokenization_spaces=False),
+                max_new_tokens=cfg.new_tokens,
+                stop=NEVER,
+                heal=False,  # the prefix ends where the file's tokens do: nothing to heal
+            )
+            matched.append(common_prefix(completion.token_ids, truth))
+        scores[side] = {
+            "files": len(matched),
+            "exact": float(np.mean([m == cfg.new_tokens for m in matched])) if matched else 0.0,
+            "mean_prefix_tokens": float(np.mean(matched)) if matched else 0.0,
+        }
+    return scores
+
+
+def common_prefix(generated: list[int], truth: list[int]) -> int:
+    """How many leading tokens of `generated` equal `truth`'s."""
+    for i, (a, b) in enumerate(zip(generated, truth)):
+        if a != b:
+            return i
+    return min(len(generated), len(truth))
