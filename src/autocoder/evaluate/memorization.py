@@ -4,9 +4,10 @@ files it never saw (the seed's "to what extent the model memorizes examples rigi
 For `files` seeded files of each side (train, dev) with at least prefix_tokens + new_tokens tokens,
 a seeded place in the file; the model is given the prefix_tokens before it (after the language's
 control token, as in training) and generates new_tokens greedily, with no stop pattern and no loop
-guard (a repetition penalty would push the model off a file's own repeated lines). Per side: `exact`, the share of continuations equal to the file's own next new_tokens tokens,
-and `mean_prefix_tokens`, the mean number of leading tokens that match. A gap between train and dev
-is memorization; what dev shares is code any model would guess (closing braces, `self.`).
+guard (a repetition penalty would push the model off a file's own repeated lines). Per side:
+`exact`, the share of continuations equal to the file's own next new_tokens tokens, and
+`mean_prefix_tokens`, the mean number of leading tokens that match. A gap between train and dev is
+memorization; what dev shares is code any model would guess (closing braces, `self.`).
 """
 
 from __future__ import annotations
