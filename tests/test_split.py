@@ -15,6 +15,7 @@ from autocoder.params import SplitParams, load_params
 from autocoder.split import (
     _BASE,
     METRICS_FILE,
+    SPLITS,
     assign,
     assign_by_content,
     contamination_report,
@@ -134,16 +135,21 @@ def test_each_file_is_dev_with_probability_dev_ratio():
 def test_no_shared_spans_no_contamination_unlike_a_window_split(tmp_path, monkeypatch):
     segments = write_segments(tmp_path / "segments", random_files(50))
     _, metrics = run_split(tmp_path, monkeypatch, segments)
-    assert metrics["file_split"] == {"dev_windows_with_train_ngram": 0.0, "dev_files_in_train": 0.0}
+    assert metrics["file_split"] == {
+        "dev_windows_with_train_ngram": 0.0,
+        "dev_files_in_train": 0.0,
+        "dev_windows_with_train_ngram_beyond_boilerplate": 0.0,
+    }
     # The seed's split of the same windows: a dev window's neighbours 10 tokens away are in train.
     assert metrics["window_split"]["dev_windows_with_train_ngram"] > 0.95
     assert metrics["window_split"]["dev_files_in_train"] > 0.95
 
 
 def _seed_splitting(corpus: Corpus, original: int, copy: int) -> tuple[int, np.ndarray]:
-    """A seed that puts `original` and `copy` in different splits, one of them in dev."""
+    """A seed that puts `original` and `copy` in different splits, one of them in dev, when near-copies
+    are not kept together (the split by content alone)."""
     for seed in range(200):
-        split = assign(corpus, SplitParams(dev_ratio=0.3, seed=seed))
+        split = assign(corpus, SplitParams(dev_ratio=0.3, seed=seed, near_copy_threshold=None))
         if {split[original], split[copy]} == {0, 1}:
             return seed, split
     raise AssertionError("no seed separates the two files")
@@ -154,19 +160,53 @@ def test_a_copied_file_contaminates_dev(tmp_path, monkeypatch):
     files.append(np.concatenate([[1, 2, 3], files[0]]))  # the same code under another path and header
     corpus = Corpus(write_segments(tmp_path / "segments", files))
     seed, split = _seed_splitting(corpus, 0, 10)
-    _, metrics = run_split(tmp_path, monkeypatch, corpus.dir, dev_ratio=0.3, seed=seed)
+    _, metrics = run_split(tmp_path, monkeypatch, corpus.dir, dev_ratio=0.3, seed=seed, near_copy_threshold=None)
     leaked_windows = len(corpus.windows(np.array([0 if split[0] == 1 else 10])))  # the one in dev
     leaked_share = leaked_windows / metrics["dev"]["windows"]
     assert metrics["file_split"]["dev_windows_with_train_ngram"] == pytest.approx(leaked_share, abs=1e-6)
     assert metrics["file_split"]["dev_files_in_train"] == 0.0  # not byte-identical
 
 
+def test_near_copies_land_on_one_side_and_the_report_shows_both_splits(tmp_path, monkeypatch):
+    files = random_files(10)
+    edited = files[0].copy()
+    edited[::100] = 7  # a token in 100 changed: near-identical to MinHash, another file to sha256
+    files.append(edited)
+    corpus = Corpus(write_segments(tmp_path / "segments", files))
+    seed, by_content = _seed_splitting(corpus, 0, 10)
+    assignment, metrics = run_split(tmp_path, monkeypatch, corpus.dir, dev_ratio=0.3, seed=seed)
+    ids = corpus.files["file_id"]
+    assert assignment[ids[0]] == assignment[ids[10]] == "train"  # the group goes where one of it was
+    others = [i for i in range(10) if i != 0]
+    assert [assignment[ids[i]] for i in others] == [SPLITS[by_content[i]] for i in others]  # nothing else moves
+    assert metrics["near_copies_moved_to_train"] == 1
+    assert metrics["file_split"]["dev_windows_with_train_ngram"] == 0.0
+    assert metrics["file_split_without_near_copy_groups"]["dev_windows_with_train_ngram"] > 0.0
+
+
+def test_boilerplate_is_what_many_files_share(tmp_path):
+    header = random_files(1, lengths=(60, 61))[0]
+    files = [np.concatenate([header, body]) for body in random_files(12, lengths=(200, 201))]
+    corpus = Corpus(write_segments(tmp_path / "segments", files))
+    split = np.array([1] + [0] * 11, dtype=np.int8)  # one dev file: its header is in every train file
+    report = contamination_report(corpus, split, SplitParams(contamination_ngram=50, boilerplate_files=10))
+    assert report["file_split"]["dev_windows_with_train_ngram"] == 1.0
+    assert report["file_split"]["dev_windows_with_train_ngram_beyond_boilerplate"] == 0.0
+    assert report["boilerplate_ngrams"] > 0
+    fewer = contamination_report(corpus, split, SplitParams(contamination_ngram=50, boilerplate_files=13))
+    assert fewer["file_split"]["dev_windows_with_train_ngram_beyond_boilerplate"] == 1.0  # 12 files < 13
+
+
 def test_an_exact_copy_is_counted(tmp_path):
     files = random_files(3, lengths=(1000, 1001))
     corpus = Corpus(write_segments(tmp_path / "segments", [files[0], files[0], files[1]]))
     seed, split = _seed_splitting(corpus, 0, 1)
-    report = contamination_report(corpus, split, SplitParams(dev_ratio=0.3, seed=seed))
-    assert report["file_split"] == {"dev_windows_with_train_ngram": 1.0, "dev_files_in_train": 1.0}
+    report = contamination_report(corpus, split, SplitParams(dev_ratio=0.3, seed=seed, near_copy_threshold=None))
+    assert report["file_split"] == {
+        "dev_windows_with_train_ngram": 1.0,
+        "dev_files_in_train": 1.0,
+        "dev_windows_with_train_ngram_beyond_boilerplate": 1.0,  # in 2 files: not boilerplate
+    }
 
 
 def test_ngrams_never_cross_file_boundaries(tmp_path):
@@ -190,7 +230,8 @@ def test_stage_on_real_code_through_the_cli(tmp_path, monkeypatch, tiny_corpus, 
     corpus = Corpus(segments)
     assert all(len(split_rows(corpus, "out/split", name)) for name in ("train", "dev"))
     metrics = json.loads((tmp_path / "metrics" / "contamination.json").read_text())
-    assert metrics["ngram"] == 50 and set(metrics["window_split"]) == set(metrics["file_split"])
+    assert metrics["ngram"] == 50 and set(metrics["window_split"]) < set(metrics["file_split"])
+    assert set(metrics["file_split_without_near_copy_groups"]) == set(metrics["file_split"])
     assert "dev windows with a train 50-gram" in capsys.readouterr().out
 
 

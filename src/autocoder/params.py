@@ -114,6 +114,12 @@ class SplitParams(_Strict):
     test_ratio: float = Field(0.0, ge=0, lt=1)
     seed: int = 42
     contamination_ngram: int = Field(50, gt=0)  # shared tokens that make a dev window leaked
+    # Near-copies (autocoder.near_copies): files whose token 5-gram sets have an estimated Jaccard
+    # similarity of at least this go to one side, train if any of them is train; None = off.
+    near_copy_threshold: float | None = Field(0.5, gt=0, le=1)
+    near_copy_shingle: int = Field(5, gt=0)  # tokens per shingle
+    # the contamination report's boilerplate: an n-gram found in at least this many files
+    boilerplate_files: int = Field(10, ge=2)
     out_dir: str = "data/split"
 
     @model_validator(mode="after")

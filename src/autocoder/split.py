@@ -7,13 +7,17 @@ between files) next to the leak of the seed's window-level split of the same dat
 
 Each file's split follows from a seeded hash of its content alone (file_position): dev_ratio is each
 file's chance of being dev, so about that share of the windows is dev, as the seed's 9:1 was over
-windows. Adding or removing a file moves no other file.
+windows. Adding or removing a file moves no other file. Then near-copies (autocoder.near_copies:
+MinHash over token shingles, `near_copy_threshold`) are kept on one side, train if any of them is
+train by content (keep_near_copies_together says why that way round).
 
 Contamination is measured with 64-bit hashes of every n-gram (n = contamination_ngram): a dev
 window is contaminated when one of its n-grams occurs inside a train window. Windows never cross
 files, so neither do the n-grams counted. Hashes are 64-bit polynomials over random 64-bit token
 codes: two different n-grams collide with probability about 2^-64, so across 10^7 train and 10^6 dev
-n-grams a false match is a one-in-a-million event.
+n-grams a false match is a one-in-a-million event. The leak is also reported beyond boilerplate
+(n-grams found in `boilerplate_files` or more files: licence headers), and for the split without
+near-copy groups.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 from autocoder.atomic import atomic_dir, write_json
 from autocoder.corpus import SPLIT_FILE, Corpus, window_counts, write_columns
 from autocoder.errors import UserError
+from autocoder.near_copies import near_copy_groups
 from autocoder.params import Params, SplitParams
 
 METRICS_FILE = Path("metrics/contamination.json")
@@ -45,10 +50,14 @@ def run(params: Params) -> None:
         )
     write_json(METRICS_FILE, report)
     sizes = ", ".join(f"{name} {report[name]['files']} files" for name in SPLITS if name in report)
+    leak = report["file_split"]
     print(
         f"split: {sizes}; dev windows with a train {sp.contamination_ngram}-gram: "
-        f"{report['file_split']['dev_windows_with_train_ngram']:.2%} "
-        f"(window-level split: {report['window_split']['dev_windows_with_train_ngram']:.2%})"
+        f"{leak['dev_windows_with_train_ngram']:.2%}, beyond boilerplate "
+        f"{leak['dev_windows_with_train_ngram_beyond_boilerplate']:.2%} "
+        f"(without near-copy groups: "
+        f"{report['file_split_without_near_copy_groups']['dev_windows_with_train_ngram']:.2%}; "
+        f"window-level split: {report['window_split']['dev_windows_with_train_ngram']:.2%})"
     )
 
 
@@ -99,7 +108,26 @@ def assign(corpus: Corpus, sp: SplitParams) -> np.ndarray:
     split = assign_by_content(corpus.files["sha256"], sp)
     if not (split == 0).any():
         raise UserError(f"split: no train file left among {n_files} files; lower dev_ratio/test_ratio")
+    if sp.near_copy_threshold is not None:
+        split = keep_near_copies_together(
+            split, near_copy_groups(corpus, sp.near_copy_threshold, sp.near_copy_shingle, sp.seed)
+        )
+        if not (split == 1).any():
+            raise UserError(
+                f"split: every dev file has a near-copy in train (near_copy_threshold {sp.near_copy_threshold}); "
+                "raise split.near_copy_threshold, or set it to null"
+            )
     return split
+
+
+def keep_near_copies_together(split: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Each group of near-copies on one side: train if any of its files is train by content, else
+    dev if any is dev. Files only move from dev or test to train, so dev stays within what the content
+    rule gives: the tokenizer learned from train files (segment) and a base model trained on a larger
+    corpus with the same seed never saw a dev file."""
+    side = np.full(groups.max() + 1, len(SPLITS), dtype=split.dtype)
+    np.minimum.at(side, groups, split)  # train (0) < dev (1) < test (2)
+    return side[groups]
 
 
 def corpus_windows(corpus: Corpus) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -160,21 +188,47 @@ def gram_mask(starts: np.ndarray, lengths: np.ndarray, n: int, size: int) -> np.
     return np.cumsum(diff, out=diff)[:size] > 0
 
 
+def boilerplate(corpus: Corpus, hashes: np.ndarray, n: int, min_files: int) -> np.ndarray:
+    """True at every n-gram start whose n-gram occurs in at least `min_files` distinct files: a
+    licence header, a generated banner, an import block every file repeats. Copied from file to file
+    by design, it leaks no file's own code."""
+    n_tokens = corpus.files["n_tokens"].astype(np.int64)
+    inside = gram_mask(corpus.files["token_offset"].astype(np.int64), n_tokens, n, len(hashes))
+    positions = np.flatnonzero(inside)
+    file_of = np.repeat(np.arange(len(n_tokens)), n_tokens)[positions]
+    order = np.lexsort((file_of, hashes[positions]))
+    sorted_hashes, sorted_files = hashes[positions][order], file_of[order]
+    first = np.ones(len(order), dtype=bool)  # the first occurrence of each (n-gram, file) pair
+    first[1:] = (sorted_hashes[1:] != sorted_hashes[:-1]) | (sorted_files[1:] != sorted_files[:-1])
+    grams, files = np.unique(sorted_hashes[first], return_counts=True)
+    common = grams[files >= min_files]
+    return inside & in_sorted(hashes, common)
+
+
 def contaminated(
-    hashes: np.ndarray, n: int, train: tuple[np.ndarray, np.ndarray], held: tuple[np.ndarray, np.ndarray]
+    hashes: np.ndarray,
+    n: int,
+    train: tuple[np.ndarray, np.ndarray],
+    held: tuple[np.ndarray, np.ndarray],
+    ignored: np.ndarray | None = None,
 ) -> np.ndarray:
     """For each held window (starts, lengths): does one of its n-grams occur inside a train window?
 
-    `hashes` are the corpus' ngram_hashes. A held window overlapping a train window by n tokens
-    (the window-level split's case) leaks without a look-up; the n-grams of the other held windows
-    are looked up, in sorted order, among the sorted train n-grams.
+    `hashes` are the corpus' ngram_hashes; `ignored`, where given, marks n-gram starts that count for
+    nothing (boilerplate). A held window overlapping a train window by n tokens (the window-level
+    split's case) leaks without a look-up; the n-grams of the other held windows are looked up, in
+    sorted order, among the sorted train n-grams.
     """
     in_train = gram_mask(*train, n, len(hashes))
+    if ignored is not None:
+        in_train &= ~ignored
     starts, lengths = held
     ends = np.maximum(starts + lengths - n + 1, starts)  # the window's n-grams start in [starts, ends)
     leaked = _any_in(in_train, starts, ends)
     rest = ~leaked
     positions = np.flatnonzero(gram_mask(starts[rest], lengths[rest], n, len(hashes)))
+    if ignored is not None:
+        positions = positions[~ignored[positions]]
     train_hashes = hashes[in_train]
     del in_train
     train_hashes.sort()
@@ -208,17 +262,24 @@ def _share(flags: np.ndarray) -> float:
     return round(float(flags.mean()), 6) if len(flags) else 0.0
 
 
-def _leak(corpus: Corpus, hashes: np.ndarray, n: int, windows, window_split: np.ndarray, held: int) -> dict:
-    """The two contamination figures of held-out split `held` against train, windows labelled by split."""
+def _leak(
+    corpus: Corpus, hashes: np.ndarray, n: int, windows, window_split: np.ndarray, held: int, ignored=None
+) -> dict:
+    """The contamination figures of held-out split `held` against train, windows labelled by split;
+    with `ignored` (boilerplate n-grams), also the leak beyond boilerplate."""
     row, starts, lengths = windows
     is_train, is_held = window_split == 0, window_split == held
-    leaked = contaminated(hashes, n, (starts[is_train], lengths[is_train]), (starts[is_held], lengths[is_held]))
+    train, held_windows = (starts[is_train], lengths[is_train]), (starts[is_held], lengths[is_held])
     sha = corpus.files["sha256"]
     copied = np.isin(sha[np.unique(row[is_held])], sha[np.unique(row[is_train])])
-    return {
-        f"{SPLITS[held]}_windows_with_train_ngram": _share(leaked),
+    leak = {
+        f"{SPLITS[held]}_windows_with_train_ngram": _share(contaminated(hashes, n, train, held_windows)),
         f"{SPLITS[held]}_files_in_train": _share(copied),
     }
+    if ignored is not None:
+        beyond = contaminated(hashes, n, train, held_windows, ignored)
+        leak[f"{SPLITS[held]}_windows_with_train_ngram_beyond_boilerplate"] = _share(beyond)
+    return leak
 
 
 def contamination_report(corpus: Corpus, split: np.ndarray, sp: SplitParams) -> dict:
@@ -245,10 +306,16 @@ def contamination_report(corpus: Corpus, split: np.ndarray, sp: SplitParams) -> 
             "tokens": int(n_tokens[code]),
         }
     dev_windows = np.random.default_rng(sp.seed).permutation(len(row)) < round(sp.dev_ratio * len(row))
-    # Threads: numpy's sorts and scans release the GIL, so the three reports share the cores.
+    ignored = boilerplate(corpus, hashes, n, sp.boilerplate_files)
+    report["boilerplate_ngrams"] = _share(ignored)  # share of the corpus' n-grams that are boilerplate
+    by_content = assign_by_content(corpus.files["sha256"], sp)
+    report["near_copies_moved_to_train"] = int(((by_content != 0) & (split == 0)).sum())
+    # Threads: numpy's sorts and scans release the GIL, so the reports share the cores.
     with ThreadPoolExecutor() as pool:
-        file_split = [pool.submit(_leak, corpus, hashes, n, windows, split[row], held) for held in present[1:]]
+        file_split = [pool.submit(_leak, corpus, hashes, n, windows, split[row], held, ignored) for held in present[1:]]
+        content_split = pool.submit(_leak, corpus, hashes, n, windows, by_content[row], 1, ignored)
         window_split = pool.submit(_leak, corpus, hashes, n, windows, dev_windows.astype(np.int8), 1)
         report["file_split"] = {key: value for leak in file_split for key, value in leak.result().items()}
+        report["file_split_without_near_copy_groups"] = content_split.result()
         report["window_split"] = window_split.result()
     return report
