@@ -145,6 +145,7 @@ def copy_project(dest: Path) -> Path:
 # The evaluate stage's HumanEval and memorization, shrunk for tiny models: they still run for real.
 TINY_HUMANEVAL = {"problems": 2, "max_new_tokens": 8}
 TINY_MEMORIZATION = {"files": 2, "prefix_tokens": 8, "new_tokens": 8}
+TINY_ROBUSTNESS = {"humaneval_problems": 1}
 
 
 def tiny_params(project: Path, corpus: Path) -> dict:
@@ -177,6 +178,7 @@ def tiny_params(project: Path, corpus: Path) -> dict:
         prompts={"python": ["def factorial"], "java": ["public static int"]},
         humaneval=TINY_HUMANEVAL,
         memorization=TINY_MEMORIZATION,
+        robustness=TINY_ROBUSTNESS,
     )
     return params
 
@@ -229,6 +231,7 @@ def finetuned_project(root: Path, segments: Path, split: Path, model_dir: Path, 
             "latency_repeats": 1,
             "humaneval": TINY_HUMANEVAL,
             "memorization": TINY_MEMORIZATION,
+            "robustness": TINY_ROBUSTNESS,
             **evaluate,
         }
     )

@@ -68,6 +68,12 @@ def test_evaluate_writes_metrics_samples_and_registers_the_champion(finetuned, c
         assert [r["task_id"] for r in records] == ["HumanEval/0", "HumanEval/1"]
     else:
         assert "humaneval" not in metrics and f"humaneval skipped: {why_not}" in capsys.readouterr().out
+    robust = metrics["robustness"]
+    for lang in ("python", "java"):  # the same lines, their context's blank lines doubled
+        assert robust["line_completion"][lang]["nominal"] == metrics["line_completion"][lang]["exact_match"]
+        assert 0 <= robust["line_completion"][lang]["whitespace"]["score"] <= 1
+    if why_not is None:
+        assert robust["humaneval"]["problems"] == 1 and robust["humaneval"]["robust"] == 0.0
     memorized = metrics["memorization"]
     assert {side: memorized[side]["files"] for side in ("train", "dev")} == {"train": 2, "dev": 2}
     assert all(0 <= memorized[side]["mean_prefix_tokens"] <= 8 for side in ("train", "dev"))

@@ -236,6 +236,14 @@ class MemorizationParams(_Strict):
     new_tokens: int = Field(50, gt=0)
 
 
+class RobustnessParams(_Strict):
+    """ReCode-style perturbations (autocoder.evaluate.robustness), scored again."""
+
+    humaneval_problems: int = Field(40, ge=0)  # the first N HumanEval problems, each kind; 0 = off
+    line_completion: bool = True  # line completion again with the context's blank lines doubled
+    seed: int = 0
+
+
 class EvaluateParams(_Strict):
     registered_model_name: str = Field("autocoder", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     perplexity_max_tokens: int | None = Field(50_000, gt=0)  # dev tokens scored (whole files); None = all
@@ -256,6 +264,7 @@ class EvaluateParams(_Strict):
     prompts: dict[str, list[str]] = Field(default_factory=dict)
     humaneval: HumanEvalParams = HumanEvalParams()
     memorization: MemorizationParams = MemorizationParams()
+    robustness: RobustnessParams = RobustnessParams()
     out_dir: str = "models/evaluate"
 
 

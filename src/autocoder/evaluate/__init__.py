@@ -39,6 +39,9 @@ MLflow run, register it, and make it the champion if it is the best comparable m
   missing): pass@1, pass@k from samples (`humaneval.samples`), and `contaminated_problems`, those
   sharing a `contamination_ngram`-token span with a train file. The registered version is tagged
   with its pass@1, and with `quality_regression` when that is below the champion's.
+- Robustness (evaluate/robustness.py): the first `robustness.humaneval_problems` HumanEval problems
+  under each perturbation kind, and line completion with the context's blank lines doubled:
+  nominal and perturbed scores, the relative drop, the robust score (the version is tagged with it).
 - Memorization (evaluate/memorization.py): greedy continuations of train files against dev files.
 - Every generation here uses the loop guard of the params (`repetition_penalty`,
   `no_repeat_ngram_size`), except memorization's (pure greedy, its module says why).
@@ -57,6 +60,7 @@ import math
 import time
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -71,7 +75,7 @@ from autocoder.atomic import atomic_dir, write_json, write_text
 from autocoder.complete import BLANK_LINE, CONTROL_IDS, END_OF_LINE, Completer, Completion
 from autocoder.corpus import TOKENIZER_DIR, Corpus, split_rows, window_starts
 from autocoder.errors import UserError
-from autocoder.evaluate import humaneval, sandbox
+from autocoder.evaluate import humaneval, robustness, sandbox
 from autocoder.evaluate.memorization import memorization
 from autocoder.params import EvaluateParams, Params, generation_settings
 from autocoder.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, fingerprint
@@ -130,6 +134,18 @@ def run(params: Params) -> None:
         print(f"{STAGE}: humaneval skipped: {skipped}")
     else:
         metrics["humaneval"], humaneval_records = _humaneval(completer, corpus, train_rows, cfg)
+    if cfg.robustness.humaneval_problems and humaneval_records is not None:
+        metrics["robustness"] = {"humaneval": _humaneval_robustness(completer, humaneval_records, cfg)}
+    if cfg.robustness.line_completion:
+        print(f"{STAGE}: robustness: line completion with the context's blank lines doubled")
+        perturbed = line_completion_examples(completer, corpus, dev_rows, cfg, robustness.double_blank_lines)
+        metrics.setdefault("robustness", {})["line_completion"] = {
+            lang: robustness.robustness_scores(
+                [e["exact_match"] for e in examples if e["lang"] == lang],
+                {"whitespace": [e["exact_match"] for e in perturbed if e["lang"] == lang]},
+            )
+            for lang in languages
+        }
     if cfg.memorization.files:
         print(f"{STAGE}: memorization of {cfg.memorization.files} train and dev files")
         sides = {"train": train_rows, "dev": dev_rows}
@@ -160,11 +176,21 @@ def run(params: Params) -> None:
             model_info.model_uri,
             cfg.registered_model_name,
             registry.Measurement(perplexity["dev_perplexity"], *measurement),
-            {"humaneval_pass_at_1": metrics["humaneval"]["pass_at_1"]} if "humaneval" in metrics else {},
+            _registry_scores(metrics),
         )
         mlflow.set_tags({registry.DECISION_TAG: decision.reason, "registered_model_version": decision.version})
         mlflow.log_metric("eval/champion", float(decision.promoted))
     print(f"{STAGE}: metrics in {METRICS_FILE}, samples in {Path(cfg.out_dir) / 'samples.md'}")
+
+
+def _registry_scores(metrics: dict) -> dict[str, float]:
+    """The scores a registered version is tagged with, and compared on against the champion's."""
+    scores = {}
+    if "humaneval" in metrics:
+        scores["humaneval_pass_at_1"] = metrics["humaneval"]["pass_at_1"]
+    if "humaneval" in metrics.get("robustness", {}):
+        scores["humaneval_robust_pass_at_1"] = metrics["robustness"]["humaneval"]["robust"]
+    return scores
 
 
 def _humaneval_skipped(completer: Completer, cfg: EvaluateParams) -> str | None:
@@ -198,6 +224,21 @@ def _humaneval(completer: Completer, corpus: Corpus, train_rows: np.ndarray, cfg
         record["contaminated"] = record["task_id"] in leaked
     print(f"{STAGE}: humaneval pass@1 {scores['pass_at_1']:.4f}; {len(leaked)} problems share a span with train")
     return scores, records
+
+
+def _humaneval_robustness(completer: Completer, nominal_records: list[dict], cfg: EvaluateParams) -> dict:
+    """HumanEval's first problems under each perturbation kind, scored as the nominal ones were."""
+    problems = humaneval.load_problems()[: min(cfg.robustness.humaneval_problems, len(nominal_records))]
+    print(f"{STAGE}: robustness: {len(problems)} HumanEval problems under {', '.join(robustness.KINDS)}")
+    he = cfg.humaneval
+    limits = sandbox.Limits(wall_s=he.timeout_s, cpu_s=math.ceil(he.timeout_s), memory_mb=he.memory_mb)
+    perturbed = {}
+    for kind in robustness.KINDS:
+        variants = [robustness.perturb(problem, kind, cfg.robustness.seed) for problem in problems]
+        _, records = humaneval.humaneval_scores(completer, variants, limits, he.max_new_tokens, cfg.repetition_penalty)
+        perturbed[kind] = [r["status"] == "passed" for r in records]
+    nominal = [r["status"] == "passed" for r in nominal_records[: len(problems)]]
+    return {"problems": len(problems), **robustness.robustness_scores(nominal, perturbed)}
 
 
 def _check_inputs(params: Params) -> tuple[Path, Corpus, np.ndarray, tuple[str, str], str]:
@@ -344,7 +385,12 @@ def _lang_seed(cfg: EvaluateParams, lang: str, measure: str) -> list[int]:
 
 
 def _line_examples(
-    completer: Completer, corpus: Corpus, rows: np.ndarray, cfg: EvaluateParams, infill: bool
+    completer: Completer,
+    corpus: Corpus,
+    rows: np.ndarray,
+    cfg: EvaluateParams,
+    infill: bool,
+    perturb_context: Callable[[str], str] | None = None,
 ) -> list[dict]:
     measure = "infill" if infill else "line_completion"
     n = cfg.infill_lines if infill else cfg.line_completion_lines
@@ -362,6 +408,8 @@ def _line_examples(
             cached = (row, _lines(completer, corpus, row))
         lines = cached[1]
         prefix = "\n".join(lines[:i]) + "\n" if i else ""
+        if perturb_context is not None:
+            prefix = perturb_context(prefix)
         suffix = "\n".join(lines[i + 1 :]) if infill else None
         [completion] = completer.complete(
             lang,
@@ -376,9 +424,16 @@ def _line_examples(
     return examples
 
 
-def line_completion_examples(completer: Completer, corpus: Corpus, rows: np.ndarray, cfg: EvaluateParams) -> list[dict]:
-    """Each drawn line completed from the file before it (the module docstring)."""
-    return _line_examples(completer, corpus, rows, cfg, infill=False)
+def line_completion_examples(
+    completer: Completer,
+    corpus: Corpus,
+    rows: np.ndarray,
+    cfg: EvaluateParams,
+    perturb_context: Callable[[str], str] | None = None,
+) -> list[dict]:
+    """Each drawn line completed from the file before it (the module docstring); with
+    `perturb_context`, from that text perturbed (robustness)."""
+    return _line_examples(completer, corpus, rows, cfg, infill=False, perturb_context=perturb_context)
 
 
 def infill_examples(completer: Completer, corpus: Corpus, rows: np.ndarray, cfg: EvaluateParams) -> list[dict]:

@@ -1,0 +1,62 @@
+"""Robustness perturbations: deterministic, valid Python, and the canonical solutions still pass
+their tests through the sandbox under every kind; the scores against hand-computed values."""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+
+from autocoder.evaluate.humaneval import load_problems, passes
+from autocoder.evaluate.robustness import KINDS, double_blank_lines, perturb, rename, robustness_scores
+from autocoder.evaluate.sandbox import Limits, unavailable
+
+PROBLEMS = load_problems()[:40]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_perturbations_are_deterministic_parse_and_change_the_prompt(kind):
+    perturbed = [perturb(p, kind, seed=0) for p in PROBLEMS]
+    assert perturbed == [perturb(p, kind, seed=0) for p in PROBLEMS]
+    for p in perturbed:
+        ast.parse(p.prompt + p.canonical_solution)
+    changed = sum(q.prompt != p.prompt for p, q in zip(PROBLEMS, perturbed))
+    assert changed >= len(PROBLEMS) * 0.6, f"{kind} changed {changed} of {len(PROBLEMS)} prompts"
+
+
+@pytest.mark.skipif(unavailable() is not None, reason=f"no sandbox here: {unavailable()}")
+@pytest.mark.parametrize("kind", KINDS)
+def test_canonical_solutions_still_pass_under_every_perturbation(kind):
+    failing = [p.task_id for p in PROBLEMS if not passes(q := perturb(p, kind, seed=0), q.canonical_solution, Limits())]
+    assert failing == []
+
+
+def test_renames_touch_identifiers_and_docstring_words_only():
+    code = (
+        'def f(xs, n):\n    """Sum of the first n of xs: f([1], 1)."""\n'
+        "    xsn = xs[:n]  # n items\n    return sum(xsn)\n"
+    )
+    renamed = rename(code, {"xs": "values", "n": "count", "f": "total"})
+    assert renamed == (
+        'def total(values, count):\n    """Sum of the first count of values: total([1], 1)."""\n'
+        "    xsn = values[:count]  # n items\n    return sum(xsn)\n"
+    )
+
+
+def test_whitespace_doubles_blank_lines_and_nothing_else():
+    java = "class A {\n\n    int x;\n    \n    int y;\n}\n"
+    assert double_blank_lines(java) == "class A {\n\n\n    int x;\n    \n\n    int y;\n}\n"
+    assert [line for line in double_blank_lines(java).split("\n") if line.strip()] == [
+        line for line in java.split("\n") if line.strip()
+    ]
+
+
+def test_robustness_scores():
+    scores = robustness_scores(
+        [True, True, False, True], {"a": [True, False, False, True], "b": [True, True, True, False]}
+    )
+    assert scores["nominal"] == 0.75
+    assert scores["a"] == {"score": 0.5, "relative_drop": pytest.approx(1 / 3)}
+    assert scores["b"] == {"score": 0.75, "relative_drop": 0.0}
+    assert scores["robust"] == 0.25  # only the first passes nominally and under both
+    assert scores["worst_kind_drop"] == pytest.approx(1 / 3)
