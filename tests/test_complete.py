@@ -441,6 +441,20 @@ def test_a_model_folder_without_a_tokenizer_says_so(tmp_path, tiny_model_dir, mo
     assert "empty has no tokenizer files" in _one_line_error(capsys, "--model", "empty")
 
 
+def _wait_until_reading(pid: int, timeout: float = 30) -> None:
+    """Until the process waits for the terminal, as it does when a user types: readline writes its
+    prompt before it starts waiting, and a SIGINT that lands between the two is only seen at the
+    next key (CPython's readline checks signals when its wait is interrupted): no person types
+    within those microseconds, a test would."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/wchan") as wchan:
+            waiting = wchan.read()
+        if any(call in waiting for call in ("poll", "select", "tty_read")):
+            return
+        time.sleep(0.01)
+
+
 def _interact_at_a_terminal(model_dir, home, keys: bytes) -> tuple[int, str]:
     """Run `autocoder interact` on a pseudo-terminal as a user at a terminal does: wait for its prompt,
     press `keys` (the terminal turns Ctrl-C into SIGINT, Ctrl-D into the end of input); return the exit
@@ -468,6 +482,7 @@ def _interact_at_a_terminal(model_dir, home, keys: bytes) -> tuple[int, str]:
                 break
             output += chunk
             if not pressed and b"python>>> " in output:
+                _wait_until_reading(pid)
                 os.write(fd, keys)
                 pressed, deadline = True, time.monotonic() + 300
         else:
