@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
+import threading
 
 from autocoder.errors import exit_on_user_error
 from autocoder.params import DEFAULT_PARAMS, load_params
@@ -119,6 +121,28 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt_the_main_thread_on_ctrl_c() -> None:
+    """Ctrl-C must wake the REPL's main thread, which waits in readline; but the kernel may hand a
+    SIGINT to any thread that does not block it (BLAS, torch, ONNX Runtime start their own), and
+    then nothing wakes that wait. So SIGINT is blocked here, before those threads exist (they
+    inherit the mask), and one thread takes it with sigwait and sends the main thread a SIGUSR1,
+    which Python turns into KeyboardInterrupt there: exit code 130, also while the model loads."""
+
+    def raise_interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    main_thread = threading.main_thread().ident
+    signal.signal(signal.SIGUSR1, raise_interrupt)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    def forward() -> None:
+        while True:
+            signal.sigwait({signal.SIGINT})
+            signal.pthread_kill(main_thread, signal.SIGUSR1)
+
+    threading.Thread(target=forward, name="ctrl-c", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _build_parser().parse_args(argv)
     with exit_on_user_error(f"autocoder {args.command}"):
@@ -139,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
 
             lsp_command(args)
         else:
+            if args.command == "interact":
+                _interrupt_the_main_thread_on_ctrl_c()
             from autocoder import complete
 
             getattr(complete, f"{args.command}_command")(args)
