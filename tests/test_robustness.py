@@ -12,6 +12,7 @@ from autocoder.evaluate.robustness import KINDS, double_blank_lines, perturb, re
 from autocoder.evaluate.sandbox import Limits, unavailable
 
 PROBLEMS = load_problems()[:40]
+WHY_NOT = unavailable()  # one probe of the sandbox, not one per use
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -24,7 +25,7 @@ def test_perturbations_are_deterministic_parse_and_change_the_prompt(kind):
     assert changed >= len(PROBLEMS) * 0.6, f"{kind} changed {changed} of {len(PROBLEMS)} prompts"
 
 
-@pytest.mark.skipif(unavailable() is not None, reason=f"no sandbox here: {unavailable()}")
+@pytest.mark.skipif(WHY_NOT is not None, reason=f"no sandbox here: {WHY_NOT}")
 @pytest.mark.parametrize("kind", KINDS)
 def test_canonical_solutions_still_pass_under_every_perturbation(kind):
     failing = [p.task_id for p in PROBLEMS if not passes(q := perturb(p, kind, seed=0), q.canonical_solution, Limits())]
