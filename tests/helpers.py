@@ -143,7 +143,7 @@ def copy_project(dest: Path) -> Path:
 
 
 # The evaluate stage's HumanEval and memorization, shrunk for tiny models: they still run for real.
-TINY_HUMANEVAL = {"problems": 2, "max_new_tokens": 8}
+TINY_HUMANEVAL = {"problems": 2, "max_new_tokens": 8, "infilling": {"tasks": 2, "max_new_tokens": 8}}
 TINY_MEMORIZATION = {"files": 2, "prefix_tokens": 8, "new_tokens": 8}
 TINY_ROBUSTNESS = {"humaneval_problems": 1}
 
@@ -152,9 +152,9 @@ def tiny_params(project: Path, corpus: Path) -> dict:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["clone"]["sources"] = [{"name": "fixture", "path": str(corpus), "languages": ["python", "java"]}]
     params["segment"].update(tokenizer="gpt2", segment_len=62, stride=16, workers=1)
-    # near_copy_threshold: the fixture's six Java files are near-copies of one another; kept together,
+    # near copies: the fixture's six Java files are near-copies of one another; kept together,
     # none of them could be dev
-    params["split"].update(dev_ratio=0.25, near_copy_threshold=None)
+    params["split"].update(dev_ratio=0.25, near_copy_threshold=None, near_copy_shared_fraction=None)
     params["finetune"].update(
         model="scratch",
         windows="sliding",

@@ -13,12 +13,13 @@ import torch
 
 from autocoder import evaluate
 from autocoder.atomic import write_json
+from autocoder.champion import CHAMPION
 from autocoder.complete import CONTROL_IDS, Completer
 from autocoder.corpus import Corpus, split_rows
 from autocoder.errors import UserError
 from autocoder.evaluate import sandbox
 from autocoder.params import EvaluateParams
-from autocoder.registry import CHAMPION, Measurement
+from autocoder.registry import Measurement
 from autocoder.tokenizer import FIM_TOKENS, load_tokenizer
 from autocoder.tracking import read_run_info
 from helpers import CONTROL_TOKENS, finetuned_project, real_code_files, save_tiny_model
@@ -56,7 +57,8 @@ def test_evaluate_writes_metrics_samples_and_registers_the_champion(finetuned, c
     n_lines = finetuned.evaluate.line_completion_lines
     check_line_scores(metrics["line_completion"], n_lines)
     assert "infill" not in metrics  # GPT-2's tokenizer has no FIM tokens
-    assert "infill skipped: the model has no fill-in-the-middle tokens" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "infill skipped: the model has no fill-in-the-middle tokens" in out
     assert 0 < metrics["latency_ms"]["p50"] <= metrics["latency_ms"]["p95"] < math.inf
     n_prompts = sum(len(prompts) for prompts in finetuned.evaluate.prompts.values())
     assert metrics["samples"]["total"] == n_prompts and 0 <= metrics["samples"]["ended"] <= n_prompts
@@ -66,14 +68,20 @@ def test_evaluate_writes_metrics_samples_and_registers_the_champion(finetuned, c
         assert metrics["humaneval"] == {"problems": 2, "pass_at_1": 0.0, "contaminated_problems": 0}
         records = [json.loads(line) for line in (Path(finetuned.evaluate.out_dir) / "humaneval.jsonl").open()]
         assert [r["task_id"] for r in records] == ["HumanEval/0", "HumanEval/1"]
+        assert "humaneval infilling skipped: the model has no fill-in-the-middle tokens" in out
+        assert Path("plots/humaneval_pass_at_k.csv").read_text() == "k,pass_at_k\n1,0\n"
     else:
-        assert "humaneval" not in metrics and f"humaneval skipped: {why_not}" in capsys.readouterr().out
+        assert "humaneval" not in metrics and f"humaneval skipped: {why_not}" in out
+        assert Path("plots/humaneval_pass_at_k.csv").read_text() == "k,pass_at_k\n"
     robust = metrics["robustness"]
-    for lang in ("python", "java"):  # the same lines, their context's blank lines doubled
+    for lang in ("python", "java"):  # the same lines, perturbed
         assert robust["line_completion"][lang]["nominal"] == metrics["line_completion"][lang]["exact_match"]
-        assert 0 <= robust["line_completion"][lang]["whitespace"]["score"] <= 1
+        for kind in ("whitespace", "variable_rename", "function_rename"):
+            assert 0 <= robust["line_completion"][lang][kind]["score"] <= 1
     if why_not is None:
         assert robust["humaneval"]["problems"] == 1 and robust["humaneval"]["robust"] == 0.0
+    robustness_plot = Path("plots/robustness.csv").read_text()
+    assert robustness_plot.startswith("case,score\n") and "\nline completion java / variable_rename," in robustness_plot
     memorized = metrics["memorization"]
     assert {side: memorized[side]["files"] for side in ("train", "dev")} == {"train": 2, "dev": 2}
     assert all(0 <= memorized[side]["mean_prefix_tokens"] <= 8 for side in ("train", "dev"))
@@ -129,6 +137,12 @@ def test_a_model_with_fim_tokens_is_measured_on_infilling(fim_finetuned):
     run = mlflow.get_run(read_run_info(fim_finetuned.finetune.out_dir)["run_id"])
     assert run.data.metrics["eval/infill/python/exact_match"] == metrics["infill"]["python"]["exact_match"]
     assert "repetition penalty 1.2, no repeated 3-grams" in (out / "samples.md").read_text()
+    if sandbox.unavailable() is None:  # HumanEval infilling: the tiny params' 2 tasks, run and scored
+        infilling = metrics["humaneval_infilling"]["single_line"]
+        assert infilling["tasks"] == 2 and 0 <= infilling["pass_rate"] <= 1 and 0 <= infilling["exact_match"] <= 1
+        records = [json.loads(line) for line in (out / "humaneval_infilling.jsonl").open()]
+        assert [r["task_id"].split("/")[0] for r in records] == ["SingleLineInfilling"] * 2
+        assert run.data.metrics["eval/humaneval_infilling/single_line/pass_rate"] == infilling["pass_rate"]
 
 
 def test_repeats_and_exact_match(gpt2_tokenizer):

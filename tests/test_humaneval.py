@@ -8,8 +8,19 @@ import math
 import pytest
 
 from autocoder.complete import Completer
-from autocoder.evaluate.humaneval import FUNCTION_END, humaneval_scores, load_problems, pass_at_k, passes, program
-from autocoder.evaluate.sandbox import Limits, unavailable
+from autocoder.evaluate.humaneval import (
+    FUNCTION_END,
+    humaneval_scores,
+    infilling_program,
+    infilling_scores,
+    load_infilling_problems,
+    load_problems,
+    pass_at_k,
+    passes,
+    program,
+)
+from autocoder.evaluate.sandbox import Limits, run_python, unavailable
+from helpers import ROOT
 
 WHY_NOT = unavailable()
 needs_sandbox = pytest.mark.skipif(WHY_NOT is not None, reason=f"no sandbox here: {WHY_NOT}")
@@ -55,3 +66,44 @@ def test_a_tiny_models_completions_are_run_and_scored(tiny_model_dir):
     assert scores == {"problems": 3, "pass_at_1": 0.0, "sampled": sampled}
     assert [r["task_id"] for r in records] == [p.task_id for p in problems]
     assert {r["status"] for r in records} <= {"failed", "timeout"} and all(r["completion"] for r in records)
+
+
+def test_the_infilling_tasks_are_a_seeded_draw_of_the_benchmark():
+    everything = load_infilling_problems("single_line", None, seed=0)
+    assert len(everything) == 1033 and len(load_infilling_problems("multi_line", None, seed=0)) == 5815
+    drawn = load_infilling_problems("single_line", 20, seed=0)
+    assert drawn == load_infilling_problems("single_line", 20, seed=0) != load_infilling_problems("single_line", 20, 1)
+    order = {p.task_id: i for i, p in enumerate(everything)}
+    assert [order[p.task_id] for p in drawn] == sorted(order[p.task_id] for p in drawn)  # the file's order
+    assert len({p.task_id.split("/")[2] for p in drawn}) > 10  # spread over the problems, not the first few
+    task = drawn[0]
+    text = infilling_program(task, task.canonical_solution)
+    assert text.startswith(task.prompt + task.canonical_solution + task.suffix)
+
+
+@needs_sandbox
+def test_canonical_middles_pass_and_wrong_ones_fail():
+    limits = Limits(wall_s=10)
+    for benchmark in ("single_line", "multi_line"):
+        tasks = load_infilling_problems(benchmark, 15, seed=0)
+        assert all(run_python(infilling_program(t, t.canonical_solution), limits).passed for t in tasks)
+        # the body with its line(s) missing: a gap no test accepts for most tasks
+        wrong = [run_python(infilling_program(t, "    raise ValueError\n"), limits).passed for t in tasks]
+        assert sum(wrong) == 0
+
+
+@needs_sandbox
+def test_the_shipped_bases_middles_are_run_and_scored():
+    completer = Completer.from_pretrained(ROOT / "models" / "autocoder-base")
+    tasks = load_infilling_problems("single_line", 4, seed=0)
+    scores, records = infilling_scores(completer, tasks, Limits(wall_s=10), max_new_tokens=24)
+    assert [r["task_id"] for r in records] == [t.task_id for t in tasks]
+    for record, task in zip(records, tasks):
+        assert record["completion"].endswith("\n") and record["completion"].count("\n") == 1  # one line
+        assert record["exact_match"] == (record["completion"].split() == task.canonical_solution.split())
+        assert record["status"] in {"passed", "failed", "timeout"}
+    assert scores == {
+        "tasks": 4,
+        "pass_rate": sum(r["status"] == "passed" for r in records) / 4,
+        "exact_match": sum(r["exact_match"] for r in records) / 4,
+    }

@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 
 from autocoder import cli, registry, serving
-from autocoder.complete import CONTROL_IDS
+from autocoder.champion import CHAMPION, champion_uri, local_model
+from autocoder.complete import CONTROL_IDS, logged_completer
 from autocoder.params import generation_settings
-from autocoder.registry import CHAMPION, champion_uri
 from autocoder.tracking import read_run_info
 from helpers import TINY_DEV, finetuned_project, real_code_files, save_tiny_model, write_corpus
 
@@ -146,6 +146,32 @@ def test_champion_pyfunc_predicts_and_backs_complete(logged, capsys):
     # `autocoder complete` without --model completes with the champion
     cli.main(["complete", "--lang", "python", "--max-new-tokens", "3", "def f"])
     assert capsys.readouterr().out.strip()
+
+
+def test_the_champion_is_found_without_importing_mlflow(logged, tmp_path):
+    params, uri = logged
+    name = params.evaluate.registered_model_name  # what `autocoder complete` loads by default
+    registry.register(uri, name, _measured(10.0))
+    via_mlflow = mlflow.pyfunc.load_model(champion_uri(name))
+    hf_dir, config = local_model(mlflow.get_tracking_uri(), champion_uri(name))
+    assert config == via_mlflow.model_config and (hf_dir / "config.json").is_file()
+    settings = {"max_new_tokens": 6, "repetition_penalty": 1.1}
+    [theirs] = via_mlflow.unwrap_python_model().completer.complete("python", "def f", **settings)
+    [ours] = logged_completer(hf_dir, config).complete("python", "def f", **settings)
+    assert ours.text == theirs.text and ours.confidence == pytest.approx(theirs.confidence)
+    # what it cannot read that way is left to MLflow: no such model, not SQLite, a version URI
+    assert local_model(mlflow.get_tracking_uri(), champion_uri("no-such-model")) is None
+    assert local_model(f"file://{tmp_path}", champion_uri(name)) is None
+    assert local_model(mlflow.get_tracking_uri(), f"models:/{name}/1") is None
+    # `autocoder complete` without --model: the champion's completion, and MLflow never imported
+    check = (
+        "import sys; from autocoder import cli; cli.main(['complete', '--lang', 'python', '--max-new-tokens', '6', "
+        "'def f']); assert 'mlflow' not in sys.modules, 'mlflow imported'"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.rstrip("\n") == theirs.text
 
 
 def test_pyfunc_generates_as_the_model_was_evaluated(logged):

@@ -11,19 +11,20 @@ import pytest
 from autocoder.cli import main
 from autocoder.corpus import SPLIT_FILE, Corpus, CorpusWriter, Meta, read_split, split_rows
 from autocoder.errors import UserError
+from autocoder.ngrams import _BASE, ngram_hashes, shared_gram_pairs
 from autocoder.params import SplitParams, load_params
 from autocoder.split import (
-    _BASE,
     METRICS_FILE,
     SPLITS,
     assign,
     assign_by_content,
     contamination_report,
     corpus_windows,
-    ngram_hashes,
     run,
 )
 from helpers import ROOT
+
+BY_CONTENT = {"near_copy_threshold": None, "near_copy_shared_fraction": None}  # no near-copy groups
 
 
 def random_files(n_files: int, seed: int = 0, lengths=(300, 3000)) -> list[np.ndarray]:
@@ -149,7 +150,7 @@ def _seed_splitting(corpus: Corpus, original: int, copy: int) -> tuple[int, np.n
     """A seed that puts `original` and `copy` in different splits, one of them in dev, when near-copies
     are not kept together (the split by content alone)."""
     for seed in range(200):
-        split = assign(corpus, SplitParams(dev_ratio=0.3, seed=seed, near_copy_threshold=None))
+        split = assign(corpus, SplitParams(dev_ratio=0.3, seed=seed, **BY_CONTENT))
         if {split[original], split[copy]} == {0, 1}:
             return seed, split
     raise AssertionError("no seed separates the two files")
@@ -160,7 +161,7 @@ def test_a_copied_file_contaminates_dev(tmp_path, monkeypatch):
     files.append(np.concatenate([[1, 2, 3], files[0]]))  # the same code under another path and header
     corpus = Corpus(write_segments(tmp_path / "segments", files))
     seed, split = _seed_splitting(corpus, 0, 10)
-    _, metrics = run_split(tmp_path, monkeypatch, corpus.dir, dev_ratio=0.3, seed=seed, near_copy_threshold=None)
+    _, metrics = run_split(tmp_path, monkeypatch, corpus.dir, dev_ratio=0.3, seed=seed, **BY_CONTENT)
     leaked_windows = len(corpus.windows(np.array([0 if split[0] == 1 else 10])))  # the one in dev
     leaked_share = leaked_windows / metrics["dev"]["windows"]
     assert metrics["file_split"]["dev_windows_with_train_ngram"] == pytest.approx(leaked_share, abs=1e-6)
@@ -184,6 +185,26 @@ def test_near_copies_land_on_one_side_and_the_report_shows_both_splits(tmp_path,
     assert metrics["file_split_without_near_copy_groups"]["dev_windows_with_train_ngram"] > 0.0
 
 
+def test_files_sharing_a_copied_span_land_on_one_side_but_boilerplate_joins_nothing(tmp_path, monkeypatch):
+    files = random_files(12, lengths=(1000, 1001))
+    header = random_files(1, seed=1, lengths=(200, 201))[0]  # in 11 files: boilerplate, joins none of them
+    files[:11] = [np.concatenate([header, body]) for body in files[:11]]
+    method = files[0][500:650]  # 150 copied tokens: a method in a sibling class, ~10% of either file
+    files[1] = np.concatenate([files[1][:600], method, files[1][600:]])
+    files[2] = np.concatenate([files[2][:600], method[:60], files[2][600:]])  # 60 tokens: 1% of its 50-grams
+    corpus = Corpus(write_segments(tmp_path / "segments", files))
+    hashes = ngram_hashes(corpus.tokens, 50)
+    a, b = shared_gram_pairs(corpus, hashes, 50, min_files=10, min_fraction=0.05)
+    assert list(zip(a.tolist(), b.tolist())) == [(0, 1)]  # MinHash sees two different files
+    assert shared_gram_pairs(corpus, hashes, 50, min_files=10, min_fraction=0.2)[0].size == 0
+    for seed in range(200):  # a seed that puts file 0 or 1 in dev by content
+        by_content = assign(corpus, SplitParams(dev_ratio=0.3, seed=seed, near_copy_shared_fraction=None))
+        if {by_content[0], by_content[1]} == {0, 1}:
+            break
+    split = assign(corpus, SplitParams(dev_ratio=0.3, seed=seed, near_copy_shared_fraction=0.05))
+    assert split[0] == split[1] == 0 and (split[2:] == by_content[2:]).all()
+
+
 def test_boilerplate_is_what_many_files_share(tmp_path):
     header = random_files(1, lengths=(60, 61))[0]
     files = [np.concatenate([header, body]) for body in random_files(12, lengths=(200, 201))]
@@ -201,7 +222,7 @@ def test_an_exact_copy_is_counted(tmp_path):
     files = random_files(3, lengths=(1000, 1001))
     corpus = Corpus(write_segments(tmp_path / "segments", [files[0], files[0], files[1]]))
     seed, split = _seed_splitting(corpus, 0, 1)
-    report = contamination_report(corpus, split, SplitParams(dev_ratio=0.3, seed=seed, near_copy_threshold=None))
+    report = contamination_report(corpus, split, SplitParams(dev_ratio=0.3, seed=seed, **BY_CONTENT))
     assert report["file_split"] == {
         "dev_windows_with_train_ngram": 1.0,
         "dev_files_in_train": 1.0,

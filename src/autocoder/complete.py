@@ -408,10 +408,23 @@ def load_completer(model: str | None, params: Params | None) -> Completer:
     if model is None and params is None:
         raise UserError("no --model given and no params file to find the registry's champion")
     if model is None or model.startswith("models:/"):
-        from autocoder.registry import champion_uri
+        from autocoder.champion import champion_uri, local_model
+        from autocoder.tracking import tracking_uri
 
-        return _from_registry(model or champion_uri(params.evaluate.registered_model_name), params)
+        uri = model or champion_uri(params.evaluate.registered_model_name)
+        found = local_model(tracking_uri(params.mlflow if params else MlflowParams()), uri)
+        return logged_completer(*found) if found else _from_registry(uri, params)
     return Completer.from_pretrained(model, control_tokens)
+
+
+def logged_completer(hf_dir: str | Path, config: dict) -> Completer:
+    """The Completer of a registered model: its Hugging Face folder and the config it was logged with
+    (autocoder.serving: control tokens, prompt format, the confidence gate's threshold)."""
+    completer = Completer.from_pretrained(
+        hf_dir, config.get("control_tokens"), prompt_format=config.get("prompt_format")
+    )
+    completer.confidence_threshold = config.get("confidence_threshold")
+    return completer
 
 
 def _from_registry(uri: str, params: Params | None) -> Completer:

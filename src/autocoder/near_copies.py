@@ -1,18 +1,26 @@
 """Near-copies: files so alike (a sibling test file, a copied module with a few lines changed) that
 one in train and the other in dev leaks most of the dev file into training.
 
-Each file is a set of token shingles (shingle_tokens-grams, the split's n-gram hashes); datasketch's
-MinHash estimates the Jaccard similarity of two sets and its LSH index finds the pairs above the
-threshold without comparing every pair. Pairs whose estimated similarity reaches the threshold join
-one group (union-find); a group is what the split keeps on one side.
+Two rules find them, and the split keeps each group (their union, transitively) on one side:
+- whole-file similarity: each file is a set of token shingles (shingle_tokens-grams), datasketch's
+  MinHash estimates the Jaccard similarity of two sets and its LSH index finds the pairs above the
+  threshold without comparing every pair;
+- shared spans: two files sharing at least a fraction of the smaller one's distinct n-grams (the
+  contamination n, boilerplate left out: autocoder.ngrams.shared_gram_pairs). Sibling classes that
+  copy a few methods and their javadoc (the java.util.concurrent queues, the *SummaryStatistics) are
+  far apart as wholes, so MinHash misses them, yet they leaked most of what remained (README,
+  "Contamination").
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
 from autocoder.corpus import Corpus
+from autocoder.ngrams import ngram_hashes
 
 NUM_PERM = 128  # MinHash permutations: the estimate's standard error is about 0.09 at Jaccard 0.5
 
@@ -22,10 +30,8 @@ def _identity(value):
     return value
 
 
-def near_copy_groups(corpus: Corpus, threshold: float, shingle_tokens: int, seed: int) -> np.ndarray:
-    """A group id for every corpus row: rows with the same id are near-copies (transitively)."""
-    from autocoder.split import ngram_hashes  # the split's own n-gram hashes (split imports this module)
-
+def similar_pairs(corpus: Corpus, threshold: float, shingle_tokens: int, seed: int) -> list[tuple[int, int]]:
+    """The pairs of corpus rows whose estimated Jaccard similarity of shingle sets reaches `threshold`."""
     lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
     signatures = []
     for row in range(len(corpus)):
@@ -35,7 +41,19 @@ def near_copy_groups(corpus: Corpus, threshold: float, shingle_tokens: int, seed
         signatures.append(signature)
         if len(shingles):  # an empty file (shorter than a shingle) is near nothing
             lsh.insert(row, signature)
-    parent = list(range(len(corpus)))
+    return [
+        (row, other)
+        for row, signature in enumerate(signatures)
+        if row in lsh
+        for other in lsh.query(signature)
+        # LSH returns candidates; the estimate decides
+        if other != row and signature.jaccard(signatures[other]) >= threshold
+    ]
+
+
+def groups(n_rows: int, pairs: Iterable[tuple[int, int]]) -> np.ndarray:
+    """A group id for every row: rows joined by `pairs`, transitively (union-find), share one."""
+    parent = list(range(n_rows))
 
     def root(row: int) -> int:
         while parent[row] != row:
@@ -43,11 +61,6 @@ def near_copy_groups(corpus: Corpus, threshold: float, shingle_tokens: int, seed
             row = parent[row]
         return row
 
-    for row, signature in enumerate(signatures):
-        if row not in lsh:
-            continue
-        for other in lsh.query(signature):
-            # LSH returns candidates; the estimate decides
-            if other != row and signature.jaccard(signatures[other]) >= threshold:
-                parent[root(other)] = root(row)
-    return np.array([root(row) for row in range(len(corpus))], dtype=np.int64)
+    for a, b in pairs:
+        parent[root(int(b))] = root(int(a))
+    return np.array([root(row) for row in range(n_rows)], dtype=np.int64)

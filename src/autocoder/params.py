@@ -118,7 +118,10 @@ class SplitParams(_Strict):
     # similarity of at least this go to one side, train if any of them is train; None = off.
     near_copy_threshold: float | None = Field(0.5, gt=0, le=1)
     near_copy_shingle: int = Field(5, gt=0)  # tokens per shingle
-    # the contamination report's boilerplate: an n-gram found in at least this many files
+    # Near-copies too: files sharing at least this share of the smaller one's distinct
+    # contamination_ngram-grams, boilerplate left out (copied methods between sibling classes); None = off.
+    near_copy_shared_fraction: float | None = Field(0.1, gt=0, le=1)
+    # the boilerplate: an n-gram found in at least this many files (the report; shared spans)
     boilerplate_files: int = Field(10, ge=2)
     out_dir: str = "data/split"
 
@@ -207,6 +210,14 @@ class FinetuneParams(_Strict):
         return "no" if value is False else value
 
 
+class HumanEvalInfillingParams(_Strict):
+    """HumanEval infilling (autocoder.evaluate.humaneval): a removed line or block filled in from both sides."""
+
+    benchmark: Literal["single_line", "multi_line"] = "single_line"
+    tasks: int | None = Field(100, ge=0)  # seeded draw (evaluate.seed) of 1,033 (single) or 5,815 (multi); 0 = off
+    max_new_tokens: int = Field(64, gt=0)
+
+
 class HumanEvalParams(_Strict):
     """HumanEval, executed in the sandbox (autocoder.evaluate.sandbox)."""
 
@@ -219,6 +230,7 @@ class HumanEvalParams(_Strict):
     timeout_s: float = Field(10.0, gt=0)  # wall clock per program
     memory_mb: int = Field(1024, gt=0)  # address space per program
     contamination_ngram: int = Field(50, gt=0)  # a problem is contaminated when a train file shares this many tokens
+    infilling: HumanEvalInfillingParams = HumanEvalInfillingParams()
 
     @model_validator(mode="after")
     def _ks(self) -> HumanEvalParams:
@@ -240,7 +252,7 @@ class RobustnessParams(_Strict):
     """ReCode-style perturbations (autocoder.evaluate.robustness), scored again."""
 
     humaneval_problems: int = Field(40, ge=0)  # the first N HumanEval problems, each kind; 0 = off
-    line_completion: bool = True  # line completion again with the context's blank lines doubled
+    line_completion_lines: int = Field(100, ge=0)  # per language, of line completion's draw, each kind; 0 = off
     seed: int = 0
 
 

@@ -27,7 +27,8 @@ import mlflow
 from filelock import FileLock
 from mlflow.exceptions import MlflowException
 
-CHAMPION = "champion"  # the alias
+from autocoder.champion import CHAMPION
+
 DECISION_TAG = "champion_decision"
 # Scores besides the champion rule's (tagged on each version, higher is better): a version worse than
 # the champion in one of them gets REGRESSION_TAG, saying which; the rule itself stays dev perplexity.
@@ -80,10 +81,6 @@ def decide(new: Measurement, current: tuple[str, Measurement | None] | None) -> 
     if new.dev_perplexity < champion.dev_perplexity:
         return True, f"dev perplexity {new.dev_perplexity:.6g} < {old}'s {champion.dev_perplexity:.6g}"
     return False, f"dev perplexity {new.dev_perplexity:.6g} >= {old}'s {champion.dev_perplexity:.6g}"
-
-
-def champion_uri(name: str) -> str:
-    return f"models:/{name}@{CHAMPION}"
 
 
 def lock_path(registry_uri: str) -> Path:

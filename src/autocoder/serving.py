@@ -26,10 +26,10 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from autocoder.complete import Completer
+from autocoder.complete import logged_completer
 from autocoder.params import generation_settings
 
-HF_ARTIFACT = "hf_model"
+HF_ARTIFACT = "hf_model"  # autocoder.champion reads it by this name too
 SAMPLING_DEFAULTS = {"temperature": 0.0, "top_p": 1.0}  # greedy
 SIGNATURE = ModelSignature(
     inputs=Schema(
@@ -48,12 +48,9 @@ SIGNATURE = ModelSignature(
 class CompletionModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         config = context.model_config or {}
-        self.completer = Completer.from_pretrained(
-            context.artifacts[HF_ARTIFACT], config.get("control_tokens"), prompt_format=config.get("prompt_format")
-        )
+        self.completer = logged_completer(context.artifacts[HF_ARTIFACT], config)
         # the settings the evaluate stage measured the model with (older models: the schema's)
         self.defaults = {**generation_settings(), **config.get("generation", {}), **SAMPLING_DEFAULTS}
-        self.completer.confidence_threshold = config.get("confidence_threshold")
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         rows = model_input.to_dict("records") if isinstance(model_input, pd.DataFrame) else list(model_input)

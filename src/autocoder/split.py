@@ -9,13 +9,12 @@ Each file's split follows from a seeded hash of its content alone (file_position
 file's chance of being dev, so about that share of the windows is dev, as the seed's 9:1 was over
 windows. Adding or removing a file moves no other file. Then near-copies (autocoder.near_copies:
 MinHash over token shingles, `near_copy_threshold`) are kept on one side, train if any of them is
-train by content (keep_near_copies_together says why that way round).
+train by content (keep_near_copies_together says why that way round); so are files that share
+`near_copy_shared_fraction` of their n-grams (copied methods, beyond boilerplate).
 
-Contamination is measured with 64-bit hashes of every n-gram (n = contamination_ngram): a dev
-window is contaminated when one of its n-grams occurs inside a train window. Windows never cross
-files, so neither do the n-grams counted. Hashes are 64-bit polynomials over random 64-bit token
-codes: two different n-grams collide with probability about 2^-64, so across 10^7 train and 10^6 dev
-n-grams a false match is a one-in-a-million event. The leak is also reported beyond boilerplate
+Contamination is measured with 64-bit hashes of every n-gram (n = contamination_ngram,
+autocoder.ngrams): a dev window is contaminated when one of its n-grams occurs inside a train window.
+Windows never cross files, so neither do the n-grams counted. The leak is also reported beyond boilerplate
 (n-grams found in `boilerplate_files` or more files: licence headers), and for the split without
 near-copy groups.
 """
@@ -31,19 +30,20 @@ import numpy as np
 from autocoder.atomic import atomic_dir, write_json
 from autocoder.corpus import SPLIT_FILE, Corpus, window_counts, write_columns
 from autocoder.errors import UserError
-from autocoder.near_copies import near_copy_groups
+from autocoder.near_copies import groups, similar_pairs
+from autocoder.ngrams import boilerplate, contaminated, ngram_hashes, shared_gram_pairs
 from autocoder.params import Params, SplitParams
 
 METRICS_FILE = Path("metrics/contamination.json")
 SPLITS = np.array(["train", "dev", "test"], dtype=object)  # split codes 0, 1, 2
-_BASE = 0x100000001B3  # odd multiplier of the polynomial n-gram hash
 
 
 def run(params: Params) -> None:
     sp = params.split
     corpus = open_corpus(params.segment.out_dir)
-    split = assign(corpus, sp)
-    report = contamination_report(corpus, split, sp)
+    hashes = ngram_hashes(corpus.tokens, sp.contamination_ngram)
+    split = assign(corpus, sp, hashes)
+    report = contamination_report(corpus, split, sp, hashes)
     with atomic_dir(sp.out_dir) as tmp:
         write_columns(
             tmp / SPLIT_FILE, {"file_id": corpus.files["file_id"], "split": SPLITS[split]}, strings=("split",)
@@ -97,8 +97,9 @@ def assign_by_content(sha256s, sp: SplitParams) -> np.ndarray:
     return split
 
 
-def assign(corpus: Corpus, sp: SplitParams) -> np.ndarray:
-    """The split code of every corpus row (assign_by_content), deterministic under sp.seed."""
+def assign(corpus: Corpus, sp: SplitParams, hashes: np.ndarray | None = None) -> np.ndarray:
+    """The split code of every corpus row (assign_by_content, near-copies kept together),
+    deterministic under sp.seed. `hashes`: the corpus' contamination_ngram-gram hashes, if at hand."""
     n_files, has_test = len(corpus), int(sp.test_ratio > 0)
     if n_files < 2 + has_test:
         raise UserError(
@@ -108,14 +109,20 @@ def assign(corpus: Corpus, sp: SplitParams) -> np.ndarray:
     split = assign_by_content(corpus.files["sha256"], sp)
     if not (split == 0).any():
         raise UserError(f"split: no train file left among {n_files} files; lower dev_ratio/test_ratio")
+    pairs = []
     if sp.near_copy_threshold is not None:
-        split = keep_near_copies_together(
-            split, near_copy_groups(corpus, sp.near_copy_threshold, sp.near_copy_shingle, sp.seed)
-        )
+        pairs += similar_pairs(corpus, sp.near_copy_threshold, sp.near_copy_shingle, sp.seed)
+    if sp.near_copy_shared_fraction is not None:
+        if hashes is None:
+            hashes = ngram_hashes(corpus.tokens, sp.contamination_ngram)
+        n = sp.contamination_ngram
+        pairs += zip(*shared_gram_pairs(corpus, hashes, n, sp.boilerplate_files, sp.near_copy_shared_fraction))
+    if pairs:
+        split = keep_near_copies_together(split, groups(len(corpus), pairs))
         if not (split == 1).any():
             raise UserError(
-                f"split: every dev file has a near-copy in train (near_copy_threshold {sp.near_copy_threshold}); "
-                "raise split.near_copy_threshold, or set it to null"
+                f"split: every dev file has a near-copy in train (near_copy_threshold {sp.near_copy_threshold}, "
+                f"near_copy_shared_fraction {sp.near_copy_shared_fraction}); raise them, or set them to null"
             )
     return split
 
@@ -139,123 +146,6 @@ def corpus_windows(corpus: Corpus) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     start = np.minimum(k * corpus.meta.stride, np.maximum(n_tokens - corpus.meta.segment_len, 0)[row])
     length = np.minimum(corpus.meta.segment_len, n_tokens[row] - start)
     return row, corpus.files["token_offset"].astype(np.int64)[row] + start, length
-
-
-def ngram_hashes(tokens: np.ndarray, n: int, chunk: int = 1 << 20) -> np.ndarray:
-    """64-bit hash of tokens[i:i+n] for every start i: sum_k code(tokens[i+k]) * B^(n-1-k) mod 2^64
-    over random 64-bit token codes. Chunk by chunk: no memory beyond the result's 8 bytes a token."""
-    size = max(len(tokens) - n + 1, 0)
-    hashes = np.empty(size, dtype=np.uint64)
-
-    def fill(start: int) -> None:
-        hashes[start : start + chunk] = _chunk_hashes(np.asarray(tokens[start : start + chunk + n - 1]), n)
-
-    with ThreadPoolExecutor() as pool:  # numpy's arithmetic releases the GIL: chunks share the cores
-        list(pool.map(fill, range(0, size, chunk)))
-    return hashes
-
-
-def _chunk_hashes(tokens: np.ndarray, n: int) -> np.ndarray:
-    """ngram_hashes of one chunk, from the hashes of power-of-two lengths: log2(n) passes, not n."""
-    block = tokens.astype(np.uint64)  # hashes of 1-grams: splitmix64 of the token id
-    for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
-        block ^= block >> np.uint64(shift)
-        block *= np.uint64(mult)
-    block ^= block >> np.uint64(31)
-    hashes, length, block_len = None, 0, 1
-    while block_len <= n:
-        if n & block_len:
-            hashes = block if hashes is None else _joined(hashes, length, block, block_len)
-            length += block_len
-        block = _joined(block, block_len, block, block_len) if 2 * block_len <= n else None
-        block_len *= 2
-    return hashes
-
-
-def _joined(left: np.ndarray, left_len: int, right: np.ndarray, right_len: int) -> np.ndarray:
-    """Hashes of (left_len + right_len)-grams from those of left_len-grams and right_len-grams."""
-    size = max(len(left) - right_len, 0)
-    joined = left[:size] * np.uint64(pow(_BASE, right_len, 2**64))
-    joined += right[left_len : left_len + size]
-    return joined
-
-
-def gram_mask(starts: np.ndarray, lengths: np.ndarray, n: int, size: int) -> np.ndarray:
-    """True at every n-gram start that lies wholly inside one of the windows (a difference array)."""
-    full = lengths >= n
-    diff = np.bincount(starts[full], minlength=size + 1)
-    diff -= np.bincount(starts[full] + lengths[full] - n + 1, minlength=size + 1)
-    return np.cumsum(diff, out=diff)[:size] > 0
-
-
-def boilerplate(corpus: Corpus, hashes: np.ndarray, n: int, min_files: int) -> np.ndarray:
-    """True at every n-gram start whose n-gram occurs in at least `min_files` distinct files: a
-    licence header, a generated banner, an import block every file repeats. Copied from file to file
-    by design, it leaks no file's own code."""
-    n_tokens = corpus.files["n_tokens"].astype(np.int64)
-    inside = gram_mask(corpus.files["token_offset"].astype(np.int64), n_tokens, n, len(hashes))
-    positions = np.flatnonzero(inside)
-    file_of = np.repeat(np.arange(len(n_tokens)), n_tokens)[positions]
-    order = np.lexsort((file_of, hashes[positions]))
-    sorted_hashes, sorted_files = hashes[positions][order], file_of[order]
-    first = np.ones(len(order), dtype=bool)  # the first occurrence of each (n-gram, file) pair
-    first[1:] = (sorted_hashes[1:] != sorted_hashes[:-1]) | (sorted_files[1:] != sorted_files[:-1])
-    grams, files = np.unique(sorted_hashes[first], return_counts=True)
-    common = grams[files >= min_files]
-    return inside & in_sorted(hashes, common)
-
-
-def contaminated(
-    hashes: np.ndarray,
-    n: int,
-    train: tuple[np.ndarray, np.ndarray],
-    held: tuple[np.ndarray, np.ndarray],
-    ignored: np.ndarray | None = None,
-) -> np.ndarray:
-    """For each held window (starts, lengths): does one of its n-grams occur inside a train window?
-
-    `hashes` are the corpus' ngram_hashes; `ignored`, where given, marks n-gram starts that count for
-    nothing (boilerplate). A held window overlapping a train window by n tokens (the window-level
-    split's case) leaks without a look-up; the n-grams of the other held windows are looked up, in
-    sorted order, among the sorted train n-grams.
-    """
-    in_train = gram_mask(*train, n, len(hashes))
-    if ignored is not None:
-        in_train &= ~ignored
-    starts, lengths = held
-    ends = np.maximum(starts + lengths - n + 1, starts)  # the window's n-grams start in [starts, ends)
-    leaked = _any_in(in_train, starts, ends)
-    rest = ~leaked
-    positions = np.flatnonzero(gram_mask(starts[rest], lengths[rest], n, len(hashes)))
-    if ignored is not None:
-        positions = positions[~ignored[positions]]
-    train_hashes = hashes[in_train]
-    del in_train
-    train_hashes.sort()
-    hit = np.zeros(len(hashes), dtype=bool)
-    hit[positions[in_sorted(hashes[positions], train_hashes)]] = True
-    leaked[rest] = _any_in(hit, starts[rest], ends[rest])
-    return leaked
-
-
-def in_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
-    """np.isin(values, sorted_set), fast: values are searched in sorted order, which keeps the binary
-    searches in cache (np.isin itself sorts both arrays together, 100x slower here)."""
-    found = np.zeros(len(values), dtype=bool)
-    if len(sorted_set):
-        order = np.argsort(values)
-        ordered = values[order]
-        at = np.searchsorted(sorted_set, ordered).clip(max=len(sorted_set) - 1)
-        found[order] = sorted_set[at] == ordered
-    return found
-
-
-def _any_in(mask: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """For each range [start, end): is mask true anywhere in it?"""
-    # A running count modulo 2^32: the count inside a range (< 2^32 positions) still shows as a change.
-    true_before = np.zeros(len(mask) + 1, dtype=np.uint32)
-    np.cumsum(mask, dtype=np.uint32, out=true_before[1:])
-    return true_before[ends] != true_before[starts]
 
 
 def _share(flags: np.ndarray) -> float:
@@ -282,7 +172,7 @@ def _leak(
     return leak
 
 
-def contamination_report(corpus: Corpus, split: np.ndarray, sp: SplitParams) -> dict:
+def contamination_report(corpus: Corpus, split: np.ndarray, sp: SplitParams, hashes: np.ndarray | None = None) -> dict:
     """metrics/contamination.json: sizes per split, and the leak into held-out data of this file-level
     split and of the seed's window-level split (windows shuffled with the seed, cut by dev_ratio).
 
@@ -293,7 +183,8 @@ def contamination_report(corpus: Corpus, split: np.ndarray, sp: SplitParams) -> 
     n = sp.contamination_ngram
     windows = corpus_windows(corpus)
     row = windows[0]
-    hashes = ngram_hashes(corpus.tokens, n)
+    if hashes is None:
+        hashes = ngram_hashes(corpus.tokens, n)
     report: dict = {"ngram": n, "segment_len": corpus.meta.segment_len, "stride": corpus.meta.stride}
     n_files = np.bincount(split, minlength=len(SPLITS))
     n_windows = np.bincount(split[row], minlength=len(SPLITS))

