@@ -13,13 +13,12 @@ from autocoder.evaluate.humaneval import (
     humaneval_scores,
     infilling_program,
     infilling_scores,
-    load_infilling_problems,
-    load_problems,
     pass_at_k,
     passes,
     program,
 )
 from autocoder.evaluate.sandbox import Limits, run_python, unavailable
+from autocoder.problems import load_infilling_problems, load_problems
 from helpers import ROOT
 
 WHY_NOT = unavailable()

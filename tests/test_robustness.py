@@ -7,9 +7,10 @@ import ast
 
 import pytest
 
-from autocoder.evaluate.humaneval import load_problems, passes
+from autocoder.evaluate.humaneval import passes
 from autocoder.evaluate.robustness import KINDS, double_blank_lines, perturb, rename, robustness_scores
 from autocoder.evaluate.sandbox import Limits, unavailable
+from autocoder.problems import load_problems
 
 PROBLEMS = load_problems()[:40]
 WHY_NOT = unavailable()  # one probe of the sandbox, not one per use

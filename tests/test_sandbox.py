@@ -12,8 +12,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from autocoder.evaluate.humaneval import load_problems, passes
+from autocoder.evaluate.humaneval import passes
 from autocoder.evaluate.sandbox import OUTPUT_TAIL, Limits, run_python, unavailable
+from autocoder.problems import load_problems
 
 WHY_NOT = unavailable()
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"no sandbox here: {WHY_NOT}")

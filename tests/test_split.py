@@ -1,18 +1,21 @@
 """The split stage: whole files per split, deterministic and stable, and a contamination report that
 tells a file-level split from the seed's window-level one."""
 
+import functools
 import hashlib
 import json
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from transformers import PreTrainedTokenizerBase
 
 from autocoder.cli import main
-from autocoder.corpus import SPLIT_FILE, Corpus, CorpusWriter, Meta, read_split, split_rows
+from autocoder.corpus import SPLIT_FILE, TOKENIZER_DIR, Corpus, CorpusWriter, Meta, read_split, split_rows
 from autocoder.errors import UserError
 from autocoder.ngrams import _BASE, ngram_hashes, shared_gram_pairs
 from autocoder.params import SplitParams, load_params
+from autocoder.problems import load_problems
 from autocoder.split import (
     METRICS_FILE,
     SPLITS,
@@ -22,6 +25,7 @@ from autocoder.split import (
     corpus_windows,
     run,
 )
+from autocoder.tokenizer import load_tokenizer
 from helpers import ROOT
 
 BY_CONTENT = {"near_copy_threshold": None, "near_copy_shared_fraction": None}  # no near-copy groups
@@ -33,12 +37,19 @@ def random_files(n_files: int, seed: int = 0, lengths=(300, 3000)) -> list[np.nd
     return [rng.integers(0, 50000, size=rng.integers(*lengths)) for _ in range(n_files)]
 
 
+@functools.cache
+def gpt2() -> PreTrainedTokenizerBase:
+    return load_tokenizer("gpt2", {"python": "<python>"})
+
+
 def write_segments(out, files: list[np.ndarray], segment_len: int = 254, stride: int = 10):
+    """A corpus of these token ids, as the segment stage writes one (GPT-2's tokenizer with it)."""
     writer = CorpusWriter(out, "uint16")
     for i, ids in enumerate(files):
         data = np.asarray(ids, dtype="<u2").tobytes()
         writer.add("synthetic", f"src/f{i}.py", "python", hashlib.sha256(data).hexdigest(), len(data), ids)
     writer.close(Meta("gpt2", segment_len, stride, "uint16", {"python": 50257}, 50256, 50256, 50258))
+    gpt2().save_pretrained(out / TOKENIZER_DIR)
     return out
 
 
@@ -203,6 +214,30 @@ def test_files_sharing_a_copied_span_land_on_one_side_but_boilerplate_joins_noth
             break
     split = assign(corpus, SplitParams(dev_ratio=0.3, seed=seed, near_copy_shared_fraction=0.05))
     assert split[0] == split[1] == 0 and (split[2:] == by_content[2:]).all()
+
+
+def test_train_files_sharing_a_span_with_humaneval_are_counted_and_dropped_on_request(tmp_path, monkeypatch):
+    problem = load_problems()[0]
+    solved = gpt2().encode(problem.prompt + problem.canonical_solution)  # a train file that holds a solution
+    files = random_files(12, lengths=(300, 301))
+    files[0] = np.concatenate([files[0], solved])
+    corpus = Corpus(write_segments(tmp_path / "segments", files))
+    seed = next(s for s in range(200) if assign(corpus, SplitParams(dev_ratio=0.3, seed=s, **BY_CONTENT))[0] == 0)
+    kept, metrics = run_split(tmp_path, monkeypatch, corpus.dir, dev_ratio=0.3, seed=seed, **BY_CONTENT)
+    ids = corpus.files["file_id"]
+    assert kept[ids[0]] == "train" and metrics["humaneval"] == {"train_files_sharing_a_span": 1, "dropped": False}
+    dropped, metrics = run_split(
+        tmp_path, monkeypatch, corpus.dir, dev_ratio=0.3, seed=seed, drop_humaneval_contaminated=True, **BY_CONTENT
+    )
+    assert dropped[ids[0]] == "dropped" and metrics["humaneval"]["dropped"] is True
+    assert {i: dropped[i] for i in ids[1:]} == {i: kept[i] for i in ids[1:]}  # nothing else moves
+    assert (
+        metrics["dropped"]["files"] == 1 and metrics["train"]["files"] == sum(v == "train" for v in kept.values()) - 1
+    )
+    assert "dropped_windows_with_train_ngram" not in metrics["file_split"]  # not a held-out split
+    assert split_rows(corpus, tmp_path / "split", "train").tolist() == [
+        r for r in range(len(corpus)) if kept[ids[r]] == "train" and r != 0
+    ]
 
 
 def test_boilerplate_is_what_many_files_share(tmp_path):

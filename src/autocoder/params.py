@@ -121,6 +121,9 @@ class SplitParams(_Strict):
     # Near-copies too: files sharing at least this share of the smaller one's distinct
     # contamination_ngram-grams, boilerplate left out (copied methods between sibling classes); None = off.
     near_copy_shared_fraction: float | None = Field(0.1, gt=0, le=1)
+    # Train files sharing a contamination_ngram-token span with a HumanEval problem (prompt + solution)
+    # are always counted (metrics/contamination.json); true: they are dropped from train too.
+    drop_humaneval_contaminated: bool = False
     # the boilerplate: an n-gram found in at least this many files (the report; shared spans)
     boilerplate_files: int = Field(10, ge=2)
     out_dir: str = "data/split"

