@@ -146,6 +146,7 @@ def copy_project(dest: Path) -> Path:
 TINY_HUMANEVAL = {"problems": 2, "max_new_tokens": 8, "infilling": {"tasks": 2, "max_new_tokens": 8}}
 TINY_MEMORIZATION = {"files": 2, "prefix_tokens": 8, "new_tokens": 8}
 TINY_ROBUSTNESS = {"humaneval_problems": 1}
+TINY_JAVAC = {"methods": 2, "command": "javac", "max_new_tokens": 8}
 
 
 def tiny_params(project: Path, corpus: Path) -> dict:
@@ -179,6 +180,7 @@ def tiny_params(project: Path, corpus: Path) -> dict:
         humaneval=TINY_HUMANEVAL,
         memorization=TINY_MEMORIZATION,
         robustness=TINY_ROBUSTNESS,
+        javac=TINY_JAVAC,
     )
     return params
 
@@ -232,6 +234,7 @@ def finetuned_project(root: Path, segments: Path, split: Path, model_dir: Path, 
             "humaneval": TINY_HUMANEVAL,
             "memorization": TINY_MEMORIZATION,
             "robustness": TINY_ROBUSTNESS,
+            "javac": TINY_JAVAC,
             **evaluate,
         }
     )

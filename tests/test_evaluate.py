@@ -17,7 +17,7 @@ from autocoder.champion import CHAMPION
 from autocoder.complete import CONTROL_IDS, Completer
 from autocoder.corpus import Corpus, split_rows
 from autocoder.errors import UserError
-from autocoder.evaluate import sandbox
+from autocoder.evaluate import javac, sandbox
 from autocoder.params import EvaluateParams
 from autocoder.registry import Measurement
 from autocoder.tokenizer import FIM_TOKENS, load_tokenizer
@@ -80,6 +80,10 @@ def test_evaluate_writes_metrics_samples_and_registers_the_champion(finetuned, c
             assert 0 <= robust["line_completion"][lang][kind]["score"] <= 1
     if why_not is None:
         assert robust["humaneval"]["problems"] == 1 and robust["humaneval"]["robust"] == 0.0
+    if why_not is None and javac.unavailable("javac") is None:  # the dev Java file's methods, compiled
+        assert metrics["javac"]["methods"] == 2 and 0 <= metrics["javac"]["compiles"] <= 1
+        records = [json.loads(line) for line in (Path(finetuned.evaluate.out_dir) / "javac.jsonl").open()]
+        assert {r["method"] for r in records} <= {"factorial", "main"} and len(records) == 2
     robustness_plot = Path("plots/robustness.csv").read_text()
     assert robustness_plot.startswith("case,score\n") and "\nline completion java / variable_rename," in robustness_plot
     memorized = metrics["memorization"]

@@ -259,6 +259,14 @@ class RobustnessParams(_Strict):
     seed: int = 0
 
 
+class JavacParams(_Strict):
+    """Java method bodies completed from the file above them and compiled (autocoder.evaluate.javac)."""
+
+    methods: int = Field(20, ge=0)  # 0 = off
+    command: str = "javac"  # a name on PATH or a path: the JDK that compiles the corpus' Java
+    max_new_tokens: int = Field(128, gt=0)
+
+
 class EvaluateParams(_Strict):
     registered_model_name: str = Field("autocoder", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     perplexity_max_tokens: int | None = Field(50_000, gt=0)  # dev tokens scored (whole files); None = all
@@ -278,6 +286,7 @@ class EvaluateParams(_Strict):
     # language -> prompts for samples.md; none by default: they depend on the languages
     prompts: dict[str, list[str]] = Field(default_factory=dict)
     humaneval: HumanEvalParams = HumanEvalParams()
+    javac: JavacParams = JavacParams()
     memorization: MemorizationParams = MemorizationParams()
     robustness: RobustnessParams = RobustnessParams()
     out_dir: str = "models/evaluate"

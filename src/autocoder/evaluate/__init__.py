@@ -42,6 +42,8 @@ MLflow run, register it, and make it the champion if it is the best comparable m
 - Robustness (evaluate/robustness.py): the first `robustness.humaneval_problems` HumanEval problems
   under each perturbation kind, and line completion with the context's blank lines doubled:
   nominal and perturbed scores, the relative drop, the robust score (the version is tagged with it).
+- Java compilation (evaluate/javac.py): method bodies of Java dev files completed and compiled with
+  `javac.command` in the sandbox, the share that compiles (skipped, with one line, without a JDK).
 - Memorization (evaluate/memorization.py): greedy continuations of train files against dev files.
 - Every generation here uses the loop guard of the params (`repetition_penalty`,
   `no_repeat_ngram_size`), except memorization's (pure greedy, its module says why).
@@ -74,7 +76,7 @@ from autocoder.atomic import atomic_dir, write_json, write_text
 from autocoder.complete import BLANK_LINE, CONTROL_IDS, END_OF_LINE, Completer, Completion
 from autocoder.corpus import TOKENIZER_DIR, Corpus, split_rows, window_starts
 from autocoder.errors import UserError
-from autocoder.evaluate import humaneval, robustness, sandbox
+from autocoder.evaluate import humaneval, javac, robustness, sandbox
 from autocoder.evaluate.match import edit_similarity, exact_match
 from autocoder.evaluate.memorization import memorization
 from autocoder.ngrams import ngram_hashes
@@ -143,6 +145,12 @@ def run(params: Params) -> None:
             metrics["humaneval_infilling"], infilling_records = _humaneval_infilling(completer, cfg)
         else:
             print(f"{STAGE}: humaneval infilling skipped: the model has no fill-in-the-middle tokens")
+    javac_records = None
+    if cfg.javac.methods and "java" in completer.languages:
+        if (no_javac := javac.unavailable(cfg.javac.command) or sandbox.unavailable()) is not None:
+            print(f"{STAGE}: java compilation skipped: {no_javac}")
+        else:
+            metrics["javac"], javac_records = _javac(completer, corpus, dev_rows, cfg)
     if cfg.robustness.humaneval_problems and humaneval_records is not None:
         metrics["robustness"] = {"humaneval": _humaneval_robustness(completer, humaneval_records, cfg)}
     if cfg.robustness.line_completion_lines:
@@ -163,6 +171,8 @@ def run(params: Params) -> None:
             (out / "humaneval.jsonl").write_text(_jsonl(humaneval_records))
         if infilling_records is not None:
             (out / "humaneval_infilling.jsonl").write_text(_jsonl(infilling_records))
+        if javac_records is not None:
+            (out / "javac.jsonl").write_text(_jsonl(javac_records))
     write_json(METRICS_FILE, metrics)
     write_text(CONFIDENCE_PLOT, _csv(confidence_gate.curve, ["threshold", "coverage", "precision"]))
     # written also when empty (HumanEval skipped): they are the stage's declared plots
@@ -290,6 +300,23 @@ def _humaneval_infilling(completer: Completer, cfg: EvaluateParams) -> tuple[dic
     )
     print(f"{STAGE}: humaneval infilling pass rate {scores['pass_rate']:.4f}, exact match {scores['exact_match']:.4f}")
     return {infilling.benchmark: scores}, records
+
+
+def _javac(completer: Completer, corpus: Corpus, dev_rows: np.ndarray, cfg: EvaluateParams) -> tuple[dict, list]:
+    java = [int(r) for r in dev_rows if corpus.files["language"][r] == "java"]
+    files = [(str(corpus.files["path"][r]), _file_text(completer, corpus, r)) for r in java]
+    print(f"{STAGE}: java: {cfg.javac.methods} method bodies of dev files completed and compiled ({cfg.javac.command})")
+    scores, records = javac.javac_scores(
+        completer,
+        files,
+        cfg.javac.command,
+        cfg.javac.methods,
+        cfg.javac.max_new_tokens,
+        cfg.seed,
+        cfg.repetition_penalty,
+    )
+    print(f"{STAGE}: java: {scores['compiles']:.1%} of {scores['methods']} completed bodies compile")
+    return scores, records
 
 
 def _humaneval_robustness(completer: Completer, nominal_records: list[dict], cfg: EvaluateParams) -> dict:

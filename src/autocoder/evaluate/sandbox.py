@@ -120,6 +120,11 @@ def _bwrap_argv(work: Path, read_only: list[str], limits: Limits, as_root: bool)
     if not as_root:
         argv.append("--unshare-user")  # how bubblewrap gets its namespaces without privileges
     argv += ["--ro-bind", "/usr", "/usr"]
+    # bubblewrap makes the folders leading to a mount point 0700, root's, which nobody cannot pass:
+    # they are made first, 0755 (they hold nothing but the mount points)
+    mounted = ["/etc/alternatives", *(path for path in read_only if not path.startswith("/usr/"))]
+    for parent in sorted({str(p) for path in mounted for p in Path(path).parents[:-1]}, key=len):
+        argv += ["--perms", "0755", "--dir", parent]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc/alternatives"):
         if os.path.islink(top):
             argv += ["--symlink", os.readlink(top), top]
