@@ -38,19 +38,23 @@ MLflow run, register it, and make it the champion if it is the best comparable m
   tests in the sandbox (evaluate/sandbox.py; skipped, with one printed line, where bubblewrap is
   missing): pass@1, pass@k from samples (`humaneval.samples`), and `contaminated_problems`, those
   sharing a `contamination_ngram`-token span with a train file. The registered version is tagged
-  with its pass@1, and with `quality_regression` when that is below the champion's.
+  with its pass@1, and with `quality_regression` when that is below the champion's. HumanEval
+  infilling (`humaneval.infilling`, a FIM model): the seeded tasks' middles executed with the tests
+  (pass rate) and compared with the removed lines (exact match). pass@k: `plots/humaneval_pass_at_k.csv`.
 - Robustness (evaluate/robustness.py): the first `robustness.humaneval_problems` HumanEval problems
-  under each perturbation kind, and line completion with the context's blank lines doubled:
-  nominal and perturbed scores, the relative drop, the robust score (the version is tagged with it).
+  under each perturbation kind, and `robustness.line_completion_lines` of the line completion draw
+  per language under each of robustness.LINE_KINDS: nominal and perturbed scores, the relative drop,
+  the robust score (the version is tagged with HumanEval's); `plots/robustness.csv`.
 - Java compilation (evaluate/javac.py): method bodies of Java dev files completed and compiled with
   `javac.command` in the sandbox, the share that compiles (skipped, with one line, without a JDK).
 - Memorization (evaluate/memorization.py): greedy continuations of train files against dev files.
 - Every generation here uses the loop guard of the params (`repetition_penalty`,
   `no_repeat_ngram_size`), except memorization's (pure greedy, its module says why).
 
-Outputs: `<out_dir>/samples.md`, `<out_dir>/line_completion.jsonl`, `<out_dir>/infill.jsonl` and
-`<out_dir>/humaneval.jsonl` (every example), `metrics/metrics.json`, `plots/confidence.csv`; the same
-metrics (prefixed `eval/`) and files go to the finetune's run.
+Outputs: `<out_dir>/samples.md`, `<out_dir>/line_completion.jsonl`, `<out_dir>/infill.jsonl`,
+`<out_dir>/humaneval.jsonl`, `humaneval_infilling.jsonl` and `javac.jsonl` (every example),
+`metrics/metrics.json`, the plots `plots/confidence.csv`, `plots/humaneval_pass_at_k.csv` and
+`plots/robustness.csv`; the same metrics (prefixed `eval/`) and files go to the finetune's run.
 """
 
 from __future__ import annotations
