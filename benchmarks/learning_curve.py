@@ -11,7 +11,9 @@ metrics/metrics.json at its last step, and benchmarks/results/evaluate_<NAME>-st
 (benchmarks/evaluate_model.py on the checkpoint of step N) at step N. `dvc plots show` draws the
 files (dvc.yaml, plots `learning_curve_minutes` and `learning_curve_tokens`). @TOKENS_PER_S: for a
 run that shared the CPU with other jobs (its own clock then says little), train_minutes are its
-tokens at this rate, as measured for the same model and recipe on an idle machine.
+tokens at this rate, as measured for the same model and recipe on an idle machine. Also writes
+benchmarks/results/learning_curve_line_exact_match.csv: those evaluated rows of all the runs given,
+one table (plot `learning_curve_line_exact_match`).
 """
 
 from __future__ import annotations
@@ -68,19 +70,26 @@ def curve(name: str, run_dir: Path, tokens_per_s: float | None) -> list[dict]:
     return sorted(out, key=lambda r: float(r["train_minutes"]))
 
 
+def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"{path.relative_to(ROOT)}")
+
+
 def main() -> None:
     if len(sys.argv) < 2 or any("=" not in arg for arg in sys.argv[1:]):
         sys.exit(__doc__)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    measured = []  # the rows of every run measured by the evaluate stage's code: line exact match
     for arg in sys.argv[1:]:
         name, run_dir = arg.split("=", 1)
         run_dir, _, rate = run_dir.partition("@")
-        path = RESULTS / f"learning_curve_{name}.csv"
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(curve(name, Path(run_dir), float(rate) if rate else None))
-        print(f"{path.relative_to(ROOT)}")
+        rows = curve(name, Path(run_dir), float(rate) if rate else None)
+        write_csv(RESULTS / f"learning_curve_{name}.csv", COLUMNS, rows)
+        measured += [{"run": name, **r} for r in rows if r["measured_by"] != "finetune dev windows"]
+    write_csv(RESULTS / "learning_curve_line_exact_match.csv", ["run", *COLUMNS], measured)
 
 
 if __name__ == "__main__":

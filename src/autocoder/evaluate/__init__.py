@@ -538,8 +538,7 @@ def _line_examples(
         prefix = "\n".join(lines[:i]) + "\n" if i else ""
         if perturb is not None:  # the context and the line to predict, perturbed alike
             prefix, target = perturb(lang, prefix, lines[i])
-            lines, i = (prefix + target).split("\n"), prefix.count("\n")
-            cached = (None, [])
+            lines, i = (prefix + target).split("\n"), prefix.count("\n")  # the cached file is untouched
         suffix = "\n".join(lines[i + 1 :]) if infill else None
         [completion] = completer.complete(
             lang,
