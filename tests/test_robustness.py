@@ -4,11 +4,12 @@ their tests through the sandbox under every kind; the scores against hand-comput
 from __future__ import annotations
 
 import ast
+import re
 
 import pytest
 
 from autocoder.evaluate.humaneval import passes
-from autocoder.evaluate.robustness import KINDS, double_blank_lines, perturb, rename, robustness_scores
+from autocoder.evaluate.robustness import KINDS, double_blank_lines, perturb, perturb_line, rename, robustness_scores
 from autocoder.evaluate.sandbox import Limits, unavailable
 from autocoder.problems import load_problems
 
@@ -62,3 +63,46 @@ def test_robustness_scores():
     assert scores["b"] == {"score": 0.75, "relative_drop": 0.0}
     assert scores["robust"] == 0.25  # only the first passes nominally and under both
     assert scores["worst_kind_drop"] == pytest.approx(1 / 3)
+
+
+PY_CONTEXT = '''import os
+
+
+class Box:
+    def area(self, width, height=2):
+        """The area of width by height."""
+        self.width = width
+'''
+JAVA_CONTEXT = """public class Box {
+    public Box(int size) {
+    }
+
+    public static <K, V> Map<K, V> merge(Map<K, V> left, final List<String>[] right) throws IOException {
+        if (left == null) {
+"""
+
+
+def test_dev_line_perturbations_rename_the_context_and_the_line_alike():
+    line = "        return width * height"
+    context, target = perturb_line("python", PY_CONTEXT, line, "variable_rename", seed=0)
+    assert perturb_line("python", PY_CONTEXT, line, "variable_rename", seed=0) == (context, target)  # seeded
+    new_width, new_height = re.search(r"def area\(self, (\w+), (\w+)=2\)", context).groups()
+    assert target == f"        return {new_width} * {new_height}"
+    assert f"self.width = {new_width}" in context  # an attribute keeps its name
+    assert f"The area of {new_width} by {new_height}." in context
+    ast.parse(context + target)  # still Python
+    context, target = perturb_line("python", PY_CONTEXT, "        return self.area(1)", "function_rename", seed=0)
+    name = re.search(r"def (\w+)\(self", context)[1]
+    assert name != "area" and target == f"        return self.{name}(1)"  # a method, called as one
+
+    line = "            return merge(right, left.size());"
+    context, target = perturb_line("java", JAVA_CONTEXT, line, "variable_rename", seed=0)
+    left, right = re.search(r"merge\(Map<K, V> (\w+), final List<String>\[\] (\w+)\)", context).groups()
+    assert target == f"            return merge({right}, {left}.size());" and f"if ({left} == null)" in context
+    context, target = perturb_line("java", JAVA_CONTEXT, line, "function_rename", seed=0)
+    name = re.search(r"Map<K, V> (\w+)\(Map", context)[1]
+    assert name != "merge" and target == f"            return {name}(right, left.size());"
+    assert "public Box(int size)" in context  # a constructor keeps its class' name
+    assert perturb_line("java", "class A {\n", "    int x;", "variable_rename", seed=0) == ("class A {\n", "    int x;")
+    context, target = perturb_line("java", JAVA_CONTEXT, line, "whitespace", seed=0)
+    assert target == line and context == double_blank_lines(JAVA_CONTEXT)

@@ -14,8 +14,9 @@ problem's tests (tests/test_robustness.py checks both).
 Dev line completion (Python and Java) is perturbed too, the context and the line to predict alike
 (`perturb_line`): `whitespace` as above; `variable_rename` and `function_rename` rename the
 parameters, or the name, of the last function or method the context defines (a Java constructor
-keeps its name), wherever the name stands as a word not preceded by "." (code, strings, comments:
-`self.x = x` becomes `self.x = value`), by a word-boundary substitution rather than a parser, since
+keeps its name), wherever the name stands as a word (code, strings, comments), a parameter's not
+after a "." (`self.x = x` becomes `self.x = value`), a method's also there (`self.area()`), by a
+word-boundary substitution rather than a parser, since
 the context is a file cut off mid-way and Java has no parser here. A context without such a function
 is left as it is. Docstring rewording has no counterpart there.
 
@@ -93,7 +94,9 @@ def perturb_line(lang: str, context: str, target: str, kind: str, seed: int) -> 
         raise ValueError(f"unknown perturbation {kind!r} (known: {', '.join(LINE_KINDS)})")
     if not renames:
         return context, target
-    word = re.compile(r"(?<![.\w])(" + "|".join(map(re.escape, renames)) + r")(?!\w)")
+    # a method is also called as an attribute (self.area(), this.merge()); a parameter never is one
+    before = r"(?<!\w)" if kind == "function_rename" else r"(?<![.\w])"
+    word = re.compile(before + "(" + "|".join(map(re.escape, renames)) + r")(?!\w)")
     return word.sub(lambda m: renames[m[1]], context), word.sub(lambda m: renames[m[1]], target)
 
 
