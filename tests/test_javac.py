@@ -9,7 +9,7 @@ from autocoder.complete import Completer
 from autocoder.evaluate import javac, sandbox
 from helpers import ROOT
 
-WHY_NOT = javac.unavailable("javac") or sandbox.unavailable()
+WHY_NOT = sandbox.unavailable() or javac.unavailable("javac")
 needs_javac = pytest.mark.skipif(WHY_NOT is not None, reason=f"no javac in a sandbox here: {WHY_NOT}")
 
 SOURCE = """package demo;

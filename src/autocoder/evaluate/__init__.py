@@ -151,7 +151,7 @@ def run(params: Params) -> None:
             print(f"{STAGE}: humaneval infilling skipped: the model has no fill-in-the-middle tokens")
     javac_records = None
     if cfg.javac.methods and "java" in completer.languages:
-        if (no_javac := javac.unavailable(cfg.javac.command) or sandbox.unavailable()) is not None:
+        if (no_javac := sandbox.unavailable() or javac.unavailable(cfg.javac.command)) is not None:
             print(f"{STAGE}: java compilation skipped: {no_javac}")
         else:
             metrics["javac"], javac_records = _javac(completer, corpus, dev_rows, cfg)

@@ -51,6 +51,9 @@ def unavailable(javac: str) -> str | None:
         return (
             f"javac {javac!r} not found (evaluate.javac.command; a JDK is needed, e.g. Debian's default-jdk-headless)"
         )
+    ok, output = compiles(javac, "Probe.java", "class Probe {}\n")
+    if not ok:  # a JDK that cannot run in the sandbox would fail every file: say so instead
+        return f"javac {javac!r} cannot compile in the sandbox: {(output.strip().splitlines() or ['?'])[-1]}"
     return None
 
 
