@@ -1,6 +1,7 @@
 """The learning curve in the README: dev bits per byte against training minutes and tokens.
 
     python benchmarks/learning_curve.py NAME=RUN_DIR[@TOKENS_PER_S] [NAME=RUN_DIR ...]
+                                        [NAME=EVALUATION.json@MINUTES:TOKENS ...]
 
 RUN_DIR is a project folder after `dvc repro` (its plots/finetune.csv, and metrics/metrics.json
 when evaluate ran). For each run it writes benchmarks/results/learning_curve_<NAME>.csv: one row per
@@ -13,7 +14,9 @@ files (dvc.yaml, plots `learning_curve_minutes` and `learning_curve_tokens`). @T
 run that shared the CPU with other jobs (its own clock then says little), train_minutes are its
 tokens at this rate, as measured for the same model and recipe on an idle machine. Also writes
 benchmarks/results/learning_curve_line_exact_match.csv: those evaluated rows of all the runs given,
-one table (plot `learning_curve_line_exact_match`).
+one table (plot `learning_curve_line_exact_match`). NAME=EVALUATION.json@MINUTES:TOKENS adds to that
+table a model trained outside one run folder (the shipped base, trained in phases on other corpora):
+benchmarks/evaluate_model.py's result for it, at its training minutes and tokens in all.
 """
 
 from __future__ import annotations
@@ -86,6 +89,13 @@ def main() -> None:
     for arg in sys.argv[1:]:
         name, run_dir = arg.split("=", 1)
         run_dir, _, rate = run_dir.partition("@")
+        if run_dir.endswith(".json"):
+            minutes, tokens = rate.split(":")
+            trained = {"train_minutes": minutes, "tokens": tokens}
+            measured.append(
+                {"run": name, **evaluated(trained, json.loads(Path(run_dir).read_text()), Path(run_dir).name)}
+            )
+            continue
         rows = curve(name, Path(run_dir), float(rate) if rate else None)
         write_csv(RESULTS / f"learning_curve_{name}.csv", COLUMNS, rows)
         measured += [{"run": name, **r} for r in rows if r["measured_by"] != "finetune dev windows"]

@@ -66,6 +66,7 @@ from autocoder.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
 BLANK_LINE = re.compile(r"\n[ \t]*\n")  # ends a completion (the seed cut at "\n\n")
 END_OF_LINE = re.compile(r"\n")  # ends a line completion
+NEVER = re.compile(r"(?!)")  # never matches: generation runs to eos or max_new_tokens
 SEED_TEXT = "seed_text"
 HISTORY_FILE = ".autocoder_history"  # in the home folder
 EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as shells report it

@@ -81,15 +81,20 @@ def _file_of(corpus: Corpus, positions: np.ndarray) -> np.ndarray:
     return np.searchsorted(corpus.files["token_offset"].astype(np.int64), positions, side="right") - 1
 
 
+def _gram_positions(corpus: Corpus, hashes: np.ndarray, rows, n: int) -> np.ndarray:
+    """Where in `hashes` the n-grams of the corpus' `rows` (files) start."""
+    rows = np.asarray(rows, dtype=np.int64)
+    starts = corpus.files["token_offset"].astype(np.int64)[rows]
+    lengths = corpus.files["n_tokens"].astype(np.int64)[rows]
+    return np.flatnonzero(gram_mask(starts, lengths, n, len(hashes)))
+
+
 def problems_sharing_a_span(
     problems: list[Problem], encode: Callable[[str], list[int]], corpus: Corpus, hashes: np.ndarray, rows, n: int
 ) -> list[str]:
     """The task ids of the problems that share an n-token span with one of the corpus' `rows` (its
     files; `hashes`: the corpus' ngram_hashes): what a pass on them may owe to memory."""
-    rows = np.asarray(rows, dtype=np.int64)
-    starts = corpus.files["token_offset"].astype(np.int64)[rows]
-    lengths = corpus.files["n_tokens"].astype(np.int64)[rows]
-    seen = np.sort(hashes[gram_mask(starts, lengths, n, len(hashes))])
+    seen = np.sort(hashes[_gram_positions(corpus, hashes, rows, n)])
     return [p.task_id for p in problems if in_sorted(_hashes(p, encode, n), seen).any()]
 
 
@@ -97,9 +102,6 @@ def rows_sharing_a_span(
     problems: list[Problem], encode: Callable[[str], list[int]], corpus: Corpus, hashes: np.ndarray, rows, n: int
 ) -> np.ndarray:
     """Those of the corpus' `rows` (sorted) that share an n-token span with one of the problems."""
-    rows = np.asarray(rows, dtype=np.int64)
     theirs = np.unique(np.concatenate([_hashes(p, encode, n) for p in problems] or [np.zeros(0, np.uint64)]))
-    starts = corpus.files["token_offset"].astype(np.int64)[rows]
-    lengths = corpus.files["n_tokens"].astype(np.int64)[rows]
-    positions = np.flatnonzero(gram_mask(starts, lengths, n, len(hashes)))
+    positions = _gram_positions(corpus, hashes, rows, n)
     return np.unique(_file_of(corpus, positions[in_sorted(hashes[positions], theirs)]))

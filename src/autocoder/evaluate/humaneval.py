@@ -21,7 +21,7 @@ import re
 import numpy as np
 from tqdm import tqdm
 
-from autocoder.complete import END_OF_LINE, Completer
+from autocoder.complete import END_OF_LINE, NEVER, Completer
 from autocoder.evaluate.match import exact_match
 from autocoder.evaluate.sandbox import Limits, run_python
 from autocoder.problems import InfillingProblem, Problem
@@ -29,7 +29,6 @@ from autocoder.problems import InfillingProblem, Problem
 # A completion ends where the function does: at the next top-level statement (the paper's stop
 # sequences). A blank line, the default stop, would cut a body at its first paragraph.
 FUNCTION_END = re.compile(r"\n(?=def |class |if |print\(|#|@|assert )")
-NEVER = re.compile(r"(?!)")  # a stop that never matches: a multi-line middle ends at eos
 
 
 def infilling_program(problem: InfillingProblem, middle: str) -> str:

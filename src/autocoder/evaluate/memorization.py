@@ -12,15 +12,11 @@ memorization; what dev shares is code any model would guess (closing braces, `se
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
-from autocoder.complete import Completer
+from autocoder.complete import NEVER, Completer
 from autocoder.corpus import Corpus
 from autocoder.params import MemorizationParams
-
-NEVER = re.compile(r"(?!)")  # a stop pattern that never matches: exactly new_tokens are generated
 
 
 def memorization(
