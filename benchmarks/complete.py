@@ -145,7 +145,8 @@ def main() -> None:
     if not model_dir.exists():
         parser.error(f"{model_dir} does not exist: run the pipeline (dvc repro) or give --model DIR")
     params = load_params(args.params)
-    completer = Completer.from_pretrained(model_dir, params.control_tokens())
+    # PyTorch for both ways: the seed's needs model.generate (a folder with model.onnx would get ONNX Runtime)
+    completer = Completer.from_pretrained(model_dir, params.control_tokens(), onnx=False)
     prompts = [("seed_prompts", lang, text) for lang, texts in params.evaluate.prompts.items() for text in texts]
     by_extension = {ext: lang for lang, spec in params.languages.items() for ext in spec.extensions}
     texts = [(by_extension[path.suffix], path.read_text()) for path in sorted(args.contexts)]
