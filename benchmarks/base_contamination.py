@@ -7,8 +7,9 @@ BASE_RUN_DIR is a project folder after `dvc repro split` with a base profile (pr
 the corpus the base trained on and its split. Both corpora must share a tokenizer (the base
 profiles after the first segment with models/autocoder-base's). Counts the default's dev files (by
 content, sha256) found in the base's train split, and the share of their windows that contain a
-50-token span of a base train file, with and without boilerplate (50-grams found in 10 or more of
-the base corpus' files: licence headers and the like), by the split stage's own code.
+split.contamination_ngram-token span (50) of a base train file, with and without boilerplate
+(n-grams found in split.boilerplate_files (10) or more of the base corpus' files: licence headers
+and the like), by the split stage's own code and params.yaml's split settings.
 Writes benchmarks/results/base_contamination.json.
 """
 
@@ -22,11 +23,11 @@ import numpy as np
 
 from autocoder.corpus import TOKENIZER_DIR, split_rows
 from autocoder.ngrams import boilerplate, contaminated, ngram_hashes
+from autocoder.params import load_params
 from autocoder.split import corpus_windows, open_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks/results/base_contamination.json"
-NGRAM, BOILERPLATE_FILES = 50, 10  # split.contamination_ngram and split.boilerplate_files
 
 
 def main() -> None:
@@ -35,6 +36,8 @@ def main() -> None:
     parser.add_argument("--segments", type=Path, default=ROOT / "data/segments")
     parser.add_argument("--split", type=Path, default=ROOT / "data/split")
     args = parser.parse_args()
+    split = load_params(ROOT / "params.yaml").split
+    n = split.contamination_ngram
     default = open_corpus(args.segments)
     base = open_corpus(args.base_run / "data/segments")
     tokenizers = [
@@ -47,20 +50,20 @@ def main() -> None:
     is_train = np.zeros(len(base), dtype=bool)
     is_train[split_rows(base, args.base_run / "data/split", "train")] = True
 
-    hashes = ngram_hashes(base.tokens, NGRAM)
+    hashes = ngram_hashes(base.tokens, n)
     row, starts, lengths = corpus_windows(base)
     train = (starts[is_train[row]], lengths[is_train[row]])
     held = (starts[is_default_dev[row]], lengths[is_default_dev[row]])
-    ignored = boilerplate(base, hashes, NGRAM, BOILERPLATE_FILES)
+    ignored = boilerplate(base, hashes, n, split.boilerplate_files)
     result = {
         "base_run": str(args.base_run),
         "default_dev_files": len(dev_sha),
         "found_in_base_corpus": int(is_default_dev.sum()),
         "in_base_train": int((is_default_dev & is_train).sum()),
         "dev_windows": int(len(held[0])),
-        "windows_with_base_train_ngram": round(float(contaminated(hashes, NGRAM, train, held).mean()), 4),
+        "windows_with_base_train_ngram": round(float(contaminated(hashes, n, train, held).mean()), 4),
         "windows_with_base_train_ngram_beyond_boilerplate": round(
-            float(contaminated(hashes, NGRAM, train, held, ignored).mean()), 4
+            float(contaminated(hashes, n, train, held, ignored).mean()), 4
         ),
     }
     RESULTS.write_text(json.dumps(result, indent=1) + "\n")
