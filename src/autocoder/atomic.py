@@ -39,6 +39,15 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _running(pid: int) -> bool:
+    """Whether process `pid` can still write. A killed process whose parent died too stays a zombie
+    until init reaps it, and a container's init may never do so: a zombie counts as dead."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def tmp_sibling(target: Path) -> Path:
     """This process' temporary name for `target`. Those of dead processes (killed while writing: never
     trusted, but garbage that could fill the disk) are removed."""
@@ -46,7 +55,7 @@ def tmp_sibling(target: Path) -> Path:
     for stale in target.parent.glob(prefix + "*"):
         # ".x.tmp-<pid>", or a file next to it named after it (SQLite's ".x.tmp-<pid>-journal")
         pid = re.match(r"\d+", stale.name[len(prefix) :])
-        if pid and (int(pid[0]) == os.getpid() or not psutil.pid_exists(int(pid[0]))):
+        if pid and (int(pid[0]) == os.getpid() or not _running(int(pid[0]))):
             _remove(stale)
     return target.with_name(f".{target.name}.tmp-{os.getpid()}")
 
