@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -262,6 +263,19 @@ def finetuned_project(root: Path, segments: Path, split: Path, model_dir: Path, 
 
 
 # --- Processes a test leaves behind ---
+
+
+def zombie_process() -> subprocess.Popen:
+    """A child that exited and is not reaped until the caller waits for it: what a SIGKILLed stage
+    whose parent (dvc) was killed with it stays under a container's init that never reaps."""
+    import psutil
+
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the child did not exit"
+        time.sleep(0.05)
+    return zombie
 
 
 def kill_processes_in(folder: Path) -> list[int]:

@@ -17,6 +17,7 @@ import yaml
 from autocoder import tracking
 from autocoder.errors import UserError
 from autocoder.params import MlflowParams
+from helpers import zombie_process
 
 
 @pytest.fixture
@@ -73,6 +74,7 @@ def test_runs_of_dead_processes_are_marked_killed(project):
     experiment_id = mlflow.get_experiment_by_name("autocoder").experiment_id
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
+    zombie = zombie_process()
     client = mlflow.MlflowClient()
 
     def running(stage: str, pid: int, host: str | None = None) -> str:
@@ -82,12 +84,21 @@ def test_runs_of_dead_processes_are_marked_killed(project):
         return client.create_run(experiment_id, tags=tags).info.run_id
 
     killed = running("finetune", dead.pid)
+    zombie_run = running("finetune", zombie.pid)
     alive = running("finetune", os.getpid())
     elsewhere = running("finetune", dead.pid, host="another-machine")
     other_stage = running("evaluate", dead.pid)
-    assert tracking.end_dead_runs(experiment_id, "finetune") == [killed]
-    status = {run_id: client.get_run(run_id).info.status for run_id in (killed, alive, elsewhere, other_stage)}
-    assert status == {killed: "KILLED", alive: "RUNNING", elsewhere: "RUNNING", other_stage: "RUNNING"}
+    assert sorted(tracking.end_dead_runs(experiment_id, "finetune")) == sorted([killed, zombie_run])
+    zombie.wait()
+    runs = (killed, zombie_run, alive, elsewhere, other_stage)
+    status = {run_id: client.get_run(run_id).info.status for run_id in runs}
+    assert status == {
+        killed: "KILLED",
+        zombie_run: "KILLED",
+        alive: "RUNNING",
+        elsewhere: "RUNNING",
+        other_stage: "RUNNING",
+    }
 
 
 def test_lineage_tags(project, monkeypatch):

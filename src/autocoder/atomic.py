@@ -39,9 +39,12 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _running(pid: int) -> bool:
-    """Whether process `pid` can still write. A killed process whose parent died too stays a zombie
-    until init reaps it, and a container's init may never do so: a zombie counts as dead."""
+def process_running(pid: int) -> bool:
+    """Whether process `pid` still runs (can still write, or end its own MLflow run). A killed process
+    whose parent died too stays a zombie until init reaps it, and a container's init may never do
+    so: a zombie counts as dead."""
+    if pid <= 0:
+        return False
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
@@ -55,7 +58,7 @@ def tmp_sibling(target: Path) -> Path:
     for stale in target.parent.glob(prefix + "*"):
         # ".x.tmp-<pid>", or a file next to it named after it (SQLite's ".x.tmp-<pid>-journal")
         pid = re.match(r"\d+", stale.name[len(prefix) :])
-        if pid and (int(pid[0]) == os.getpid() or not _running(int(pid[0]))):
+        if pid and (int(pid[0]) == os.getpid() or not process_running(int(pid[0]))):
             _remove(stale)
     return target.with_name(f".{target.name}.tmp-{os.getpid()}")
 

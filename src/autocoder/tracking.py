@@ -15,10 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import psutil
 import yaml
 
-from autocoder.atomic import removed_on_error, tmp_sibling
+from autocoder.atomic import process_running, removed_on_error, tmp_sibling
 from autocoder.errors import UserError, first_line
 from autocoder.params import MlflowParams
 
@@ -133,14 +132,10 @@ def end_dead_runs(experiment_id: str, stage: str) -> list[str]:
     ended = []
     for run in running:
         tags = run.data.tags
-        if tags.get(HOST_TAG) == socket.gethostname() and not _alive(int(tags.get(PID_TAG, "0") or 0)):
+        if tags.get(HOST_TAG) == socket.gethostname() and not process_running(int(tags.get(PID_TAG, "0") or 0)):
             client.set_terminated(run.info.run_id, status="KILLED")
             ended.append(run.info.run_id)
     return ended
-
-
-def _alive(pid: int) -> bool:
-    return pid > 0 and psutil.pid_exists(pid)
 
 
 def flatten(nested: dict, separator: str, prefix: str = "") -> dict:
