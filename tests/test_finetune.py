@@ -534,3 +534,24 @@ def test_the_fsdp_config_shards_every_decoder_block_and_is_refused_without_gpus(
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="distributed_type FSDP needs GPUs, and this machine has none"):
             hardware_flags(2, "auto", yaml.safe_load(Path(config_file).read_text()), 60)
+
+
+def test_rope_model_trains_at_a_longer_context_than_its_config(project, tmp_path, gpt2_tokenizer, capsys):
+    """A Llama saved with 32 positions trains on 64-token windows (RoPE has no table to outgrow) and is
+    saved with the context it was trained at; GPT-2's learned positions refuse (the bad-input test)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=32,
+        vocab_size=len(gpt2_tokenizer),
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "short-llama")
+    run(project(model="short-llama", max_steps=2, eval_every=2, checkpoint_every=2))
+    assert "'short-llama' has 32 positions; trained at 64 (RoPE)" in capsys.readouterr().out
+    saved = json.loads((OUT / "best/config.json").read_text())
+    assert saved["max_position_embeddings"] == 64

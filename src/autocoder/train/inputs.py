@@ -112,10 +112,15 @@ def check_model(ft: FinetuneParams, tokenizer) -> PretrainedConfig:
         raise UserError(f"finetune.model: {ft.model!r} is a {config.model_type} model, not a causal language model")
     context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
     if context is not None and context < ft.max_length:
-        raise UserError(
-            f"finetune.max_length: {ft.max_length} exceeds the context of finetune.model {ft.model!r} "
-            f"({context} positions)"
-        )
+        if not _plain_rope(config):
+            raise UserError(
+                f"finetune.max_length: {ft.max_length} exceeds the context of finetune.model {ft.model!r} "
+                f"({context} positions, learned or scaled: only a plain RoPE model can be trained longer)"
+            )
+        # Rotary positions have no table to outgrow: the model trains at the longer context as it is,
+        # and its saved config says the context it was trained for.
+        print(f"finetune: {ft.model!r} has {context} positions; trained at {ft.max_length} (RoPE)")
+        config.max_position_embeddings = ft.max_length
     if local:
         weights = sorted(Path(name).glob("*.safetensors"))
         if not weights:
@@ -127,6 +132,13 @@ def check_model(ft: FinetuneParams, tokenizer) -> PretrainedConfig:
             except (SafetensorError, OSError) as e:
                 raise UserError(f"finetune.model: {path} is corrupt ({first_line(e)})") from None
     return config
+
+
+def _plain_rope(config: PretrainedConfig) -> bool:
+    """Whether the model's positions are rotary without scaling (RoPE as Llama's): no learned table
+    (GPT-2's n_positions), no scaling tied to the original context (YaRN, dynamic NTK)."""
+    rope = getattr(config, "rope_parameters", None)
+    return not hasattr(config, "n_positions") and isinstance(rope, dict) and rope.get("rope_type") == "default"
 
 
 def scratch_config(s: ScratchModel, tokenizer) -> PretrainedConfig:
