@@ -536,22 +536,56 @@ def test_the_fsdp_config_shards_every_decoder_block_and_is_refused_without_gpus(
             hardware_flags(2, "auto", yaml.safe_load(Path(config_file).read_text()), 60)
 
 
+def _tiny_llama(tmp_path: Path, name: str, vocab_size: int, **config) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    LlamaForCausalLM(
+        LlamaConfig(
+            **{**shape, "max_position_embeddings": 64, **config}, vocab_size=vocab_size, tie_word_embeddings=True
+        )
+    ).save_pretrained(tmp_path / name)
+    return tmp_path / name
+
+
 def test_rope_model_trains_at_a_longer_context_than_its_config(project, tmp_path, gpt2_tokenizer, capsys):
     """A Llama saved with 32 positions trains on 64-token windows (RoPE has no table to outgrow) and is
     saved with the context it was trained at; GPT-2's learned positions refuse (the bad-input test)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=32,
-        vocab_size=len(gpt2_tokenizer),
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "short-llama")
+    _tiny_llama(tmp_path, "short-llama", len(gpt2_tokenizer), num_hidden_layers=1, max_position_embeddings=32)
     run(project(model="short-llama", max_steps=2, eval_every=2, checkpoint_every=2))
     assert "'short-llama' has 32 positions; trained at 64 (RoPE)" in capsys.readouterr().out
     saved = json.loads((OUT / "best/config.json").read_text())
     assert saved["max_position_embeddings"] == 64
+
+
+def test_grown_model_computes_what_the_pretrained_one_did_and_trains(project, tmp_path, gpt2_tokenizer):
+    from autocoder.train.inputs import grown
+
+    folder = _tiny_llama(tmp_path, "two-layers", len(gpt2_tokenizer))
+    model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
+    deeper = grown(model, 5)
+    assert deeper.config.num_hidden_layers == len(deeper.model.layers) == 5
+    ids = torch.randint(0, len(gpt2_tokenizer), (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(deeper(ids).logits, model(ids).logits)
+    # a copy is not the layer itself: training moves each on its own
+    assert deeper.model.layers[1].mlp.down_proj.weight.abs().sum() == 0
+    assert (
+        deeper.model.layers[0].mlp.down_proj.weight.data_ptr() != deeper.model.layers[1].mlp.down_proj.weight.data_ptr()
+    )
+
+    run(project(model="two-layers", grow_layers=3, max_steps=2, eval_every=2, checkpoint_every=2))
+    trained = AutoModelForCausalLM.from_pretrained(OUT / "best", use_safetensors=True)
+    assert trained.config.num_hidden_layers == 3
+    assert trained.model.layers[1].mlp.down_proj.weight.abs().sum() > 0  # the copy learned
+
+
+def test_grow_layers_refuses_models_it_cannot_grow(project, tiny_model_dir, tmp_path, gpt2_tokenizer):
+    with pytest.raises(UserError, match=r"^finetune.grow_layers: gpt2 models cannot be grown \(Llama-style only\)$"):
+        run(project(model=str(tiny_model_dir), grow_layers=3))
+    _tiny_llama(tmp_path, "two-layers", len(gpt2_tokenizer))
+    with pytest.raises(UserError, match=r"^finetune.grow_layers: 1 is fewer than the model's 2 layers$"):
+        run(project(model="two-layers", grow_layers=1))
+    with pytest.raises(ValueError, match="finetune.grow_layers: deepens a pretrained model"):
+        project(grow_layers=3)

@@ -163,6 +163,10 @@ class FinetuneParams(_Strict):
         "models/autocoder-base", min_length=1
     )  # "scratch", a Hub id (distilgpt2, gpt2-medium, ...) or a local folder
     scratch: ScratchModel = ScratchModel()
+    # Deepen a pretrained Llama-style model to this many layers before training (None: as it is).
+    # Each layer is followed by copies of itself whose output projections are zero, so the deeper
+    # model starts out computing exactly what the pretrained one did (profiles/base-phase4.yaml).
+    grow_layers: int | None = Field(None, gt=0)
     num_processes: int = Field(1, gt=0)  # accelerate processes: GPUs, or CPU processes (gloo); all machines'
     # An accelerate config file (`accelerate config --config_file F`) for the launch: several machines,
     # FSDP (configs/accelerate/). None: the one `accelerate config` wrote, if any, else this machine's
@@ -362,6 +366,8 @@ class Params(_Strict):
                 "segment.tokenizer: 'learn' makes new token ids, so finetune.model must be 'scratch' "
                 "(a pretrained model needs its own tokenizer: give its folder or Hub id)"
             )
+        if self.finetune.model == "scratch" and self.finetune.grow_layers is not None:
+            raise ValueError("finetune.grow_layers: deepens a pretrained model; set finetune.scratch.n_layer instead")
         if self.finetune.model == "scratch" and self.finetune.max_length > self.finetune.scratch.n_positions:
             raise ValueError(
                 f"finetune.max_length: {self.finetune.max_length} exceeds the model's context "

@@ -194,6 +194,8 @@ def build_model(ft: FinetuneParams, config: PretrainedConfig, tokenizer) -> torc
             )
         except (OSError, ValueError, SafetensorError) as e:
             raise UserError(f"finetune.model: cannot load the weights of {ft.model!r}: {first_line(e)}") from None
+    if ft.grow_layers is not None:
+        model = grown(model, ft.grow_layers)
     if model.get_input_embeddings().num_embeddings != len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -206,3 +208,29 @@ def build_model(ft: FinetuneParams, config: PretrainedConfig, tokenizer) -> torc
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def grown(model: torch.nn.Module, n_layers: int) -> torch.nn.Module:
+    """`model` deepened to `n_layers`: new layer j is a copy of layer j * L // n_layers of the L it has,
+    and every copy after the first of a layer has its attention and MLP output projections zeroed, so
+    it adds nothing to the residual stream: the deeper model computes what `model` did, and training
+    grows the copies from there (progressive stacking with zero-initialised residual branches)."""
+    config, layers = model.config, getattr(getattr(model, "model", None), "layers", None)
+    if layers is None or not all(hasattr(m, "self_attn") and hasattr(m.self_attn, "o_proj") for m in layers):
+        raise UserError(f"finetune.grow_layers: {config.model_type} models cannot be grown (Llama-style only)")
+    if n_layers < len(layers):
+        raise UserError(f"finetune.grow_layers: {n_layers} is fewer than the model's {len(layers)} layers")
+    sources = [j * len(layers) // n_layers for j in range(n_layers)]
+    deeper = type(model)(type(config).from_dict({**config.to_dict(), "num_hidden_layers": n_layers}))
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("model.layers.")}
+    for j, i in enumerate(sources):
+        prefix = f"model.layers.{i}."
+        for key, value in model.state_dict().items():
+            if key.startswith(prefix):
+                copy = value.clone()
+                if j > 0 and sources[j - 1] == i and key.endswith(("o_proj.weight", "down_proj.weight")):
+                    copy.zero_()
+                state[f"model.layers.{j}.{key[len(prefix) :]}"] = copy
+    deeper.load_state_dict(state)
+    deeper.generation_config = model.generation_config
+    return deeper
