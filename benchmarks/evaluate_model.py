@@ -48,7 +48,7 @@ def main() -> None:
     lines = {} if args.lines is None else {"line_completion_lines": args.lines, "infill_lines": args.lines}
     cfg = params.evaluate.model_copy(update={**lines, "latency_repeats": 0})
     started = time.perf_counter()
-    result = evaluate.dev_perplexity(completer, corpus, dev_rows, cfg)
+    result, _ = evaluate.dev_perplexity(completer, corpus, dev_rows, cfg)
     languages = list(params.languages)
     result["line_completion"] = evaluate.line_completion_scores(
         evaluate.line_completion_examples(completer, corpus, dev_rows, cfg), languages

@@ -24,16 +24,18 @@ from autocoder import complete as complete_module
 from autocoder.complete import (
     BLANK_LINE,
     CONTROL_IDS,
+    CONTROL_TOKENS_KEY,
     END_OF_LINE,
     PROMPT_FORMAT_KEY,
     SEED_TEXT,
     Completer,
+    Decoding,
     StopCheck,
     cut_at,
 )
 from autocoder.errors import UserError
 from autocoder.hub import hub_offline
-from autocoder.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, FIM_TOKENS, load_tokenizer
+from autocoder.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, FIM_TOKENS, base_tokenizer, load_tokenizer
 from helpers import CONTROL_TOKENS, ROOT, save_tiny_model
 
 # Greedy paths of the bigram model: "def f" -> "(): return 1" then newlines; "class A" -> " {}" then eos.
@@ -291,9 +293,51 @@ def test_a_suffix_makes_the_psm_prompt_of_fim_training(fim_model_dir, monkeypatc
     assert len(prompt_of(long_prefix * 3, long_suffix * 3)) == 256 - 4
 
 
-def test_a_model_without_fim_tokens_refuses_a_suffix_in_one_line(tiny_model_dir, fim_model_dir):
+def test_batched_completions_are_the_one_by_one_completions(tiny_model_dir):
+    completer = Completer.from_pretrained(tiny_model_dir, prompt_format=CONTROL_IDS)
+    contexts = [
+        "def f(a, b):\n    return",
+        "import os\n",
+        "x = 1",
+        "class A:\n    def __init__(self):\n        self.x =",
+    ]
+    requests = [{"lang": "python", "context": c, "stop": END_OF_LINE} for c in contexts]
+    requests += [{"lang": "java", "context": "int f(int a) {\n", "suffix": "\n}\n", "stop": END_OF_LINE}]
+    requests += [{"lang": "python", "context": "def g():\n    ", "heal": False, "max_context_tokens": 3}]
+    for guard in [{}, {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2}]:
+        decoding = Decoding(max_new_tokens=12, **guard)
+        alone = [completer.complete(max_new_tokens=12, **r, **guard)[0] for r in requests]
+        for batch_size in (2, len(requests)):
+            batched = completer.complete_many(requests, batch_size, decoding)
+            assert [(c.token_ids, c.text, c.stop, c.healed) for c in batched] == [
+                (c.token_ids, c.text, c.stop, c.healed) for c in alone
+            ]
+            assert [c.confidence for c in batched] == pytest.approx([c.confidence for c in alone], abs=1e-4)
+
+
+def test_the_control_tokens_come_from_the_model_folder_not_from_its_other_tokens(tmp_path):
+    # A pretrained vocabulary has "<name>" tokens that are no languages (SmolLM2's <filename>,
+    # <jupyter_code>); the finetune writes the control tokens into config.json, and the folder alone says.
+    tokenizer = load_tokenizer("gpt2", CONTROL_TOKENS)
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": ["<filename>", "<jupyter_code>"]}, replace_extra_special_tokens=False
+    )
+    folder = save_tiny_model(tmp_path / "model", tokenizer)
+    config = json.loads((folder / "config.json").read_text())
+    guessed = Completer.from_pretrained(folder, prompt_format=CONTROL_IDS)
+    assert "filename" in guessed.languages  # a folder without the record: the old guess, fooled
+    config |= {PROMPT_FORMAT_KEY: CONTROL_IDS, CONTROL_TOKENS_KEY: {"python": "<python>", "java": "<java>"}}
+    (folder / "config.json").write_text(json.dumps(config))
+    completer = Completer.from_pretrained(folder)
+    assert completer.prompt_format == CONTROL_IDS and set(completer.languages) == {"python", "java"}
+    assert completer.prompt_ids("java", "int")[0] == tokenizer.convert_tokens_to_ids("<java>")
+
+
+def test_a_model_without_fim_tokens_refuses_a_suffix_in_one_line(tmp_path, fim_model_dir):
+    gpt2 = base_tokenizer("gpt2")  # GPT-2's own vocabulary with the control tokens and no FIM tokens
+    gpt2.add_special_tokens({"additional_special_tokens": CONTROL_TOKENS, "pad_token": "<pad>"})
     for completer in [
-        Completer.from_pretrained(tiny_model_dir, prompt_format=CONTROL_IDS),  # GPT-2: no FIM tokens
+        Completer.from_pretrained(save_tiny_model(tmp_path / "no-fim", gpt2), prompt_format=CONTROL_IDS),
         Completer.from_pretrained(fim_model_dir),
     ]:  # the seed's prompt format cannot infill
         assert not completer.can_infill

@@ -56,9 +56,9 @@ def test_evaluate_writes_metrics_samples_and_registers_the_champion(finetuned, c
     assert 1 < metrics["dev_perplexity"] < 1e6 and 0 < metrics["dev_bits_per_byte"] < 100
     n_lines = finetuned.evaluate.line_completion_lines
     check_line_scores(metrics["line_completion"], n_lines)
-    assert "infill" not in metrics  # GPT-2's tokenizer has no FIM tokens
+    # segment adds the FIM tokens to any vocabulary (GPT-2's here): the model is measured infilling
+    check_line_scores(metrics["infill"], finetuned.evaluate.infill_lines)
     out = capsys.readouterr().out
-    assert "infill skipped: the model has no fill-in-the-middle tokens" in out
     assert 0 < metrics["latency_ms"]["p50"] <= metrics["latency_ms"]["p95"] < math.inf
     n_prompts = sum(len(prompts) for prompts in finetuned.evaluate.prompts.values())
     assert metrics["samples"]["total"] == n_prompts and 0 <= metrics["samples"]["ended"] <= n_prompts
@@ -68,7 +68,7 @@ def test_evaluate_writes_metrics_samples_and_registers_the_champion(finetuned, c
         assert metrics["humaneval"] == {"problems": 2, "pass_at_1": 0.0, "contaminated_problems": 0}
         records = [json.loads(line) for line in (Path(finetuned.evaluate.out_dir) / "humaneval.jsonl").open()]
         assert [r["task_id"] for r in records] == ["HumanEval/0", "HumanEval/1"]
-        assert "humaneval infilling skipped: the model has no fill-in-the-middle tokens" in out
+        assert metrics["humaneval_infilling"]["single_line"]["tasks"] == finetuned.evaluate.humaneval.infilling.tasks
         assert Path("plots/humaneval_pass_at_k.csv").read_text() == "k,pass_at_k\n1,0\n"
     else:
         assert "humaneval" not in metrics and f"humaneval skipped: {why_not}" in out
@@ -165,11 +165,11 @@ def test_dev_perplexity_scores_every_token_once(tiny_corpus, tiny_model_dir):
     corpus = Corpus(segments)
     dev = split_rows(corpus, split, "dev")
     completer = Completer.from_pretrained(tiny_model_dir, prompt_format=CONTROL_IDS)
-    cfg = EvaluateParams(perplexity_max_tokens=None)
+    cfg = EvaluateParams(perplexity_max_bytes=None)
     [java] = [r for r in dev if corpus.files["language"][r] == "java"]
     n_tokens = corpus.files["n_tokens"]
     python = min((r for r in range(len(corpus)) if n_tokens[r] > 2 * corpus.meta.segment_len), key=n_tokens.__getitem__)
-    result = evaluate.dev_perplexity(completer, corpus, np.array([python, java]), cfg)
+    result, scored = evaluate.dev_perplexity(completer, corpus, np.array([python, java]), cfg)
     assert result["dev_tokens"] == n_tokens[python] + n_tokens[java]
     assert result["dev_files"] == 2
 
@@ -177,10 +177,16 @@ def test_dev_perplexity_scores_every_token_once(tiny_corpus, tiny_model_dir):
     tokens = torch.tensor(np.concatenate([[corpus.meta.control_token_ids["java"]], corpus.file_tokens(java)]))
     with torch.inference_mode():
         nll = completer.model(tokens[None], labels=tokens[None]).loss.item() * (len(tokens) - 1)
-    alone = evaluate.dev_perplexity(completer, corpus, np.array([java]), cfg)
+    alone, scored_alone = evaluate.dev_perplexity(completer, corpus, np.array([java]), cfg)
+    assert scored_alone != scored  # the registry compares over the same files only
     assert alone["dev_perplexity"] == pytest.approx(math.exp(nll / (len(tokens) - 1)), rel=1e-4)
     text_bytes = len(completer.tokenizer.decode(corpus.file_tokens(java).tolist()).encode())
     assert alone["dev_bits_per_byte"] == pytest.approx(nll / math.log(2) / text_bytes, rel=1e-4)
+    # The byte budget stops after the file that reaches it, whatever the tokenizer: here the first one.
+    first, _ = evaluate.dev_perplexity(
+        completer, corpus, np.array([java, python]), cfg.model_copy(update={"perplexity_max_bytes": 1})
+    )
+    assert first["dev_files"] == 1
 
 
 def test_inputs_that_do_not_match_fail_before_any_work(finetuned):

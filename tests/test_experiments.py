@@ -31,7 +31,7 @@ def project(tmp_path_factory) -> Path:
     project = make_tiny_project(tmp_path_factory.mktemp("experiments"))
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["evaluate"].update(
-        perplexity_max_tokens=2000, latency_repeats=1, line_completion_lines=2, infill_lines=2, line_max_new_tokens=8
+        perplexity_max_bytes=8000, latency_repeats=1, line_completion_lines=2, infill_lines=2, line_max_new_tokens=8
     )
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "cheaper evaluation"], project)
@@ -128,13 +128,13 @@ def test_every_finetune_run_is_in_the_projects_store_tagged_with_experiment_and_
     assert not list((project / ".dvc/tmp").rglob("mlruns.db"))
 
 
-def test_registry_keeps_every_version_and_crowns_the_best_dev_perplexity(project, client):
+def test_registry_keeps_every_version_and_crowns_the_best_dev_bits_per_byte(project, client):
     name = yaml.safe_load((project / "params.yaml").read_text())["evaluate"]["registered_model_name"]
     versions = client.search_model_versions(f"name='{name}'")
     runs = {r.info.run_id: r.data.tags["dvc_exp_name"] for r in finetune_runs(client)}
     assert sorted(runs[v.run_id] for v in versions) == sorted(EXPERIMENTS)  # one version per experiment
     # All were measured on the same data, so all are comparable: the champion is the minimum.
-    assert len({(v.tags["tokenizer_fingerprint"], v.tags["dev_split"]) for v in versions}) == 1
-    best = min(versions, key=lambda v: float(v.tags["dev_perplexity"]))
+    assert len({v.tags["dev_files"] for v in versions}) == 1
+    best = min(versions, key=lambda v: float(v.tags["dev_bits_per_byte"]))
     champion = client.get_model_version_by_alias(name, "champion")
-    assert champion.version == best.version, {v.version: v.tags["dev_perplexity"] for v in versions}
+    assert champion.version == best.version, {v.version: v.tags["dev_bits_per_byte"] for v in versions}

@@ -50,7 +50,7 @@ MAX_STEPS, CHECKPOINT_EVERY = 16, 4
 FAULT_PARAMS = {
     "finetune": {"max_steps": MAX_STEPS, "eval_every": 8, "checkpoint_every": CHECKPOINT_EVERY, "log_every": 1},
     "evaluate": {
-        "perplexity_max_tokens": 2000,
+        "perplexity_max_bytes": 8000,
         "latency_repeats": 1,
         "line_completion_lines": 2,
         "infill_lines": 2,

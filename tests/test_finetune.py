@@ -295,9 +295,25 @@ def test_pretrained_model_gets_the_datas_tokens(project, tmp_path, gpt2_tokenize
     )
     params = project(model="plain-gpt2")
     inputs = check_inputs(params)
-    model = build_model(params.finetune, inputs.model_config, inputs.tokenizer)
-    assert model.get_input_embeddings().num_embeddings == len(gpt2_tokenizer) == 50260
+    model = build_model(params.finetune, inputs.model_config, inputs.tokenizer, inputs.corpus.meta.control_token_ids)
+    assert model.get_input_embeddings().num_embeddings == len(gpt2_tokenizer) == 50257 + 2 + 3 + 1  # controls, FIM, pad
     assert model.config.pad_token_id == gpt2_tokenizer.pad_token_id
+    # new_token_init "spelling": "<java>" starts as the mean of "<", "java", ">", rows the model has
+    rows = model.get_input_embeddings().weight
+    spelled = [gpt2_tokenizer.convert_tokens_to_ids(t) for t in ("<", "java", ">")]
+    torch.testing.assert_close(rows[gpt2_tokenizer.convert_tokens_to_ids("<java>")], rows[spelled].mean(0))
+    assert model.config.control_tokens == {"python": "<python>", "java": "<java>"}  # the folder says how to prompt
+    drawn = (
+        build_model(
+            params.finetune.model_copy(update={"new_token_init": "mean"}),
+            inputs.model_config,
+            inputs.tokenizer,
+            inputs.corpus.meta.control_token_ids,
+        )
+        .get_input_embeddings()
+        .weight
+    )
+    assert not torch.allclose(drawn[gpt2_tokenizer.convert_tokens_to_ids("<java>")], rows[spelled].mean(0))
     (tmp_path / "plain-gpt2/notes.txt").write_text("changed")  # a changed local model: checkpoints do not match
     assert check_inputs(params).data_hash != inputs.data_hash
 

@@ -51,6 +51,11 @@ def test_canonical_solutions_pass_and_wrong_ones_fail():
     problems, limits = load_problems(), Limits(wall_s=10)
     failing = [p.task_id for p in problems if not passes(p, p.canonical_solution, limits)]
     assert failing == []
+    # bigcode-evaluation-harness's boundary: the prompt right-stripped, the completion starting with
+    # the newline the prompt lost; the prompt's own trailing newline would then break the indentation
+    stripped = [p.task_id for p in problems[:20] if not passes(p, "\n" + p.canonical_solution, limits, "strip")]
+    assert stripped == []
+    assert program(problems[0], "\n    return False", "strip").startswith(problems[0].prompt.rstrip() + "\n    return")
     assert not any(passes(p, "    return None\n", limits) for p in problems[:10])
     assert not passes(problems[0], "    return not", limits)  # a syntax error
 

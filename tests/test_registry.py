@@ -46,8 +46,8 @@ def logged(tmp_path_factory, gpt2_tokenizer, _migrated_mlflow_db):
         yield params, model_info.model_uri
 
 
-def _measured(ppl: float, fingerprint: str = "tok-a", split: str = "split-a") -> registry.Measurement:
-    return registry.Measurement(ppl, fingerprint, split)
+def _measured(bpb: float, fingerprint: str = "tok-a", files: str = "files-a") -> registry.Measurement:
+    return registry.Measurement(bpb, files, 2.0**bpb, fingerprint)
 
 
 def _champion_version(name: str) -> str:
@@ -62,9 +62,10 @@ def test_champion_moves_only_to_a_better_comparable_model(logged):
         (_measured(10.0), "1", "no champion yet"),
         (_measured(12.0), "1", "12 >= champion v1's 10"),
         (_measured(8.0), "3", "8 < champion v1's 10"),
-        (_measured(2.0, fingerprint="tok-b"), "3", "not compared: tokenizer fingerprint tok-b"),
-        (_measured(2.0, split="split-b"), "3", "not compared: dev split"),
-        (_measured(8.0), "3", "8 >= champion v3's 8"),
+        # another tokenizer over the same dev files: bits per byte compare (the pretrained model's case)
+        (_measured(7.0, fingerprint="tok-b"), "4", "7 < champion v3's 8 over the same dev files"),
+        (_measured(2.0, files="files-b"), "4", "not compared: dev files files-b"),
+        (_measured(7.0), "4", "7 >= champion v4's 7"),
     ]
     for version, (measured, champion, reason) in enumerate(steps, start=1):
         decision = registry.register(uri, name, measured)
@@ -97,7 +98,7 @@ from autocoder.params import load_params
 from autocoder.tracking import configure
 configure(load_params("params.yaml").mlflow)
 print("ready", flush=True)
-registry.register(sys.argv[1], sys.argv[2], registry.Measurement(float(sys.argv[3]), "tok-a", "split-a"))
+registry.register(sys.argv[1], sys.argv[2], registry.Measurement(float(sys.argv[3]), "files-a", 1.0, "tok-a"))
 """
 
 
@@ -125,7 +126,7 @@ def test_concurrent_registrations_lose_no_version_and_crown_the_best(logged):
         _, err = child.communicate(timeout=300)
         assert child.returncode == 0, err
     versions = {
-        str(v.version): float(v.tags["dev_perplexity"]) for v in client.search_model_versions(f"name = '{name}'")
+        str(v.version): float(v.tags["dev_bits_per_byte"]) for v in client.search_model_versions(f"name = '{name}'")
     }
     assert sorted(versions.values()) == [6.0, 7.0, 10.0]
     assert versions[_champion_version(name)] == 6.0

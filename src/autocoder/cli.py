@@ -18,6 +18,7 @@ from autocoder.params import DEFAULT_PARAMS, load_params
 # which dvc.yaml runs, imports the same function)
 STAGES = {
     "clone": "autocoder.sources",
+    "pretrained": "autocoder.pretrained",
     "segment": "autocoder.segment",
     "split": "autocoder.split",
     "finetune": "autocoder.train",

@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autocoder.corpus import CONTROL_IDS, PROMPT_FORMAT_KEY
+from autocoder.corpus import CONTROL_IDS, CONTROL_TOKENS_KEY, PROMPT_FORMAT_KEY
 from autocoder.errors import UserError, first_line
 from autocoder.hub import TOKENIZER_FILES_TEXT, has_tokenizer_files, hub_offline, local_path
 from autocoder.params import MlflowParams, Params, generation_settings, load_params
@@ -88,6 +88,26 @@ class Completion:
     def summary(self) -> dict:
         """What the CLI's --json prints."""
         return {"text": self.text, "confidence": self.confidence, "n_tokens": self.n_tokens, "stop": self.stop}
+
+
+@dataclass
+class Prompt:
+    """A prompt ready to decode (Completer.prepare)."""
+
+    ids: list[int]
+    healed: str  # the context's last token, taken back (token healing): the completion re-spells it first
+    allowed: np.ndarray | None  # the tokens the first generated one may be (token healing), or None: all
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How tokens are chosen: greedy at temperature 0, else sampled (top-p); the loop guard."""
+
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    temperature: float = 0.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
 
 
 class StopCheck:
@@ -122,7 +142,9 @@ class Completer:
         self.prompt_format = prompt_format or getattr(self.config, PROMPT_FORMAT_KEY, None) or SEED_TEXT
         self.rng = np.random.default_rng()  # sampling (temperature > 0)
         added = tokenizer.get_added_vocab()
-        if control_tokens is None:  # no params: every added "<name>" token that is not eos/pad/FIM/...
+        control_tokens = control_tokens or getattr(self.config, CONTROL_TOKENS_KEY, None)
+        if control_tokens is None:  # a folder saved before they were recorded: every added "<name>" token
+            # that is not eos/pad/FIM/...
             specials = {*tokenizer.special_tokens_map.values(), FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX}
             control_tokens = {
                 m[1]: tok for tok in added if (m := re.fullmatch(r"<(\w+)>", tok)) and tok not in specials
@@ -214,6 +236,36 @@ class Completer:
         prefix_ids = self.tokenizer.encode(prefix)[-prefix_room:] if prefix_room > 0 else []
         return [control, fim_prefix] + prefix_ids + [fim_suffix] + suffix_ids + [fim_middle]
 
+    def prepare(
+        self,
+        lang: str,
+        context: str,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        max_context_tokens: int | None = None,
+        suffix: str | None = None,
+        max_suffix_tokens: int | None = None,
+        heal: bool = True,
+    ) -> Prompt:
+        """The prompt of one completion (complete's arguments): its ids, cut to the context room, and
+        what token healing took back."""
+        specials = 1 if suffix is None else 4  # control (+ <fim_prefix>, <fim_suffix>, <fim_middle>)
+        room = self.config.max_position_embeddings - max_new_tokens - specials
+        if room <= 0:
+            raise UserError(
+                f"max_new_tokens {max_new_tokens} leaves no room for a context in the model's "
+                f"{self.config.max_position_embeddings} positions"
+            )
+        keep = min(room, max_context_tokens or room)
+        healed, allowed = (self._healed_tail(context) if heal else ""), None
+        if healed:  # the context's last token, taken back: the first generated token must re-spell it
+            context, allowed = context[: -len(healed)], self._tokens_starting_with(healed)
+        if suffix is None:
+            ids = self.prompt_ids(lang, context)
+            ids = ids[:1] + ids[1:][-keep:]  # the control token and the nearest left context
+        else:
+            ids = self.fim_prompt_ids(lang, context, suffix, keep, max_suffix_tokens)
+        return Prompt(ids, healed, allowed)
+
     def complete(
         self,
         lang: str,
@@ -239,56 +291,92 @@ class Completer:
         "cancelled" (a server whose client went away)."""
         _check_generation_args(max_new_tokens, temperature, top_p, num)
         _check_loop_guard(repetition_penalty, no_repeat_ngram_size)
-        specials = 1 if suffix is None else 4  # control (+ <fim_prefix>, <fim_suffix>, <fim_middle>)
-        room = self.config.max_position_embeddings - max_new_tokens - specials
-        if room <= 0:
-            raise UserError(
-                f"max_new_tokens {max_new_tokens} leaves no room for a context in the model's "
-                f"{self.config.max_position_embeddings} positions"
-            )
-        keep = min(room, max_context_tokens or room)
-        healed, allowed = (self._healed_tail(context) if heal else ""), None
-        if healed:  # the context's last token, taken back: the first generated token must re-spell it
-            context, allowed = context[: -len(healed)], self._tokens_starting_with(healed)
-        if suffix is None:
-            prompt = self.prompt_ids(lang, context)
-            prompt = prompt[:1] + prompt[1:][-keep:]  # the control token and the nearest left context
-        else:
-            prompt = self.fim_prompt_ids(lang, context, suffix, keep, max_suffix_tokens)
-        check = StopCheck(self.tokenizer, stop, healed)
+        prompt = self.prepare(lang, context, max_new_tokens, max_context_tokens, suffix, max_suffix_tokens, heal)
+        decoding = Decoding(max_new_tokens, temperature, top_p, repetition_penalty, no_repeat_ngram_size)
+        return self.generate([prompt] * num, [stop] * num, decoding, on_step)
+
+    def complete_many(
+        self, requests: list[dict], batch_size: int, decoding: Decoding, progress: Callable[[int], None] | None = None
+    ) -> list[Completion]:
+        """One greedy or sampled completion per request (each a dict of prepare()'s arguments and
+        `stop`), `batch_size` prompts at a time: prompts of similar lengths go together, left-padded,
+        and the answers come back in the requests' order. Batching is where a larger model's
+        throughput is (one pass over its weights serves every row); each row decodes as complete()
+        would decode it alone (tests/test_complete.py). `progress(n)` is told of each batch done."""
+        _check_generation_args(decoding.max_new_tokens, decoding.temperature, decoding.top_p, 1)
+        _check_loop_guard(decoding.repetition_penalty, decoding.no_repeat_ngram_size)
+        prompts = [
+            self.prepare(max_new_tokens=decoding.max_new_tokens, **{k: v for k, v in r.items() if k != "stop"})
+            for r in requests
+        ]
+        stops = [r.get("stop", BLANK_LINE) for r in requests]
+        if not self.runner.pads:  # a runner without an attention mask takes prompts one at a time
+            batch_size = 1
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].ids))
+        completions: list[Completion | None] = [None] * len(prompts)
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            done = self.generate([prompts[i] for i in batch], [stops[i] for i in batch], decoding)
+            for i, completion in zip(batch, done):
+                completions[i] = completion
+            if progress is not None:
+                progress(len(batch))
+        return completions
+
+    def generate(
+        self,
+        prompts: list[Prompt],
+        stops: list[re.Pattern],
+        decoding: Decoding,
+        on_step: Callable[[list[str]], bool] | None = None,
+    ) -> list[Completion]:
+        """Decode a batch of prompts (complete()'s loop, one row each). Shorter prompts are left-padded
+        with their own first token, which the attention mask hides and the repetition penalty already
+        counts, so a padded row decodes as it would alone."""
+        width = max(len(p.ids) for p in prompts)
+        pads = [width - len(p.ids) for p in prompts]
+        sequence = np.array([[p.ids[0]] * pad + p.ids for p, pad in zip(prompts, pads)], dtype=np.int64)
+        mask = np.array([[0] * pad + [1] * len(p.ids) for p, pad in zip(prompts, pads)]) if any(pads) else None
+        checks = [StopCheck(self.tokenizer, stop, p.healed) for p, stop in zip(prompts, stops)]
+        num = len(prompts)
         generated: list[list[int]] = [[] for _ in range(num)]
         logprobs: list[list[float]] = [[] for _ in range(num)]
-        stops: list[str | None] = [None] * num
+        reasons: list[str | None] = [None] * num
         rows = np.arange(num)
-        sequence = np.array([prompt] * num, dtype=np.int64)  # prompt + generated ids: what the guard looks at
+        d = decoding
         inputs, cache = sequence, None
-        for _ in range(max_new_tokens):
-            logits, cache = self.runner.step(inputs, cache)
+        for step in range(d.max_new_tokens):
+            logits, cache = self.runner.step(inputs, cache, mask)
             scores = logits.copy()  # logits stay the model's own: the confidence
-            if repetition_penalty != 1.0:
-                _penalize_repeats(scores, sequence, repetition_penalty)
-            if no_repeat_ngram_size > 0:
-                _ban_repeated_ngrams(scores, sequence, no_repeat_ngram_size)
-            if allowed is not None:  # the first token re-spells the healed one
-                scores[:, ~allowed] = -np.inf
-                allowed = None
-            tokens = _sample(scores, temperature, top_p, self.rng) if temperature > 0 else scores.argmax(-1)
+            if d.repetition_penalty != 1.0:
+                _penalize_repeats(scores, sequence, d.repetition_penalty)
+            if d.no_repeat_ngram_size > 0:
+                _ban_repeated_ngrams(
+                    scores, [ids[pad:] for ids, pad in zip(sequence.tolist(), pads)], d.no_repeat_ngram_size
+                )
+            if step == 0:  # the first token re-spells the healed one
+                for row, p in enumerate(prompts):
+                    if p.allowed is not None:
+                        scores[row, ~p.allowed] = -np.inf
+            tokens = _sample(scores, d.temperature, d.top_p, self.rng) if d.temperature > 0 else scores.argmax(-1)
             token_logprobs = _log_softmax(logits)[rows, tokens]
             for row, (token, logprob) in enumerate(zip(tokens.tolist(), token_logprobs.tolist())):
-                if stops[row] is None:
+                if reasons[row] is None:
                     generated[row].append(token)
                     logprobs[row].append(logprob)
-                    stops[row] = check(generated[row])
-            if all(stops):
+                    reasons[row] = checks[row](generated[row])
+            if all(reasons):
                 break
-            if on_step is not None and not on_step([self._text(ids, healed) for ids in generated]):
-                stops = [reason or "cancelled" for reason in stops]
+            if on_step is not None and not on_step([self._text(ids, p.healed) for ids, p in zip(generated, prompts)]):
+                reasons = [reason or "cancelled" for reason in reasons]
                 break
             inputs = tokens[:, None].astype(np.int64)
             sequence = np.concatenate([sequence, inputs], axis=1)
+            if mask is not None:
+                mask = np.concatenate([mask, np.ones((num, 1), dtype=mask.dtype)], axis=1)
         return [
-            self._completion(ids, row_logprobs, reason or "length", stop, healed)
-            for ids, row_logprobs, reason in zip(generated, logprobs, stops)
+            self._completion(ids, row_logprobs, reason or "length", stop, p.healed)
+            for ids, row_logprobs, reason, stop, p in zip(generated, logprobs, reasons, stops, prompts)
         ]
 
     def _text(self, ids: list[int], healed: str) -> str:
@@ -367,11 +455,11 @@ def _penalize_repeats(scores: np.ndarray, sequence: np.ndarray, penalty: float) 
         scores[row, seen] = np.where(s < 0, s * penalty, s / penalty)
 
 
-def _ban_repeated_ngrams(scores: np.ndarray, sequence: np.ndarray, n: int) -> None:
+def _ban_repeated_ngrams(scores: np.ndarray, sequences: list[list[int]], n: int) -> None:
     """In place: no token may complete an n-gram that the row's sequence already has."""
-    if sequence.shape[1] + 1 < n:
-        return
-    for row, ids in enumerate(sequence.tolist()):
+    for row, ids in enumerate(sequences):
+        if len(ids) + 1 < n:
+            continue
         tail = tuple(ids[len(ids) - n + 1 :])
         banned = {ids[i + n - 1] for i in range(len(ids) - n + 1) if tuple(ids[i : i + n - 1]) == tail}
         scores[row, list(banned)] = -np.inf

@@ -33,6 +33,10 @@ SPLIT_FILE = "split.parquet"  # in the split stage's folder: file_id, split
 # window starts, the language's control token id followed by the context's token ids.
 PROMPT_FORMAT_KEY = "prompt_format"
 CONTROL_IDS = "control_ids"
+# ... and CONTROL_TOKENS_KEY its languages' control tokens ({"python": "<python>", ...}): a pretrained
+# vocabulary has other "<name>" tokens of its own (SmolLM2's <filename>, <jupyter_code>), which are no
+# languages.
+CONTROL_TOKENS_KEY = "control_tokens"
 
 
 def window_starts(n_tokens: int, segment_len: int, stride: int) -> np.ndarray:

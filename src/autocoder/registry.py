@@ -1,10 +1,12 @@
 """The model registry: every evaluated model becomes a version of `evaluate.registered_model_name`,
 and the alias `champion` names the best one.
 
-A new version takes the alias only when its dev perplexity is lower than the champion's and both were
-measured the same way: the same tokenizer (fingerprint) and the same dev split (hash); perplexities
-over other tokens or other files are not comparable. The version is tagged with its measurement and
-`champion_decision` (the reason, in words); no champion yet -> it becomes the champion.
+A new version takes the alias only when its dev bits per byte are lower than the champion's over the
+same dev files (a hash of the scored files' contents). Bits per byte (the summed negative
+log-likelihood over the files' bytes) compare across tokenizers, where perplexity per token does not:
+a 49k-token pretrained vocabulary and an 8k-token code BPE cut the same file into different numbers of
+tokens. The version is tagged with its measurement (perplexity and tokenizer too, to read in `mlflow
+ui`) and `champion_decision` (the reason, in words); no champion yet -> it becomes the champion.
 
 Two evaluations finishing at once must not both read "champion = v3", both decide, and leave the
 alias to whichever writes last. Registering the version, re-reading the champion and its tags, and
@@ -31,27 +33,34 @@ from autocoder.champion import CHAMPION
 
 DECISION_TAG = "champion_decision"
 # Scores besides the champion rule's (tagged on each version, higher is better): a version worse than
-# the champion in one of them gets REGRESSION_TAG, saying which; the rule itself stays dev perplexity.
+# the champion in one of them gets REGRESSION_TAG, saying which; the rule itself stays dev bits per byte.
 REGRESSION_TAG = "quality_regression"
 
 
 @dataclass(frozen=True)
 class Measurement:
-    dev_perplexity: float
+    dev_bits_per_byte: float  # the rule
+    dev_files: str  # hash of the scored dev files' contents: bits per byte compare only over the same files
+    dev_perplexity: float  # per token of this model's tokenizer: shown, not compared
     tokenizer_fingerprint: str
-    dev_split: str
 
     def tags(self) -> dict[str, str]:
         return {
+            "dev_bits_per_byte": repr(self.dev_bits_per_byte),
+            "dev_files": self.dev_files,
             "dev_perplexity": repr(self.dev_perplexity),
             "tokenizer_fingerprint": self.tokenizer_fingerprint,
-            "dev_split": self.dev_split,
         }
 
     @classmethod
     def from_tags(cls, tags: dict[str, str]) -> Measurement | None:
         try:
-            return cls(float(tags["dev_perplexity"]), tags["tokenizer_fingerprint"], tags["dev_split"])
+            return cls(
+                float(tags["dev_bits_per_byte"]),
+                tags["dev_files"],
+                float(tags["dev_perplexity"]),
+                tags["tokenizer_fingerprint"],
+            )
         except (KeyError, ValueError):
             return None
 
@@ -71,16 +80,12 @@ def decide(new: Measurement, current: tuple[str, Measurement | None] | None) -> 
     old = f"champion v{champion_version}"
     if champion is None:
         return False, f"not compared: {old} has no complete measurement tags"
-    if champion.tokenizer_fingerprint != new.tokenizer_fingerprint:
-        return False, (
-            f"not compared: tokenizer fingerprint {new.tokenizer_fingerprint} differs from "
-            f"{old}'s {champion.tokenizer_fingerprint}"
-        )
-    if champion.dev_split != new.dev_split:
-        return False, f"not compared: dev split {new.dev_split[:12]} differs from {old}'s {champion.dev_split[:12]}"
-    if new.dev_perplexity < champion.dev_perplexity:
-        return True, f"dev perplexity {new.dev_perplexity:.6g} < {old}'s {champion.dev_perplexity:.6g}"
-    return False, f"dev perplexity {new.dev_perplexity:.6g} >= {old}'s {champion.dev_perplexity:.6g}"
+    if champion.dev_files != new.dev_files:
+        return False, f"not compared: dev files {new.dev_files[:12]} differ from {old}'s {champion.dev_files[:12]}"
+    new_bpb, old_bpb = new.dev_bits_per_byte, champion.dev_bits_per_byte
+    if new_bpb < old_bpb:
+        return True, f"dev bits/byte {new_bpb:.6g} < {old}'s {old_bpb:.6g} over the same dev files"
+    return False, f"dev bits/byte {new_bpb:.6g} >= {old}'s {old_bpb:.6g} over the same dev files"
 
 
 def lock_path(registry_uri: str) -> Path:

@@ -36,10 +36,11 @@ from autocoder.errors import UserError, first_line
 ONNX_FILE = "model.onnx"
 WEIGHTS_FILE = "model.safetensors"
 # model.onnx's metadata: what completion needs of config.json, and the weights it was exported from
-META_POSITIONS, META_VOCAB, META_FORMAT, META_WEIGHTS = (
+META_POSITIONS, META_VOCAB, META_FORMAT, META_CONTROL, META_WEIGHTS = (
     "max_position_embeddings",
     "vocab_size",
     "prompt_format",
+    "control_tokens",  # JSON
     "weights_sha256",
 )
 PARITY_TOLERANCE = 1e-3  # largest logit difference between the exported graph and PyTorch
@@ -56,10 +57,20 @@ class TorchRunner:
         self.model = model.to(self.device).eval()
         self.config = model.config
 
-    def step(self, ids: np.ndarray, cache):
-        with self.torch.inference_mode():
-            inputs = self.torch.from_numpy(np.ascontiguousarray(ids)).to(self.device)
-            out = self.model(input_ids=inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    pads = True  # takes an attention mask: left-padded batches of prompts of different lengths
+
+    def step(self, ids: np.ndarray, cache, mask: np.ndarray | None = None):
+        """The next-token logits after `ids` (the cache holds what came before). `mask`: 1 for real
+        tokens, 0 for padding, over the cache and `ids`; positions count the real tokens only."""
+        torch = self.torch
+        with torch.inference_mode():
+            inputs = torch.from_numpy(np.ascontiguousarray(ids)).to(self.device)
+            padding = {}
+            if mask is not None:
+                attention = torch.from_numpy(mask).to(self.device)
+                positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
+                padding = {"attention_mask": attention, "position_ids": positions}
+            out = self.model(input_ids=inputs, past_key_values=cache, use_cache=True, logits_to_keep=1, **padding)
         return out.logits[:, -1].float().cpu().numpy(), out.past_key_values
 
 
@@ -78,13 +89,18 @@ class OnnxRunner:
             vocab_size=int(meta[META_VOCAB]),
             _name_or_path=str(folder),
             **({META_FORMAT: meta[META_FORMAT]} if META_FORMAT in meta else {}),
+            **({META_CONTROL: json.loads(meta[META_CONTROL])} if META_CONTROL in meta else {}),
         )
         self.weights_sha256 = meta.get(META_WEIGHTS)
         self.device = "cpu"
         layers, _, heads, _, head_dim = self.session.get_inputs()[1].shape  # past_keys: batch and past are symbolic
         self._empty_shape = (layers, heads, head_dim)
 
-    def step(self, ids: np.ndarray, cache):
+    pads = False  # the exported graph has no attention mask: one prompt (or equal ones) at a time
+
+    def step(self, ids: np.ndarray, cache, mask: np.ndarray | None = None):
+        if mask is not None:
+            raise ValueError("OnnxRunner.step: no attention mask in the exported graph (no padded batches)")
         if cache is None:
             layers, heads, head_dim = self._empty_shape
             empty = np.zeros((layers, len(ids), heads, 0, head_dim), np.float32)
@@ -238,6 +254,8 @@ def export_onnx(folder: Path) -> Path:
     }
     if getattr(config, META_FORMAT, None):
         meta[META_FORMAT] = getattr(config, META_FORMAT)
+    if getattr(config, META_CONTROL, None):
+        meta[META_CONTROL] = json.dumps(getattr(config, META_CONTROL))
     onnx.helper.set_model_props(proto, meta)
     partial = target.with_suffix(".onnx.partial")
     onnx.save(proto, str(partial))  # one file: a small model's weights fit in the protobuf

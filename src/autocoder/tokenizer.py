@@ -121,10 +121,12 @@ def has_fim_tokens(tok: PreTrainedTokenizerFast) -> bool:
 
 
 def with_control_tokens(tok: PreTrainedTokenizerFast, control_tokens: list[str]) -> PreTrainedTokenizerFast:
-    """Add control tokens (in the given order, which fixes their ids) and a pad token."""
+    """Add the control tokens (in the given order, which fixes their ids), the fill-in-the-middle
+    tokens a pretrained vocabulary lacks (after them), and a pad token: any vocabulary can then
+    train FIM. A vocabulary that has them all (a learned one, the shipped base's) keeps its ids."""
     if tok.eos_token is None:
         raise UserError(f"tokenizer {tok.name_or_path!r} has no eos token; segments end with eos")
-    new = [token for token in control_tokens if token not in tok.get_added_vocab()]
+    new = [token for token in [*control_tokens, *FIM_TOKENS] if token not in tok.get_added_vocab()]
     # replace_extra_special_tokens=False: the FIM tokens of a learned tokenizer stay special.
     tok.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
     if tok.pad_token is None:

@@ -4,8 +4,9 @@ MLflow run, register it, and make it the champion if it is the best comparable m
 - Dev perplexity: every token of the scored dev files is predicted once, in non-overlapping windows
   of segment_len tokens after the language's control token, as in training (the last window of a
   file ends at the file's end; only its tokens not scored yet count). Files go in a seeded order
-  until `perplexity_max_tokens`; the perplexity is token-weighted. Bits per byte = the total negative
-  log-likelihood in bits / the UTF-8 bytes of the scored files: comparable across tokenizers.
+  until `perplexity_max_bytes` (bytes, not tokens: models of any tokenizer score the same files); the
+  perplexity is token-weighted. Bits per byte = the total negative log-likelihood in bits / the UTF-8
+  bytes of the scored files: comparable across tokenizers, and the registry's champion rule.
 - Line completion (CodeXGLUE-style): per language `line_completion_lines` distinct (file, line)
   pairs drawn uniformly (seeded) from the non-blank lines, not a file's first, of that language's dev
   files (several lines of one file may be drawn); the context is the file before that line, cut to
@@ -60,6 +61,7 @@ Outputs: `<out_dir>/samples.md`, `<out_dir>/line_completion.jsonl`, `<out_dir>/i
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import math
 import time
@@ -77,7 +79,7 @@ from transformers import AutoTokenizer
 
 from autocoder import gate, problems, registry, serving
 from autocoder.atomic import atomic_dir, write_json, write_text
-from autocoder.complete import BLANK_LINE, CONTROL_IDS, END_OF_LINE, Completer, Completion
+from autocoder.complete import BLANK_LINE, CONTROL_IDS, END_OF_LINE, Completer, Completion, Decoding
 from autocoder.corpus import TOKENIZER_DIR, Corpus, split_rows, window_starts
 from autocoder.errors import UserError
 from autocoder.evaluate import humaneval, javac, robustness, sandbox
@@ -106,7 +108,7 @@ def run(params: Params) -> None:
     _check_model(completer, corpus, model_dir)
 
     print(f"{STAGE}: scoring dev perplexity")
-    perplexity = dev_perplexity(completer, corpus, dev_rows, cfg)
+    perplexity, dev_files = dev_perplexity(completer, corpus, dev_rows, cfg)
     print(
         f"{STAGE}: dev perplexity {perplexity['dev_perplexity']:.4g}, "
         f"{perplexity['dev_bits_per_byte']:.4g} bits/byte over {perplexity['dev_tokens']} tokens"
@@ -164,7 +166,7 @@ def run(params: Params) -> None:
     if cfg.memorization.files:
         print(f"{STAGE}: memorization of {cfg.memorization.files} train and dev files")
         sides = {"train": train_rows, "dev": dev_rows}
-        metrics["memorization"] = memorization(completer, corpus, sides, cfg.memorization, cfg.seed)
+        metrics["memorization"] = memorization(completer, corpus, sides, cfg.memorization, cfg.seed, cfg.batch_size)
 
     with atomic_dir(cfg.out_dir) as out:
         (out / "samples.md").write_text(samples_markdown(samples, model_dir, cfg))
@@ -198,7 +200,9 @@ def run(params: Params) -> None:
         decision = registry.register(
             model_info.model_uri,
             cfg.registered_model_name,
-            registry.Measurement(perplexity["dev_perplexity"], *measurement),
+            registry.Measurement(
+                perplexity["dev_bits_per_byte"], dev_files, perplexity["dev_perplexity"], measurement[0]
+            ),
             _registry_scores(metrics),
         )
         mlflow.set_tags({registry.DECISION_TAG: decision.reason, "registered_model_version": decision.version})
@@ -239,6 +243,8 @@ def _humaneval(completer: Completer, corpus: Corpus, train_rows: np.ndarray, cfg
         tuple(he.ks),
         he.temperature,
         he.top_p,
+        cfg.batch_size,
+        he.prompt_boundary,
     )
     n = he.contamination_ngram
     encode = completer.tokenizer.encode
@@ -301,6 +307,7 @@ def _humaneval_infilling(completer: Completer, cfg: EvaluateParams) -> tuple[dic
         infilling.max_new_tokens,
         multi_line=infilling.benchmark == "multi_line",
         repetition_penalty=cfg.repetition_penalty,
+        batch_size=cfg.batch_size,
     )
     print(f"{STAGE}: humaneval infilling pass rate {scores['pass_rate']:.4f}, exact match {scores['exact_match']:.4f}")
     return {infilling.benchmark: scores}, records
@@ -318,6 +325,7 @@ def _javac(completer: Completer, corpus: Corpus, dev_rows: np.ndarray, cfg: Eval
         cfg.javac.max_new_tokens,
         cfg.seed,
         cfg.repetition_penalty,
+        cfg.batch_size,
     )
     print(f"{STAGE}: java: {scores['compiles']:.1%} of {scores['methods']} completed bodies compile")
     return scores, records
@@ -332,7 +340,13 @@ def _humaneval_robustness(completer: Completer, nominal_records: list[dict], cfg
     for kind in robustness.KINDS:
         variants = [robustness.perturb(problem, kind, cfg.robustness.seed) for problem in tasks]
         _, records = humaneval.humaneval_scores(
-            completer, variants, _limits(he), he.max_new_tokens, cfg.repetition_penalty
+            completer,
+            variants,
+            _limits(he),
+            he.max_new_tokens,
+            cfg.repetition_penalty,
+            batch_size=cfg.batch_size,
+            boundary=he.prompt_boundary,
         )
         perturbed[kind] = [r["status"] == "passed" for r in records]
     nominal = [r["status"] == "passed" for r in nominal_records[: len(tasks)]]
@@ -391,10 +405,12 @@ def _file_text(completer: Completer, corpus: Corpus, row: int) -> str:
 
 
 @torch.inference_mode()
-def dev_perplexity(completer: Completer, corpus: Corpus, rows: np.ndarray, cfg: EvaluateParams) -> dict:
+def dev_perplexity(completer: Completer, corpus: Corpus, rows: np.ndarray, cfg: EvaluateParams) -> tuple[dict, str]:
+    """The scores, and a hash of the scored files' contents (what the registry compares over)."""
     seg_len = min(corpus.meta.segment_len, completer.model.config.max_position_embeddings - 1)
     windows = []  # (control id + segment, labels: the tokens not scored by an earlier window)
-    n_tokens = n_bytes = n_files = 0
+    n_tokens = n_bytes = 0
+    scored = []  # the scored files' sha256s
     for row in _seeded_order(rows, cfg.seed):
         tokens = corpus.file_tokens(int(row)).astype(np.int64)
         control = corpus.meta.control_token_ids[str(corpus.files["language"][row])]
@@ -407,8 +423,8 @@ def dev_perplexity(completer: Completer, corpus: Corpus, rows: np.ndarray, cfg: 
             scored_until = start + len(ids) - 1
             n_tokens += int((labels != IGNORE).sum())
         n_bytes += len(_file_text(completer, corpus, int(row)).encode())
-        n_files += 1
-        if cfg.perplexity_max_tokens and n_tokens >= cfg.perplexity_max_tokens:
+        scored.append(str(corpus.files["sha256"][row]))
+        if cfg.perplexity_max_bytes and n_bytes >= cfg.perplexity_max_bytes:
             break
     if n_tokens == 0:
         raise UserError("split.out_dir: the dev files have no tokens to score")
@@ -430,8 +446,8 @@ def dev_perplexity(completer: Completer, corpus: Corpus, rows: np.ndarray, cfg: 
         "dev_bits_per_byte": nll / math.log(2) / n_bytes,
         "dev_tokens": n_tokens,
         "dev_bytes": n_bytes,
-        "dev_files": n_files,
-    }
+        "dev_files": len(scored),
+    }, hashlib.sha256("\n".join(sorted(scored)).encode()).hexdigest()
 
 
 def _jsonl(rows: list[dict]) -> str:
@@ -530,8 +546,8 @@ def _line_examples(
             completer, corpus, rows, lang, n, _lang_seed(cfg, lang, measure), first=0 if infill else 1
         )
     ]
-    examples, cached = [], (None, [])
-    for lang, row, i in tqdm(drawn, desc=f"{STAGE}: {measure.replace('_', ' ')}", unit="line", **PROGRESS):
+    requests, targets, cached = [], [], (None, [])
+    for lang, row, i in drawn:
         if cached[0] != row:
             cached = (row, _lines(completer, corpus, row))
         lines = cached[1]
@@ -539,18 +555,25 @@ def _line_examples(
         if perturb is not None:  # the context and the line to predict, perturbed alike
             prefix, target = perturb(lang, prefix, lines[i])
             lines, i = (prefix + target).split("\n"), prefix.count("\n")  # the cached file is untouched
-        suffix = "\n".join(lines[i + 1 :]) if infill else None
-        [completion] = completer.complete(
-            lang,
-            prefix,
-            max_new_tokens=cfg.line_max_new_tokens,
-            stop=END_OF_LINE,
-            suffix=suffix,
-            max_context_tokens=cfg.infill_max_context if infill else cfg.line_completion_max_context,
-            **_generation(cfg),
+        requests.append(
+            {
+                "lang": lang,
+                "context": prefix,
+                "stop": END_OF_LINE,
+                "suffix": "\n".join(lines[i + 1 :]) if infill else None,
+                "max_context_tokens": cfg.infill_max_context if infill else cfg.line_completion_max_context,
+            }
         )
-        examples.append(line_example(completer, lang, str(corpus.files["path"][row]), lines, i, completion))
-    return examples
+        targets.append((lang, str(corpus.files["path"][row]), lines, i))
+    completions = complete_all(completer, requests, cfg, cfg.line_max_new_tokens, measure.replace("_", " "))
+    return [line_example(completer, *target, completion) for target, completion in zip(targets, completions)]
+
+
+def complete_all(completer: Completer, requests: list[dict], cfg: EvaluateParams, max_new_tokens: int, what: str):
+    """Greedy completions of `requests` with the stage's loop guard, `evaluate.batch_size` at a time."""
+    decoding = Decoding(max_new_tokens=max_new_tokens, **_generation(cfg))
+    with tqdm(total=len(requests), desc=f"{STAGE}: {what}", unit="prompt", **PROGRESS) as bar:
+        return completer.complete_many(requests, cfg.batch_size, decoding, bar.update)
 
 
 def line_completion_examples(

@@ -21,7 +21,7 @@ import re
 import numpy as np
 from tqdm import tqdm
 
-from autocoder.complete import END_OF_LINE, NEVER, Completer
+from autocoder.complete import END_OF_LINE, NEVER, Completer, Decoding
 from autocoder.evaluate.match import exact_match
 from autocoder.evaluate.sandbox import Limits, run_python
 from autocoder.problems import InfillingProblem, Problem
@@ -43,19 +43,17 @@ def infilling_scores(
     max_new_tokens: int,
     multi_line: bool = False,
     repetition_penalty: float = 1.0,
+    batch_size: int = 1,
 ) -> tuple[dict, list[dict]]:
     """(scores, one record per task): the greedy middles' pass rate (executed in the sandbox) and
     exact match (whitespace-split tokens of the middle against the removed lines)."""
     records = []
-    for problem in tqdm(problems, desc="humaneval infilling", unit="task", mininterval=5):
-        [completion] = completer.complete(
-            "python",
-            problem.prompt,
-            suffix=problem.suffix,
-            max_new_tokens=max_new_tokens,
-            stop=NEVER if multi_line else END_OF_LINE,
-            repetition_penalty=repetition_penalty,
-        )
+    stop = NEVER if multi_line else END_OF_LINE
+    requests = [{"lang": "python", "context": p.prompt, "suffix": p.suffix, "stop": stop} for p in problems]
+    decoding = Decoding(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
+    with tqdm(total=len(problems), desc="humaneval infilling", unit="task", mininterval=5) as bar:
+        completions = completer.complete_many(requests, batch_size, decoding, bar.update)
+    for problem, completion in zip(problems, completions):
         # the middle ends where the suffix's line starts: a single line's newline was its stop
         middle = completion.text if multi_line else completion.text + "\n"
         outcome = run_python(infilling_program(problem, middle), limits)
@@ -74,13 +72,18 @@ def infilling_scores(
     }, records
 
 
-def program(problem: Problem, completion: str) -> str:
-    """What the sandbox runs: the prompt, the completion, the problem's tests, and the check call."""
-    return f"{problem.prompt}{completion}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
+def program(problem: Problem, completion: str, boundary: str = "heal") -> str:
+    """What the sandbox runs: the prompt (right-stripped with the "strip" boundary), the completion,
+    the problem's tests, and the check call."""
+    return f"{_prompt(problem, boundary)}{completion}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
 
 
-def passes(problem: Problem, completion: str, limits: Limits) -> bool:
-    return run_python(program(problem, completion), limits).passed
+def _prompt(problem: Problem, boundary: str) -> str:
+    return problem.prompt.rstrip() if boundary == "strip" else problem.prompt
+
+
+def passes(problem: Problem, completion: str, limits: Limits, boundary: str = "heal") -> bool:
+    return run_python(program(problem, completion, boundary), limits).passed
 
 
 def pass_at_k(n: int, correct: int, k: int) -> float:
@@ -103,20 +106,22 @@ def humaneval_scores(
     ks: tuple[int, ...] = (),
     temperature: float = 0.8,
     top_p: float = 0.95,
+    batch_size: int = 1,
+    boundary: str = "heal",
 ) -> tuple[dict, list[dict]]:
     """(scores, one record per problem): pass_at_1 of greedy completions; with `samples` > 0,
     pass_at_<k> for each k of `ks` from that many sampled completions per problem. Every completion
     runs in its own sandbox. (Keys say "_at_": MLflow's metric names allow no "@".)"""
     records = []
-    for problem in tqdm(problems, desc="humaneval", unit="problem", mininterval=5):
-        [completion] = completer.complete(
-            "python",
-            problem.prompt,
-            max_new_tokens=max_new_tokens,
-            stop=FUNCTION_END,
-            repetition_penalty=repetition_penalty,
-        )
-        outcome = run_python(program(problem, completion.text), limits)
+    heal = boundary == "heal"
+    requests = [
+        {"lang": "python", "context": _prompt(p, boundary), "stop": FUNCTION_END, "heal": heal} for p in problems
+    ]
+    decoding = Decoding(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
+    with tqdm(total=len(problems), desc="humaneval", unit="problem", mininterval=5) as bar:
+        completions = completer.complete_many(requests, batch_size, decoding, bar.update)
+    for problem, completion in zip(problems, completions):
+        outcome = run_python(program(problem, completion.text, boundary), limits)
         records.append({"task_id": problem.task_id, "completion": completion.text, "status": outcome.status})
     passed = [r["status"] == "passed" for r in records]
     scores = {"problems": len(problems), "pass_at_1": float(np.mean(passed)) if passed else 0.0}
@@ -125,7 +130,8 @@ def humaneval_scores(
         for problem in tqdm(problems, desc="humaneval samples", unit="problem", mininterval=5):
             sampled = completer.complete(
                 "python",
-                problem.prompt,
+                _prompt(problem, boundary),
+                heal=heal,
                 max_new_tokens=max_new_tokens,
                 temperature=temperature,
                 top_p=top_p,
@@ -133,7 +139,7 @@ def humaneval_scores(
                 stop=FUNCTION_END,
                 repetition_penalty=repetition_penalty,
             )
-            correct.append(sum(passes(problem, c.text, limits) for c in sampled))
+            correct.append(sum(passes(problem, c.text, limits, boundary) for c in sampled))
         scores["sampled"] = {
             "n": samples,
             "temperature": temperature,

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from autocoder.complete import Completer
+from autocoder.complete import Completer, Decoding
 from autocoder.evaluate.sandbox import Limits, run
 
 LIMITS = Limits(wall_s=60, cpu_s=60, memory_mb=4096, processes=128)
@@ -127,6 +127,7 @@ def javac_scores(
     max_new_tokens: int,
     seed: int,
     repetition_penalty: float = 1.0,
+    batch_size: int = 1,
 ) -> tuple[dict, list[dict]]:
     """(scores, one record per method): of `files` ((path, text), tried in a seeded order), those that
     compile as they are give up to 3 methods each until `n_methods`; each body is completed greedily
@@ -141,16 +142,15 @@ def javac_scores(
         if candidates and compiles(javac, path, text)[0]:
             picked = rng.permutation(len(candidates))[: min(3, n_methods - len(chosen))]
             chosen += [candidates[i] for i in sorted(picked)]
-    records = []
-    for method in tqdm(chosen, desc="javac", unit="method", mininterval=5):
+    records, requests = [], []
+    for method in chosen:
         indent = method.tail[: len(method.tail) - len(method.tail.lstrip(" \t"))]
-        [completion] = completer.complete(
-            "java",
-            method.head,
-            max_new_tokens=max_new_tokens,
-            stop=re.compile(r"(?:^|\n)" + re.escape(indent) + r"\}"),  # the body's closing brace
-            repetition_penalty=repetition_penalty,
-        )
+        stop = re.compile(r"(?:^|\n)" + re.escape(indent) + r"\}")  # the body's closing brace
+        requests.append({"lang": "java", "context": method.head, "stop": stop})
+    decoding = Decoding(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
+    with tqdm(total=len(chosen), desc="javac", unit="method", mininterval=5) as bar:
+        completions = completer.complete_many(requests, batch_size, decoding, bar.update)
+    for method, completion in zip(chosen, completions):
         body = completion.text.rstrip("\n") + "\n" if completion.text.strip() else ""
         ok, output = compiles(javac, method.path, method.head + body + method.tail)
         records.append(

@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from autocoder.complete import NEVER, Completer
+from autocoder.complete import NEVER, Completer, Decoding
 from autocoder.corpus import Corpus
 from autocoder.params import MemorizationParams
 
 
 def memorization(
-    completer: Completer, corpus: Corpus, rows: dict[str, np.ndarray], cfg: MemorizationParams, seed: int
+    completer: Completer,
+    corpus: Corpus,
+    rows: dict[str, np.ndarray],
+    cfg: MemorizationParams,
+    seed: int,
+    batch_size: int = 1,
 ) -> dict:
     """{side: {"files", "exact", "mean_prefix_tokens"}} for each side of `rows` (side -> file rows)."""
     need = cfg.prefix_tokens + cfg.new_tokens
@@ -29,20 +34,22 @@ def memorization(
         rng = np.random.default_rng([seed, len(scores)])
         long_enough = [int(r) for r in side_rows if corpus.files["n_tokens"][r] >= need]
         chosen = rng.permutation(long_enough)[: cfg.files]
-        matched = []
+        requests, truths = [], []
         for row in chosen:
             tokens = corpus.file_tokens(int(row))
             start = int(rng.integers(0, len(tokens) - need + 1))
             prefix = tokens[start : start + cfg.prefix_tokens].tolist()
-            truth = tokens[start + cfg.prefix_tokens : start + need].tolist()
-            [completion] = completer.complete(
-                str(corpus.files["language"][row]),
-                completer.tokenizer.decode(prefix, clean_up_tokenization_spaces=False),
-                max_new_tokens=cfg.new_tokens,
-                stop=NEVER,
-                heal=False,  # the prefix ends where the file's tokens do: nothing to heal
+            truths.append(tokens[start + cfg.prefix_tokens : start + need].tolist())
+            requests.append(
+                {
+                    "lang": str(corpus.files["language"][row]),
+                    "context": completer.tokenizer.decode(prefix, clean_up_tokenization_spaces=False),
+                    "stop": NEVER,
+                    "heal": False,  # the prefix ends where the file's tokens do: nothing to heal
+                }
             )
-            matched.append(common_prefix(completion.token_ids, truth))
+        completions = completer.complete_many(requests, batch_size, Decoding(max_new_tokens=cfg.new_tokens))
+        matched = [common_prefix(c.token_ids, truth) for c, truth in zip(completions, truths)]
         scores[side] = {
             "files": len(matched),
             "exact": float(np.mean([m == cfg.new_tokens for m in matched])) if matched else 0.0,

@@ -15,6 +15,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from autocoder.corpus import (
     CONTROL_IDS,
+    CONTROL_TOKENS_KEY,
     FILES_FILE,
     META_FILE,
     PROMPT_FORMAT_KEY,
@@ -178,8 +179,11 @@ def scratch_config(s: ScratchModel, tokenizer) -> PretrainedConfig:
     )
 
 
-def build_model(ft: FinetuneParams, config: PretrainedConfig, tokenizer) -> torch.nn.Module:
-    """The model to train, with embeddings for every token of the data's tokenizer (control tokens, pad)."""
+def build_model(
+    ft: FinetuneParams, config: PretrainedConfig, tokenizer, control_token_ids: dict[str, int]
+) -> torch.nn.Module:
+    """The model to train, with embeddings for every token of the data's tokenizer (control tokens, pad),
+    and its prompt format and control tokens in its config."""
     if ft.model == "scratch":
         model = AutoModelForCausalLM.from_config(config)
     else:
@@ -196,8 +200,10 @@ def build_model(ft: FinetuneParams, config: PretrainedConfig, tokenizer) -> torc
             raise UserError(f"finetune.model: cannot load the weights of {ft.model!r}: {first_line(e)}") from None
     if ft.grow_layers is not None:
         model = grown(model, ft.grow_layers)
-    if model.get_input_embeddings().num_embeddings != len(tokenizer):
+    if (old := model.get_input_embeddings().num_embeddings) != len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
+        if ft.new_token_init == "spelling" and ft.model != "scratch" and len(tokenizer) > old:
+            _init_from_spelling(model, tokenizer, range(old, len(tokenizer)))
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.loss_type is None:
         # transformers picks a model's loss by its class name; GPT2LMHeadModel's names none, so the
@@ -205,9 +211,31 @@ def build_model(ft: FinetuneParams, config: PretrainedConfig, tokenizer) -> torc
         model.loss_type = "ForCausalLM"
     # Saved with every checkpoint: `autocoder complete --model DIR` then prompts as windows are built.
     setattr(model.config, PROMPT_FORMAT_KEY, CONTROL_IDS)
+    controls = {lang: tokenizer.convert_ids_to_tokens(i) for lang, i in control_token_ids.items()}
+    setattr(model.config, CONTROL_TOKENS_KEY, controls)
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+@torch.no_grad()
+def _init_from_spelling(model: torch.nn.Module, tokenizer, new_ids: range) -> None:
+    """Each new token's embedding row (and output row, when untied) becomes the mean of the rows of the
+    old tokens that spell its text: "<python>" starts near "<", "python", ">", which the model knows."""
+    rows = [model.get_input_embeddings().weight]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight is not rows[0]:
+        rows.append(output.weight)
+    from tokenizers import Tokenizer
+
+    as_text = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    as_text.encode_special_tokens = True  # "<python>" spelled with the old vocabulary, not as itself
+    for token_id in new_ids:
+        pieces = as_text.encode(tokenizer.convert_ids_to_tokens(token_id), add_special_tokens=False).ids
+        pieces = [i for i in pieces if i < new_ids.start]
+        if pieces:
+            for weight in rows:
+                weight[token_id] = weight[pieces].mean(0)
 
 
 def grown(model: torch.nn.Module, n_layers: int) -> torch.nn.Module:

@@ -109,6 +109,14 @@ def _train(params: Params, inputs: Inputs, accelerator: Accelerator) -> None:
         # A window: the steps since the last log line, whose loss and throughput it reports.
         loss_sum, steps, tokens, started = torch.zeros((), device=accelerator.device), 0, 0, time.perf_counter()
         stop = False
+        if run.total_steps == 0:  # max_steps 0: the model as it starts, measured and kept as the best
+            dev_loss = evaluate(accelerator, run.model, run.dev_set, ft.batch_size, pad_id)
+            progress.best_dev_loss, progress.best_step = dev_loss, 0
+            checkpoint.save_best(accelerator, run.model, ckpt_dir, 0)
+            bits = dev_loss / math.log(2) * run.dev_set.tokens_per_byte
+            row = {"step": 0, "tokens": 0, "train_minutes": 0.0, "dev_loss": dev_loss}
+            progress.history.append(row | {"dev_perplexity": math.exp(dev_loss), "dev_bits_per_byte": bits})
+            log(f"max_steps 0: no training; dev loss {dev_loss:.4g}, {bits:.4g} bits/byte as the model starts")
         run.model.train()
         while progress.step < run.total_steps and not stop:
             # ---- one optimizer step ----
@@ -190,7 +198,7 @@ def _set_up(params: Params, inputs: Inputs, accelerator: Accelerator, log) -> Ru
             f"{accelerator.num_processes} (an accelerate config?); the global batch follows the processes"
         )
     set_seed(ft.seed)
-    model = build_model(ft, inputs.model_config, inputs.tokenizer)
+    model = build_model(ft, inputs.model_config, inputs.tokenizer, inputs.corpus.meta.control_token_ids)
     optimizer = torch.optim.AdamW(_param_groups(model, ft.weight_decay), lr=ft.learning_rate)
     if ft.windows == "packed":
         windows = PackedWindows(inputs.corpus, inputs.train_rows, ft.max_length, ft.seed)
@@ -206,7 +214,7 @@ def _set_up(params: Params, inputs: Inputs, accelerator: Accelerator, log) -> Ru
         generator=torch.Generator(),
     )
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    total_steps = ft.max_steps or max(1, ft.epochs * len(loader) // ft.grad_accum)
+    total_steps = ft.max_steps if ft.max_steps is not None else max(1, ft.epochs * len(loader) // ft.grad_accum)
     # Stepped once per optimizer step by hand (a prepared scheduler steps once per process).
     scheduler = get_scheduler(
         ft.lr_scheduler,
