@@ -6,9 +6,11 @@ which has no autocoder. Then this re-runs the stage with the project's .venv/bin
 there is none, stops with one line that says what to do.
 """
 
+import atexit
 import importlib.util
 import os
 import sys
+import time
 from pathlib import Path
 
 if importlib.util.find_spec("autocoder") is None:
@@ -21,3 +23,9 @@ if importlib.util.find_spec("autocoder") is None:
         f"{sys.argv[0]}: {sys.executable} has no autocoder package; run `make venv` and then "
         "`source .venv/bin/activate` (or use `make repro`)"
     )
+
+# Where `make repro`'s time goes: each stage ends with its wall time (DVC prints it under the stage);
+# not the training processes that finetune's `accelerate launch` starts (they set LOCAL_RANK).
+_started = time.perf_counter()
+if "LOCAL_RANK" not in os.environ:
+    atexit.register(lambda: print(f"{Path(sys.argv[0]).stem}: {(time.perf_counter() - _started) / 60:.1f} min"))

@@ -23,8 +23,9 @@ def test_shipped_base_is_safetensors_with_its_tokenizer_and_card():
     assert sum(files.values()) <= MAX_BYTES
     config = AutoConfig.from_pretrained(BASE)
     assert config.model_type == "llama" and getattr(config, "prompt_format", None) == CONTROL_IDS
-    default = load_params(ROOT / "params.yaml")
-    assert default.finetune.model == default.segment.tokenizer == "models/autocoder-base"
+    profile = load_params(ROOT / "profiles/autocoder-base.yaml")  # the default before the pretrained model
+    assert profile.finetune.model == profile.segment.tokenizer == "models/autocoder-base"
+    assert profile.pretrained.kind == "none"
 
 
 def test_shipped_base_completes_and_infills():

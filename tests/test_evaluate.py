@@ -97,7 +97,7 @@ def test_evaluate_writes_metrics_samples_and_registers_the_champion(finetuned, c
     assert samples.count("parses") + samples.count("does not parse") == len(finetuned.evaluate.prompts["python"])
     # the only Java dev file gives all the Java lines: several lines of one file
     check_line_examples(out / "line_completion.jsonl", n_lines, first_line=2)
-    assert not (out / "infill.jsonl").exists()
+    check_line_examples(out / "infill.jsonl", finetuned.evaluate.infill_lines, first_line=1)
 
     run_id = read_run_info(finetuned.finetune.out_dir)["run_id"]
     run = mlflow.get_run(run_id)
@@ -112,9 +112,12 @@ def test_evaluate_writes_metrics_samples_and_registers_the_champion(finetuned, c
 
     version = mlflow.MlflowClient().get_model_version_by_alias(finetuned.evaluate.registered_model_name, CHAMPION)
     info = read_run_info(finetuned.finetune.out_dir)
-    assert Measurement.from_tags(version.tags) == Measurement(
-        metrics["dev_perplexity"], info["tokenizer_fingerprint"], info["dev_split"]
+    measured = Measurement.from_tags(version.tags)
+    assert (measured.dev_bits_per_byte, measured.dev_perplexity) == (
+        metrics["dev_bits_per_byte"],
+        metrics["dev_perplexity"],
     )
+    assert measured.tokenizer_fingerprint == info["tokenizer_fingerprint"] and len(measured.dev_files) == 64
     assert version.run_id == run_id
     if why_not is None:
         assert float(version.tags["humaneval_pass_at_1"]) == 0.0

@@ -218,3 +218,31 @@ def test_a_source_must_be_pinned(tmp_path):
         load_params(params)
     with pytest.raises(UserError, match=r"^pretrained.name: .*missing.gguf is not a GGUF file$"):
         run(_params(tmp_path, kind="gguf", name=str(tmp_path / "missing.gguf"), sha256="0" * 64))
+
+
+def test_a_folder_or_a_hub_id_is_loaded_as_safetensors_without_remote_code(tmp_path, monkeypatch):
+    tokenizer = learn_bpe([text for _, text in real_code_files().values()], 300)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=64)  # fmt: skip
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "local")
+    tokenizer.save_pretrained(tmp_path / "local")
+    run(_params(tmp_path, kind="folder", name=str(tmp_path / "local")))
+    original, converted = (
+        load_file(tmp_path / "local/model.safetensors"),
+        load_file(tmp_path / "pretrained/model.safetensors"),
+    )
+    assert original.keys() == converted.keys() and all(torch.equal(original[k], converted[k]) for k in original)
+    assert '"kind": "folder"' in (tmp_path / "pretrained" / PROVENANCE_FILE).read_text()
+
+    # A Hub id at a revision: offline and not in the Hub cache, one line naming the id and the revision
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    from autocoder.hub import hub_offline
+
+    hub_offline.cache_clear()
+    spec = {"kind": "hub", "name": "HuggingFaceTB/SmolLM2-135M", "revision": "0123abc"}
+    unreachable = r"^pretrained: cannot load the Hub id 'HuggingFaceTB/SmolLM2-135M' at revision 0123abc \(the Hub is"
+    with pytest.raises(UserError, match=unreachable):
+        run(_params(tmp_path, **spec))
+    hub_offline.cache_clear()

@@ -184,8 +184,8 @@ def test_saved_tokenizer_is_gpt2_with_control_tokens(segmented):
     root, _ = segmented
     tok = AutoTokenizer.from_pretrained(root / "segments" / TOKENIZER_DIR)
     assert tok.encode("def factorial(n):") == [4299, 1109, 5132, 7, 77, 2599]
-    assert len(tok) == 50257 + 2 + 1  # GPT-2, <python> and <java>, <pad>
-    assert tok.convert_tokens_to_ids(["<python>", "<java>", "<pad>"]) == [50257, 50258, 50259]
+    assert len(tok) == 50257 + 2 + 3 + 1  # GPT-2, <python> and <java>, the FIM tokens, <pad>
+    assert tok.convert_tokens_to_ids(["<python>", "<java>", "<fim_prefix>", "<pad>"]) == [50257, 50258, 50259, 50262]
     assert Corpus(root / "segments").meta.dtype == "uint16"
 
 

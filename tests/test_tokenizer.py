@@ -6,7 +6,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from autocoder.errors import UserError
-from autocoder.tokenizer import _tiktoken_encoding, fingerprint, load_tokenizer, text_encoder
+from autocoder.tokenizer import FIM_TOKENS, _tiktoken_encoding, fingerprint, load_tokenizer, text_encoder
 from helpers import STDLIB, real_code_files
 
 
@@ -14,8 +14,9 @@ def test_gpt2_ids_offline(gpt2_tokenizer, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert gpt2_tokenizer.encode("def factorial(n):") == [4299, 1109, 5132, 7, 77, 2599]
     assert gpt2_tokenizer.eos_token_id == 50256
-    assert len(gpt2_tokenizer) == 50257 + 2 + 1  # GPT-2, <python>, <java>, <pad>
-    assert gpt2_tokenizer.convert_tokens_to_ids(["<python>", "<java>", "<pad>"]) == [50257, 50258, 50259]
+    assert len(gpt2_tokenizer) == 50257 + 2 + 3 + 1  # GPT-2, <python>, <java>, the FIM tokens, <pad>
+    ids = gpt2_tokenizer.convert_tokens_to_ids(["<python>", "<java>", *FIM_TOKENS, "<pad>"])
+    assert ids == [50257, 50258, 50259, 50260, 50261, 50262]  # any vocabulary gets the FIM tokens, after the controls
 
 
 def test_control_token_order_fixes_ids():

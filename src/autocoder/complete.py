@@ -332,17 +332,18 @@ class Completer:
     ) -> list[Completion]:
         """Decode a batch of prompts (complete()'s loop, one row each). Shorter prompts are left-padded
         with their own first token, which the attention mask hides and the repetition penalty already
-        counts, so a padded row decodes as it would alone."""
+        counts, so a padded row decodes as it would alone. Greedy rows that are done leave the batch
+        (and the cache), so that the longest completion does not keep the finished ones computing."""
         width = max(len(p.ids) for p in prompts)
-        pads = [width - len(p.ids) for p in prompts]
+        pads = np.array([width - len(p.ids) for p in prompts])
         sequence = np.array([[p.ids[0]] * pad + p.ids for p, pad in zip(prompts, pads)], dtype=np.int64)
-        mask = np.array([[0] * pad + [1] * len(p.ids) for p, pad in zip(prompts, pads)]) if any(pads) else None
+        mask = np.array([[0] * pad + [1] * len(p.ids) for p, pad in zip(prompts, pads)]) if pads.any() else None
         checks = [StopCheck(self.tokenizer, stop, p.healed) for p, stop in zip(prompts, stops)]
         num = len(prompts)
         generated: list[list[int]] = [[] for _ in range(num)]
         logprobs: list[list[float]] = [[] for _ in range(num)]
         reasons: list[str | None] = [None] * num
-        rows = np.arange(num)
+        live = np.arange(num)  # the prompts still in the batch, in its row order
         d = decoding
         inputs, cache = sequence, None
         for step in range(d.max_new_tokens):
@@ -351,16 +352,15 @@ class Completer:
             if d.repetition_penalty != 1.0:
                 _penalize_repeats(scores, sequence, d.repetition_penalty)
             if d.no_repeat_ngram_size > 0:
-                _ban_repeated_ngrams(
-                    scores, [ids[pad:] for ids, pad in zip(sequence.tolist(), pads)], d.no_repeat_ngram_size
-                )
+                unpadded = [ids[pad:] for ids, pad in zip(sequence.tolist(), pads[live])]
+                _ban_repeated_ngrams(scores, unpadded, d.no_repeat_ngram_size)
             if step == 0:  # the first token re-spells the healed one
                 for row, p in enumerate(prompts):
                     if p.allowed is not None:
                         scores[row, ~p.allowed] = -np.inf
             tokens = _sample(scores, d.temperature, d.top_p, self.rng) if d.temperature > 0 else scores.argmax(-1)
-            token_logprobs = _log_softmax(logits)[rows, tokens]
-            for row, (token, logprob) in enumerate(zip(tokens.tolist(), token_logprobs.tolist())):
+            token_logprobs = _log_softmax(logits)[np.arange(len(live)), tokens]
+            for row, token, logprob in zip(live.tolist(), tokens.tolist(), token_logprobs.tolist()):
                 if reasons[row] is None:
                     generated[row].append(token)
                     logprobs[row].append(logprob)
@@ -373,7 +373,16 @@ class Completer:
             inputs = tokens[:, None].astype(np.int64)
             sequence = np.concatenate([sequence, inputs], axis=1)
             if mask is not None:
-                mask = np.concatenate([mask, np.ones((num, 1), dtype=mask.dtype)], axis=1)
+                mask = np.concatenate([mask, np.ones((len(live), 1), dtype=mask.dtype)], axis=1)
+            keep = [i for i, row in enumerate(live) if reasons[row] is None]
+            if d.temperature == 0 and len(keep) < len(live):  # (sampling keeps its rows: the same draws)
+                live, inputs, sequence, cache = (
+                    live[keep],
+                    inputs[keep],
+                    sequence[keep],
+                    self.runner.select(cache, keep),
+                )
+                mask = mask[keep] if mask is not None else None
         return [
             self._completion(ids, row_logprobs, reason or "length", stop, p.healed)
             for ids, row_logprobs, reason, stop, p in zip(generated, logprobs, reasons, stops, prompts)

@@ -135,7 +135,7 @@ class NearDedup(_Strict):
 
 class SegmentParams(_Strict):
     # "learn" (a byte-level BPE learned from the train files), "gpt2", a Hub id, or a local folder
-    tokenizer: str = "models/autocoder-base"
+    tokenizer: str = "models/pretrained"
     vocab_size: int = Field(8192, ge=300)  # of a learned tokenizer, special tokens included
     segment_len: int = Field(254, gt=0)  # tokens per window, before the control token and eos
     stride: int = Field(254, gt=0)
@@ -200,7 +200,7 @@ class ScratchModel(_Strict):
 
 class FinetuneParams(_Strict):
     model: str = Field(
-        "models/autocoder-base", min_length=1
+        "models/pretrained", min_length=1
     )  # "scratch", a Hub id (distilgpt2, gpt2-medium, ...) or a local folder
     scratch: ScratchModel = ScratchModel()
     # Deepen a pretrained Llama-style model to this many layers before training (None: as it is).
@@ -223,14 +223,14 @@ class FinetuneParams(_Strict):
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     # torch.compile (inductor) of the training forward and backward: ~1.8x tokens/s for the scratch
     # Llama in bf16 on 2 CPU cores (benchmarks/train.py), after a one-off compile of about a minute.
-    compile: bool = True
+    compile: bool = False
     # Also export the best model to best/model.onnx (autocoder.runtime): completion from it starts in
     # about a second, without torch, and decodes ~3x faster on the CPU. Costs ~25 s after training.
-    onnx: bool = True
-    learning_rate: float = Field(6e-4, gt=0)
+    onnx: bool = False
+    learning_rate: float = Field(1e-4, gt=0)
     lr_scheduler: Literal["linear", "cosine", "constant_with_warmup", "cosine_with_min_lr"] = "cosine_with_min_lr"
     weight_decay: float = Field(0.1, ge=0)  # not applied to norms, biases and embeddings
-    warmup_ratio: float = Field(0.05, ge=0, le=1)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
     # Train windows: "sliding" = segment's windows (segment_len every stride tokens, the seed's way,
     # for fine-tuning); "packed" = the train files one after another, each as control token + tokens
     # + eos, cut into non-overlapping max_length windows: every token seen once per epoch, no padding.
@@ -240,18 +240,18 @@ class FinetuneParams(_Strict):
     fim_rate: float = Field(0.5, ge=0, le=1)
     fim_spm_rate: float = Field(0.5, ge=0, le=1)
     max_grad_norm: float | None = Field(1.0, gt=0)  # gradient clipping; None = off
-    batch_size: int = Field(8, gt=0)  # per device
+    batch_size: int = Field(4, gt=0)  # per device
     grad_accum: int = Field(1, gt=0)
     max_length: int = Field(256, gt=2)
     epochs: int = Field(1, gt=0)
     # optimizer steps; overrides epochs when set. 0: no training, the model as it starts (a pretrained
     # model with the data's added tokens) is measured and saved: the baseline that finetuning is against
-    max_steps: int | None = Field(1000, ge=0)
-    eval_every: int = Field(250, gt=0)  # optimizer steps between dev evaluations (and after the last step)
-    eval_max_windows: int | None = Field(128, gt=0)  # dev windows per evaluation; None = all
+    max_steps: int | None = Field(40, ge=0)
+    eval_every: int = Field(20, gt=0)  # optimizer steps between dev evaluations (and after the last step)
+    eval_max_windows: int | None = Field(32, gt=0)  # dev windows per evaluation; None = all
     early_stopping_patience: int | None = Field(3, gt=0)  # evaluations without improvement
-    checkpoint_every: int = Field(250, gt=0)  # optimizer steps between resumable checkpoints
-    log_every: int = Field(50, gt=0)
+    checkpoint_every: int = Field(20, gt=0)  # optimizer steps between resumable checkpoints
+    log_every: int = Field(5, gt=0)
     seed: int = 42
     out_dir: str = "models/finetune"
     checkpoint_dir: str = "models/checkpoints"
@@ -267,7 +267,7 @@ class HumanEvalInfillingParams(_Strict):
     """HumanEval infilling (autocoder.evaluate.humaneval): a removed line or block filled in from both sides."""
 
     benchmark: Literal["single_line", "multi_line"] = "single_line"
-    tasks: int | None = Field(100, ge=0)  # seeded draw (evaluate.seed) of 1,033 (single) or 5,815 (multi); 0 = off
+    tasks: int | None = Field(50, ge=0)  # seeded draw (evaluate.seed) of 1,033 (single) or 5,815 (multi); 0 = off
     max_new_tokens: int = Field(64, gt=0)
 
 
@@ -300,7 +300,7 @@ class MemorizationParams(_Strict):
     """How much of its training data the model reproduces: for seeded train and dev files, a prefix of
     prefix_tokens from a seeded place, then new_tokens generated greedily against the file's own."""
 
-    files: int = Field(50, ge=0)  # per side (train, dev); 0 = off
+    files: int = Field(20, ge=0)  # per side (train, dev); 0 = off
     prefix_tokens: int = Field(50, gt=0)
     new_tokens: int = Field(50, gt=0)
 
@@ -308,15 +308,15 @@ class MemorizationParams(_Strict):
 class RobustnessParams(_Strict):
     """ReCode-style perturbations (autocoder.evaluate.robustness), scored again."""
 
-    humaneval_problems: int = Field(40, ge=0)  # the first N HumanEval problems, each kind; 0 = off
-    line_completion_lines: int = Field(100, ge=0)  # per language, of line completion's draw, each kind; 0 = off
+    humaneval_problems: int = Field(20, ge=0)  # the first N HumanEval problems, each kind; 0 = off
+    line_completion_lines: int = Field(30, ge=0)  # per language, of line completion's draw, each kind; 0 = off
     seed: int = 0
 
 
 class JavacParams(_Strict):
     """Java method bodies completed from the file above them and compiled (autocoder.evaluate.javac)."""
 
-    methods: int = Field(20, ge=0)  # 0 = off
+    methods: int = Field(10, ge=0)  # 0 = off
     command: str = "javac"  # a name on PATH or a path: the JDK that compiles the corpus' Java
     max_new_tokens: int = Field(128, gt=0)
 
@@ -324,17 +324,17 @@ class JavacParams(_Strict):
 class EvaluateParams(_Strict):
     registered_model_name: str = Field("autocoder", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     # dev bytes scored (whole files, seeded order; bytes: every tokenizer scores the same files); None = all
-    perplexity_max_bytes: int | None = Field(200_000, gt=0)
-    batch_size: int = Field(8, gt=0)  # windows per forward pass (perplexity), prompts decoded together (the rest)
-    line_completion_lines: int = Field(200, ge=0)  # per language: seeded dev lines, several per file allowed
+    perplexity_max_bytes: int | None = Field(100_000, gt=0)
+    batch_size: int = Field(16, gt=0)  # windows per forward pass (perplexity), prompts decoded together (the rest)
+    line_completion_lines: int = Field(100, ge=0)  # per language: seeded dev lines, several per file allowed
     line_completion_max_context: int = Field(200, gt=0)  # tokens of left context
-    infill_lines: int = Field(200, ge=0)  # per language: dev lines filled in from both sides (FIM models); 0 = off
+    infill_lines: int = Field(100, ge=0)  # per language: dev lines filled in from both sides (FIM models); 0 = off
     infill_max_context: int = Field(256, gt=0)  # tokens of prefix + suffix (the suffix at most a quarter)
-    line_max_new_tokens: int = Field(48, gt=0)  # per line completion and infill
+    line_max_new_tokens: int = Field(32, gt=0)  # per line completion and infill
     max_new_tokens: int = Field(64, gt=0)  # per sample completion (samples.md, latency)
-    repetition_penalty: float = Field(1.1, gt=0)  # loop guard for every generation here; 1.0 = off
+    repetition_penalty: float = Field(1.0, gt=0)  # loop guard for every generation here; 1.0 = off
     no_repeat_ngram_size: int = Field(0, ge=0)  # loop guard: no n-gram twice; 0 = off
-    latency_repeats: int = Field(3, gt=0)  # timed completions of each prompt
+    latency_repeats: int = Field(1, gt=0)  # timed completions of each prompt
     # the confidence gate (autocoder.gate): the precision of what an editor is shown
     target_precision: float = Field(0.5, gt=0, le=1)
     seed: int = 0

@@ -73,6 +73,11 @@ class TorchRunner:
             out = self.model(input_ids=inputs, past_key_values=cache, use_cache=True, logits_to_keep=1, **padding)
         return out.logits[:, -1].float().cpu().numpy(), out.past_key_values
 
+    def select(self, cache, rows: list[int]):
+        """The cache of the batch's `rows` only (the others are done)."""
+        cache.batch_select_indices(self.torch.tensor(rows, device=self.device))
+        return cache
+
 
 class OnnxRunner:
     """An exported model.onnx run by ONNX Runtime on the CPU."""
@@ -109,6 +114,10 @@ class OnnxRunner:
             None, {"input_ids": ids.astype(np.int64), "past_keys": cache[0], "past_values": cache[1]}
         )
         return logits, (keys, values)
+
+    def select(self, cache, rows: list[int]):
+        """The cache of the batch's `rows` only (the others are done)."""
+        return cache[0][:, rows], cache[1][:, rows]
 
 
 class OnnxTokenizer:
