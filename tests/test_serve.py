@@ -64,9 +64,10 @@ class Served:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    # In a folder with the project's params.yaml: its languages' extensions and generation settings.
+    # In a folder with the shipped base's params (profiles/autocoder-base.yaml): its languages'
+    # extensions and the generation settings that base is evaluated with (repetition penalty 1.1).
     folder = tmp_path_factory.mktemp("serve")
-    shutil.copyfile(ROOT / "params.yaml", folder / "params.yaml")
+    shutil.copyfile(ROOT / "profiles/autocoder-base.yaml", folder / "params.yaml")
     served = Served(folder, "--no-gate")  # the texts are compared with the Completer's
     yield served
     served.stop()
