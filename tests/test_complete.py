@@ -366,6 +366,24 @@ def test_complete_command_in_a_subprocess(bigram_dir, tmp_path):
     assert done.stdout == "(): return 1\n"
 
 
+def test_a_command_line_byte_that_is_not_utf8_is_completed_as_u_fffd(bigram_dir, tmp_path):
+    """Python reads the byte as a lone surrogate ("\\udcff"): the Completer encodes it as U+FFFD."""
+    args = [sys.executable, "-m", "autocoder.cli", "complete", "--model", str(bigram_dir), "--lang", "python"]
+    done = subprocess.run([*args, b"def f\xff("], capture_output=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0 and done.stderr.count(b"\n") <= 1, done.stderr
+    completer = Completer.from_pretrained(bigram_dir)
+    [expected] = completer.complete("python", "def f\ufffd(")
+    assert done.stdout.decode() == expected.text + "\n"
+
+
+def test_a_temperature_near_zero_is_greedy_not_nan(bigram_dir):
+    completer = Completer.from_pretrained(bigram_dir)
+    # (without healing: the tokens that may re-spell "f" tie in this bigram model, and a tie is a draw)
+    [greedy] = completer.complete("python", "def f", max_new_tokens=8, heal=False)
+    [cold] = completer.complete("python", "def f", max_new_tokens=8, temperature=1e-50, heal=False)
+    assert cold.text == greedy.text and math.isfinite(cold.confidence)
+
+
 def test_complete_command_json_and_errors(bigram_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no params.yaml here: --model is enough
     cli.main(
@@ -385,7 +403,12 @@ def test_complete_command_json_and_errors(bigram_dir, tmp_path, monkeypatch, cap
     )
     completions = json.loads(capsys.readouterr().out)["completions"]
     assert len(completions) == 2 and all(math.isfinite(c["confidence"]) and c["n_tokens"] > 0 for c in completions)
-    for args, what in [(["--lang", "cobol"], "cobol"), (["--lang", "python", "--top-p", "0"], "top_p")]:
+    for args, what in [
+        (["--lang", "cobol"], "cobol"),
+        (["--lang", "python", "--top-p", "0"], "top_p"),
+        (["--lang", "python", "--temperature", "nan"], "temperature"),
+        (["--lang", "python", "--temperature", "inf"], "temperature"),
+    ]:
         with pytest.raises(SystemExit) as exit_:
             cli.main(["complete", "--model", str(bigram_dir), *args, "x"])
         err = capsys.readouterr().err.strip()
@@ -429,6 +452,37 @@ def test_only_safetensors_weights_load(tmp_path, tiny_model_dir, gpt2_tokenizer)
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # a pickle: never loaded
     with pytest.raises(UserError, match="safetensors"):
         Completer.from_pretrained(tmp_path)
+
+
+def _refused(folder, tmp_path, **kwargs) -> str:
+    """The one line `autocoder complete --model folder` exits with (code 2), nothing on stdout."""
+    done = _cli("complete", "--model", str(folder), "--lang", "python", "def f(", cwd=tmp_path, **kwargs)
+    assert done.returncode == 2 and done.stdout == "", (done.stdout, done.stderr)
+    [line] = done.stderr.splitlines()
+    return line
+
+
+@pytest.mark.parametrize("auto_map", [True, False], ids=["auto_map", "unknown-model-type"])
+def test_a_model_folder_with_code_of_its_own_is_refused_and_its_code_never_runs(tmp_path, gpt2_tokenizer, auto_map):
+    """transformers asked on stdout whether to run such a folder's Python, and "y" ran it."""
+    folder, marker = tmp_path / "evil", tmp_path / "code-ran"
+    gpt2_tokenizer.save_pretrained(folder)
+    config = {"model_type": "evil"}
+    if auto_map:
+        config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    line = _refused(folder, tmp_path, input="y\n", env=env)
+    assert str(folder) in line and ("auto_map" if auto_map else "'evil'") in line, line
+    assert not marker.exists()
+
+
+def test_a_truncated_safetensors_file_is_one_line_naming_it(tmp_path, tiny_model_dir):
+    weights = tiny_model_dir / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)
+    line = _refused(tiny_model_dir, tmp_path)
+    assert line.startswith("autocoder complete: ") and str(weights) in line, line
 
 
 def _one_line_error(capsys, *args: str) -> str:

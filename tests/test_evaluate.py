@@ -49,6 +49,22 @@ def check_line_scores(scores: dict, n_lines: int) -> None:
         assert all(0 <= lang_scores[k] <= 1 for k in LINE_KEYS - {"lines"})
 
 
+def test_measures_that_cannot_run_here_say_why_in_the_metrics_and_at_the_end(finetuned, monkeypatch, capsys):
+    """Without bubblewrap and a JDK on PATH, HumanEval, its infilling and robustness, and Java
+    compilation cannot run: metrics.json's `skipped` says why, and so does the run's last lines."""
+    monkeypatch.setenv("PATH", str(Path(finetuned.finetune.out_dir).resolve()))  # no bwrap, no javac there
+    evaluate.run(finetuned)
+    metrics = json.loads(Path("metrics/metrics.json").read_text())
+    assert set(metrics["skipped"]) == {"humaneval", "humaneval_infilling", "robustness.humaneval", "javac"}
+    assert "bubblewrap is not installed" in metrics["skipped"]["humaneval"]
+    assert "bubblewrap is not installed" in metrics["skipped"]["javac"]  # javac runs in the sandbox too
+    assert not {"humaneval", "humaneval_infilling", "javac"} & set(metrics)
+    tail = capsys.readouterr().out.splitlines()[-5:]
+    assert tail[0].startswith("evaluate: 4 measures skipped") and tail[1].startswith("  humaneval: bubblewrap")
+    run = mlflow.get_run(read_run_info(finetuned.finetune.out_dir)["run_id"])
+    assert run.data.tags["skipped/javac"] == metrics["skipped"]["javac"]
+
+
 def test_evaluate_writes_metrics_samples_and_registers_the_champion(finetuned, capsys):
     evaluate.run(finetuned)
 
@@ -71,7 +87,7 @@ def test_evaluate_writes_metrics_samples_and_registers_the_champion(finetuned, c
         assert metrics["humaneval_infilling"]["single_line"]["tasks"] == finetuned.evaluate.humaneval.infilling.tasks
         assert Path("plots/humaneval_pass_at_k.csv").read_text() == "k,pass_at_k\n1,0\n"
     else:
-        assert "humaneval" not in metrics and f"humaneval skipped: {why_not}" in out
+        assert "humaneval" not in metrics and metrics["skipped"]["humaneval"] == why_not
         assert Path("plots/humaneval_pass_at_k.csv").read_text() == "k,pass_at_k\n"
     robust = metrics["robustness"]
     for lang in ("python", "java"):  # the same lines, perturbed

@@ -72,12 +72,12 @@ def test_a_file_compiles_as_it_is_and_not_with_a_wrong_body():
 @needs_javac
 def test_the_shipped_bases_bodies_are_completed_and_compiled():
     completer = Completer.from_pretrained(ROOT / "models" / "autocoder-base")
-    scores, records = javac.javac_scores(completer, [("demo/Shapes.java", SOURCE)], "javac", 3, 48, seed=0)
+    scores, records = javac.javac_scores(completer, [("demo/Shapes.java", SOURCE)], "javac", 3, 48, 1024, seed=0)
     assert scores["methods"] == 3 == len(records)
     assert {r["method"] for r in records} == {"Shapes", "count", "area"}
     assert scores["compiles"] == sum(r["compiles"] for r in records) / 3
     broken = "class Broken { void f() { return 1; }\n}\n"  # does not compile as it is: no method is taken
-    assert javac.javac_scores(completer, [("Broken.java", broken)], "javac", 3, 48, seed=0)[0] == {
+    assert javac.javac_scores(completer, [("Broken.java", broken)], "javac", 3, 48, 1024, seed=0)[0] == {
         "methods": 0,
         "compiles": 0.0,
     }

@@ -18,6 +18,7 @@ import torch
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pygls.lsp.client import LanguageClient
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from autocoder import gate
 from autocoder.complete import Completer, Completion
@@ -268,3 +269,57 @@ def test_a_model_that_does_not_load_is_one_line_on_stderr(project):
     assert proc.returncode == 2 and proc.stdout == ""
     [line] = proc.stderr.splitlines()
     assert line.startswith("autocoder lsp: ") and "/nonexistent" in line
+
+
+def test_a_document_the_client_did_not_open_is_refused_not_read_from_disk(project, tiny_model_dir):
+    """The server completes the editor's text, never a file: pygls' workspace would read an unopened
+    file:// URI from disk (and so complete any file the server's user can read)."""
+    on_disk = project / "on_disk.py"
+    on_disk.write_text("def f(x):\n")
+
+    async def session() -> None:
+        client, _ = await _start(project, "--model", str(tiny_model_dir), "--max-new-tokens", "4", "--no-gate")
+        try:
+            document, at = types.TextDocumentIdentifier(on_disk.as_uri()), types.Position(1, 0)
+            context = types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic)
+            for request in (
+                client.text_document_completion_async(types.CompletionParams(document, at)),
+                client.text_document_inline_completion_async(types.InlineCompletionParams(context, document, at)),
+            ):
+                with pytest.raises(JsonRpcException) as refused:
+                    await request
+                assert refused.value.code == types.ErrorCodes.InvalidParams
+                assert on_disk.as_uri() in refused.value.message and "didOpen" in refused.value.message
+        finally:
+            await _stop(client)
+
+    asyncio.run(session())
+
+
+def test_an_error_reply_is_one_line_without_the_traceback(project, gpt2_tokenizer, tmp_path):
+    """A model whose embeddings are smaller than its tokenizer (the control tokens' ids are past
+    them) fails every generation: the reply says why in one line; the traceback, with the server's
+    file paths, stays in its stderr."""
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=64, vocab_size=gpt2_tokenizer.eos_token_id + 1)
+    model_dir = tmp_path / "short-embeddings"
+    GPT2LMHeadModel(config).save_pretrained(model_dir)
+    gpt2_tokenizer.save_pretrained(model_dir)
+
+    async def session() -> bytes:
+        client, _ = await _start(project, "--model", str(model_dir), "--max-new-tokens", "4", "--no-gate")
+        try:
+            uri, at = _open(client, project / "g.py", "python", "def g(x):\n█")
+            with pytest.raises(JsonRpcException) as failed:
+                await client.text_document_completion_async(
+                    types.CompletionParams(types.TextDocumentIdentifier(uri), at)
+                )
+            error = failed.value
+            assert error.code == types.ErrorCodes.InternalError
+            assert error.message and "\n" not in error.message and error.data is None, (error.message, error.data)
+        finally:
+            await _stop(client)
+        return await client._server.stderr.read()  # pygls' client starts the server with stderr piped
+
+    stderr = asyncio.run(session()).decode()
+    assert "Traceback (most recent call last)" in stderr and "IndexError" in stderr

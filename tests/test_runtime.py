@@ -1,8 +1,10 @@
 """ONNX Runtime completion (autocoder.runtime): an exported model completes as its PyTorch original
-does, without importing torch, and a stale export is not used."""
+does, without importing torch; a stale export is not used, and a truncated one is one line."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 
@@ -104,3 +106,20 @@ def test_a_stale_export_is_not_used(tmp_path, capfd):
     assert isinstance(completer.runner, TorchRunner) and (folder / ONNX_FILE).exists()
     err = capfd.readouterr().err
     assert "was exported from other weights" in err and f"autocoder export --model {folder}" in err
+
+
+def test_a_truncated_export_is_one_line_naming_it(exported, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(exported, folder)
+    onnx_file = folder / ONNX_FILE
+    os.truncate(onnx_file, onnx_file.stat().st_size // 2)
+    done = subprocess.run(
+        [sys.executable, "-m", "autocoder.cli", "complete", "--model", str(folder), "--lang", "python", "def f"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith("autocoder complete: ") and str(onnx_file) in line, line

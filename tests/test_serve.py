@@ -37,11 +37,11 @@ def _free_port() -> int:
 class Served:
     """`autocoder serve --model BASE` in its own process group, up once /health answers."""
 
-    def __init__(self, cwd: Path, *args: str):
+    def __init__(self, cwd: Path, *args: str, env: dict[str, str] | None = None):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [str(VENV_BIN / "autocoder"), "serve", "--model", str(BASE), "--port", str(self.port), *args]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
         self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
         deadline = time.monotonic() + 120
         while True:
@@ -236,12 +236,170 @@ def test_serve_binds_only_the_loopback_by_default():
 
 
 def test_a_prompt_with_the_fim_tokens_spelled_out_infills(client, completer):
-    """Tabby and llm-ls build the FIM prompt themselves and send it as `prompt`: its FIM tokens are
-    read as the model's own, so it is the same prompt as `prompt` + `suffix` (without token healing,
-    which a prompt ending in <fim_middle> gives no token to)."""
+    """Tabby and llm-ls build the FIM prompt themselves and send it as `prompt`: the same request
+    as `prompt` + `suffix`."""
     spelled = f"<fim_prefix>{PREFIX}<fim_suffix>{SUFFIX}<fim_middle>"
     answer = client.completions.create(model="autocoder", prompt=spelled, max_tokens=16)
-    [expected] = completer.complete(
-        "python", PREFIX, suffix=SUFFIX, max_new_tokens=16, repetition_penalty=1.1, heal=False
-    )
+    [expected] = completer.complete("python", PREFIX, suffix=SUFFIX, max_new_tokens=16, repetition_penalty=1.1)
     assert answer.choices[0].text == expected.text
+
+
+def test_special_token_text_in_a_prompt_is_text(client, completer):
+    """A literal <|endoftext|> or <fim_prefix> typed in code is not the token: only the server places those."""
+    prompt = 'EOS = "<|endoftext|>"\nFIM = "<fim_prefix>"\n'
+    answer = client.completions.create(model="autocoder", prompt=prompt, max_tokens=8)
+    [expected] = completer.complete("python", prompt, max_new_tokens=8, repetition_penalty=1.1)
+    assert answer.choices[0].text == expected.text
+    ids = completer.prompt_ids("python", prompt)
+    specials = {completer.tokenizer.eos_token_id, *completer.fim_ids}
+    assert not specials & set(ids) and answer.usage.prompt_tokens == len(ids) - 1  # less the control token
+
+
+def _post_raw(server, path: str, body: bytes, **kwargs) -> httpx.Response:
+    return httpx.post(
+        f"{server.url}{path}", content=body, headers={"Content-Type": "application/json"}, timeout=60, **kwargs
+    )
+
+
+def test_a_lone_surrogate_is_replaced_and_answered(server, completer):
+    """JSON's \\ud800 is no character: it is read as U+FFFD (Completer.encode), streamed or not."""
+    [expected] = completer.complete("python", "def f\ufffd(", max_new_tokens=8, repetition_penalty=1.1)
+    whole = _post_raw(server, "/v1/completions", b'{"prompt": "def f\\ud800(", "max_tokens": 8}')
+    assert whole.status_code == 200 and whole.json()["choices"][0]["text"] == expected.text
+    streamed = _post_raw(server, "/v1/completions", b'{"prompt": "def f\\ud800(", "max_tokens": 8, "stream": true}')
+    events = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
+    assert "".join(e["choices"][0]["text"] for e in events) == expected.text and streamed.text.endswith("[DONE]\n\n")
+    infill = _post_raw(
+        server, "/infill", b'{"input_prefix": "def f\\udfff(", "input_suffix": "x\\ud800", "n_predict": 4}'
+    )
+    assert infill.status_code == 200 and "content" in infill.json()
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/completion", b'{"prompt": "def f", "temperature": 1e308}'),
+        ("/completion", b'{"prompt": "def f", "temperature": Infinity}'),
+        ("/infill", b'{"input_prefix": "def f", "temperature": NaN}'),
+        ("/v1/completions", b'{"prompt": "def f", "temperature": 2.5}'),
+    ],
+)
+def test_temperatures_out_of_range_are_refused(server, path, body):
+    response = _post_raw(server, path, body)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "temperature", response.text
+
+
+def test_a_temperature_near_zero_samples_the_greedy_answer(client):
+    kwargs = {"model": "autocoder", "prompt": PREFIX, "max_tokens": 8}
+    greedy = client.completions.create(**kwargs).choices[0].text
+    assert greedy and client.completions.create(**kwargs, temperature=1e-50).choices[0].text == greedy
+
+
+def test_bodies_that_do_not_parse_get_openai_errors_not_fastapis(server):
+    too_deep = b'{"prompt": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    for body in (too_deep, b'{"prompt": "\xff\xfe"}'):
+        response = _post_raw(server, "/v1/completions", body)
+        assert response.status_code == 400 and "detail" not in response.json(), response.text
+        assert "JSON" in response.json()["error"]["message"]
+    for prompt in (5, ["a", 5]):  # pydantic's location goes into the union ("prompt.str")
+        error = httpx.post(f"{server.url}/v1/completions", json={"prompt": prompt}, timeout=30).json()["error"]
+        assert error["param"] == "prompt", error
+    assert httpx.get(f"{server.url}/nowhere", timeout=10).json()["error"]["message"] == "Not Found"
+
+
+def test_the_openapi_spec_documents_the_errors_the_server_sends(server):
+    spec = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
+    responses = spec["paths"]["/v1/completions"]["post"]["responses"]
+    assert "422" not in responses and {"400", "413", "503"} <= set(responses)
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(server, client):
+    from autocoder.serve.http import MAX_BODY_BYTES
+
+    body = b'{"prompt": "def f", "user": "' + b"x" * (MAX_BODY_BYTES + 1) + b'"}'
+    response = _post_raw(server, "/v1/completions", body)
+    assert response.status_code == 413, response.text
+    assert client.completions.create(model="autocoder", prompt="def f", max_tokens=2).choices[0].text is not None
+
+
+def test_a_long_or_fifth_stop_is_refused(server):
+    from autocoder.serve.http import MAX_STOP_CHARS
+
+    for stop in (["x" * (MAX_STOP_CHARS + 1)], ["a", "b", "c", "d", "e"], [""]):
+        response = httpx.post(f"{server.url}/v1/completions", json={"prompt": "def f", "stop": stop}, timeout=30)
+        assert response.status_code == 400 and response.json()["error"]["param"] == "stop", response.text
+    fine = httpx.post(
+        f"{server.url}/completion", json={"prompt": "def f", "stop": ["x" * MAX_STOP_CHARS] * 4}, timeout=60
+    )
+    assert fine.status_code == 200
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory):
+    """The gate on (the default: a model folder has no fitted threshold, so the filters only), an
+    API key from the environment, every interface."""
+    folder = tmp_path_factory.mktemp("guarded")
+    shutil.copyfile(ROOT / "profiles/autocoder-base.yaml", folder / "params.yaml")
+    served = Served(folder, "--host", "0.0.0.0", env={"AUTOCODER_API_KEY": "s3cret"})
+    yield served
+    served.stop()
+
+
+def test_a_gated_stream_is_the_unstreamed_answer(guarded):
+    """Streaming with the gate on used to send an empty text with gated: null."""
+    auth = {"Authorization": "Bearer s3cret"}
+    for body in ({"prompt": "def add(a, b):\n", "max_tokens": 32}, {"prompt": "x", "max_tokens": 1}):
+        whole = httpx.post(f"{guarded.url}/v1/completions", json=body, headers=auth, timeout=60).json()["choices"][0]
+        streamed = httpx.post(
+            f"{guarded.url}/v1/completions", json={**body, "stream": True}, headers=auth, timeout=60
+        ).text
+        events = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: {")]
+        assert len(events) == 1 and events[0]["choices"][0]["text"] == whole["text"]
+        assert events[0]["choices"][0]["gated"] == whole["gated"]
+    assert whole["gated"] == "too_short"  # the second: one token is too short to show
+    infill = {"input_prefix": PREFIX, "input_suffix": SUFFIX, "n_predict": 16}
+    whole = httpx.post(f"{guarded.url}/infill", json=infill, headers=auth, timeout=60).json()
+    streamed = httpx.post(f"{guarded.url}/infill", json={**infill, "stream": True}, headers=auth, timeout=60).text
+    events = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: {")]
+    assert "".join(e["content"] for e in events) == whole["content"] and whole["content"]
+
+
+def test_an_api_key_guards_every_route_but_health(guarded):
+    assert "warning: listening on 0.0.0.0" in guarded.proc.stderr.readline()
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+        response = httpx.post(f"{guarded.url}/v1/completions", json={"prompt": "x"}, headers=headers, timeout=30)
+        assert response.status_code == 401 and response.json()["error"]["type"] == "invalid_api_key"
+    assert httpx.get(f"{guarded.url}/v1/models", timeout=10).status_code == 401
+    assert httpx.get(f"{guarded.url}/health", timeout=10).status_code == 200
+    client = openai.OpenAI(base_url=f"{guarded.url}/v1", api_key="s3cret", max_retries=0, timeout=60)
+    assert client.completions.create(model="autocoder", prompt="def f", max_tokens=2).choices
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_goes_away_before_any_text_stops_its_generation(guarded, stream):
+    """Unstreamed, or streamed with the gate on (nothing is sent before the end): the server learns
+    of the hang-up from the connection, not from a write. The request waits behind others, so that it
+    is still queued when its client hangs up."""
+    auth = {"Authorization": "Bearer s3cret"}
+    busy = {"prompt": "#", "max_tokens": 128, "stop": ["\x00"]}  # a stop it will not meet
+    ahead = [
+        threading.Thread(
+            target=httpx.post,
+            args=(f"{guarded.url}/v1/completions",),
+            kwargs={"json": busy, "headers": auth, "timeout": 60},
+        )
+        for _ in range(4)
+    ]
+    before = guarded.health().get("cancelled", 0)
+    for thread in ahead:
+        thread.start()
+    time.sleep(0.2)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{guarded.url}/v1/completions", json={**busy, "stream": stream}, headers=auth, timeout=0.3)
+    for thread in ahead:
+        thread.join()
+    deadline = time.monotonic() + 30
+    while guarded.health().get("cancelled", 0) == before:
+        assert time.monotonic() < deadline, guarded.health()
+        time.sleep(0.1)

@@ -104,6 +104,11 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--queue-size", type=int, default=16, help="requests waiting at most; more get a 503")
+    serve.add_argument(
+        "--api-key",
+        help="require `Authorization: Bearer KEY` on every request but /health (default: $AUTOCODER_API_KEY, "
+        "else none); prefer the variable, which other users cannot read in the process list",
+    )
     add_gate_args(serve)
 
     lsp = sub.add_parser(

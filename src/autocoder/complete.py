@@ -29,6 +29,11 @@ four special tokens, or max_context_tokens if smaller) the suffix keeps at most 
 mostly says where to stop) of its first tokens, and the prefix the rest, its last tokens. The seed
 format and tokenizers without the FIM tokens (GPT-2) cannot infill: a suffix is then a UserError.
 
+User text is text: the context and suffix are encoded with special-token parsing off, so a literal
+"<|endoftext|>" or "<fim_prefix>" typed in code is its characters, not the token (only the Completer
+places special tokens); a lone surrogate (JSON's "\ud800", a command-line byte that is not UTF-8)
+becomes U+FFFD, as a UTF-8 decoder with errors="replace" does, instead of failing the request.
+
 Token healing (on by default): a tokenizer made for code spells a newline and the next line's
 indentation as one token, so a context that ends at a line break ends with a bare "\n" token that
 left-to-right training never saw before indented code, and the model answers with a blank line. The
@@ -72,6 +77,8 @@ HISTORY_FILE = ".autocoder_history"  # in the home folder
 EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as shells report it
 DEFAULT_MAX_NEW_TOKENS = generation_settings()["max_new_tokens"]  # evaluate.max_new_tokens' default
 SUFFIX_SHARE = 4  # by default a suffix keeps at most 1/SUFFIX_SHARE of the context room
+MAX_TEMPERATURE = 2.0  # as OpenAI's API allows; far flatter than any useful sampling
+LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 @dataclass
@@ -169,7 +176,8 @@ class Completer:
 
         A name that exists here, or is spelled as only a path can be (absolute, ./, ../, ~, more
         than one "/"), is a folder: a missing one is said to be missing, not tried on the Hub. A
-        folder with an up-to-date model.onnx runs on ONNX Runtime unless `onnx` is False."""
+        folder with an up-to-date model.onnx runs on ONNX Runtime unless `onnx` is False. No model's
+        own Python ever runs: a folder whose config.json needs it is refused."""
         folder = local_path(name)
         if folder is not None:
             _check_model_folder(folder)
@@ -180,9 +188,12 @@ class Completer:
                 return completer
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if folder is not None:
+            _check_transformers_folder(folder)
         source = str(folder) if folder is not None else str(name)
         try:
-            kwargs = {} if folder is not None else {"local_files_only": hub_offline()}
+            # never a model's own Python: left unset, transformers asks on stdin whether to run it
+            kwargs = {"trust_remote_code": False} | ({} if folder is not None else {"local_files_only": hub_offline()})
             tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, **kwargs)
         except (OSError, ValueError) as e:
@@ -209,11 +220,17 @@ class Completer:
             raise UserError(f"language {lang!r}: the model has no control token for it (it knows: {known})")
         return self.languages[lang]
 
+    def encode(self, text: str) -> list[int]:
+        """The ids of user text, as text (the module docstring): every prompt, suffix and count of
+        prompt tokens is encoded here."""
+        text = LONE_SURROGATE.sub("\ufffd", text)
+        return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+
     def prompt_ids(self, lang: str, context: str) -> list[int]:
         self._control_id(lang)
         if self.prompt_format == CONTROL_IDS:
-            return [self.languages[lang]] + self.tokenizer.encode(context)
-        return [self.languages[lang]] + self.tokenizer.encode(" " + context)  # = encode("<python> " + context)
+            return [self.languages[lang]] + self.encode(context)
+        return [self.languages[lang]] + self.encode(" " + context)  # = encode("<python> " + context)
 
     def fim_prompt_ids(
         self, lang: str, prefix: str, suffix: str, room: int, max_suffix_tokens: int | None = None
@@ -231,9 +248,9 @@ class Completer:
             raise UserError(f"max_suffix_tokens: {max_suffix_tokens} must be >= 0")
         fim_prefix, fim_suffix, fim_middle = self.fim_ids
         suffix_cap = room // SUFFIX_SHARE if max_suffix_tokens is None else min(max_suffix_tokens, room)
-        suffix_ids = self.tokenizer.encode(suffix)[:suffix_cap]
+        suffix_ids = self.encode(suffix)[:suffix_cap]
         prefix_room = room - len(suffix_ids)
-        prefix_ids = self.tokenizer.encode(prefix)[-prefix_room:] if prefix_room > 0 else []
+        prefix_ids = self.encode(prefix)[-prefix_room:] if prefix_room > 0 else []
         return [control, fim_prefix] + prefix_ids + [fim_suffix] + suffix_ids + [fim_middle]
 
     def prepare(
@@ -407,7 +424,7 @@ class Completer:
 
     def _healed_tail(self, context: str) -> str:
         """The text of the context's last token, when token healing can take it back."""
-        ids = self.tokenizer.encode(context[-256:]) if context else []  # the tail is enough for the last token
+        ids = self.encode(context[-256:]) if context else []  # the tail is enough for the last token
         tail = self.tokenizer.decode(ids[-1:], clean_up_tokenization_spaces=False) if ids else ""
         if not tail or "\ufffd" in tail or tail in self.tokenizer.all_special_tokens or not context.endswith(tail):
             return ""
@@ -437,11 +454,50 @@ def _check_model_folder(folder: Path) -> None:
         )
 
 
+def _check_transformers_folder(folder: Path) -> None:
+    """What transformers is about to load from a model folder, checked first so that a problem is one
+    line naming it: a config.json that needs Python of the folder's own (`auto_map`, or a model_type
+    transformers has no classes for: autocoder never runs it), and each safetensors file whole (a
+    truncated one fails deep in transformers, naming no file)."""
+    import transformers
+    from safetensors import SafetensorError, safe_open
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    never = "autocoder never runs a model folder's own code"
+    config_file = folder / "config.json"
+    if config_file.is_file():  # a missing one: transformers says so
+        try:
+            config = json.loads(config_file.read_text())
+            if not isinstance(config, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            raise UserError(f"model folder {folder}: cannot read its config.json ({first_line(e)})") from None
+        if "auto_map" in config:
+            raise UserError(
+                f"model folder {folder}: its config.json maps model classes to its own Python (auto_map); {never}"
+            )
+        if config.get("model_type") not in CONFIG_MAPPING_NAMES:
+            raise UserError(
+                f"model folder {folder}: its config.json's model_type {config.get('model_type')!r} is not one "
+                f"transformers {transformers.__version__} knows; {never}"
+            )
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), "np"):  # reads the header: a truncated or garbled file fails here
+                pass
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"model folder {folder}: {path} is truncated or corrupt ({first_line(e)})") from None
+
+
 def _sample(scores: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> np.ndarray:
     """One token per row from the softmax of scores / temperature, cut to the top-p nucleus: the
     most likely tokens whose probabilities before them add up to less than top_p (the most likely
     always stays), as transformers' TopPLogitsWarper keeps them."""
-    probs = np.exp(_log_softmax(scores / temperature))
+    # In float64 (a temperature of 1e-50 is 0 in float32) and shifted to a maximum of 0 before the
+    # division, so that a temperature near 0 gives the others -inf (an overflow, harmless: greedy), not NaN
+    shifted = scores.astype(np.float64) - scores.max(-1, keepdims=True)
+    with np.errstate(over="ignore"):
+        probs = np.exp(_log_softmax(shifted / temperature))
     order = np.argsort(-probs, axis=-1, kind="stable")
     ranked = np.take_along_axis(probs, order, axis=-1)
     ranked[(np.cumsum(ranked, axis=-1) - ranked) >= top_p] = 0.0
@@ -483,8 +539,8 @@ def cut_at(pattern: re.Pattern, text: str) -> str:
 def _check_generation_args(max_new_tokens: int, temperature: float, top_p: float, num: int) -> None:
     if max_new_tokens <= 0:
         raise UserError(f"max_new_tokens: {max_new_tokens} must be positive")
-    if temperature < 0:
-        raise UserError(f"temperature: {temperature} must be >= 0 (0 = greedy)")
+    if not 0 <= temperature <= MAX_TEMPERATURE:  # also refuses NaN
+        raise UserError(f"temperature: {temperature} must be between 0 (greedy) and {MAX_TEMPERATURE}")
     if not 0 < top_p <= 1:
         raise UserError(f"top_p: {top_p} must be in (0, 1]")
     if num < 1:

@@ -285,7 +285,7 @@ class HumanEvalParams(_Strict):
     temperature: float = Field(0.8, gt=0)  # of the samples
     top_p: float = Field(0.95, gt=0, le=1)
     timeout_s: float = Field(10.0, gt=0)  # wall clock per program
-    memory_mb: int = Field(1024, gt=0)  # address space per program
+    memory_mb: int = Field(1024, gt=0)  # for all the program's processes together (sandbox.Limits)
     contamination_ngram: int = Field(50, gt=0)  # a problem is contaminated when a train file shares this many tokens
     infilling: HumanEvalInfillingParams = HumanEvalInfillingParams()
 
@@ -319,6 +319,7 @@ class JavacParams(_Strict):
     methods: int = Field(10, ge=0)  # 0 = off
     command: str = "javac"  # a name on PATH or a path: the JDK that compiles the corpus' Java
     max_new_tokens: int = Field(128, gt=0)
+    max_context: int = Field(1024, gt=0)  # tokens of the file above the method (the nearest)
 
 
 class EvaluateParams(_Strict):

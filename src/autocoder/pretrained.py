@@ -95,8 +95,9 @@ def load_gguf(path: Path, source: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        kwargs = {"gguf_file": path.name, "trust_remote_code": False}
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise UserError(f"pretrained: cannot read {source} as a GGUF model ({first_line(e)})") from None
     # Dequantized weights are plain fp32 tensors: the folder is saved and loaded as any model.

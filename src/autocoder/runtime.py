@@ -87,7 +87,14 @@ class OnnxRunner:
 
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: its warnings are about graph optimisations
-        self.session = ort.InferenceSession(str(folder / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+        path = folder / ONNX_FILE
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ONNX Runtime's errors (InvalidProtobuf, Fail, ...) share no other base class
+            raise UserError(
+                f"{path}: ONNX Runtime cannot load it, truncated or corrupt ({first_line(e)}); "
+                f"export it again: autocoder export --model {folder}"
+            ) from None
         meta = self.session.get_modelmeta().custom_metadata_map
         self.config = SimpleNamespace(
             max_position_embeddings=int(meta[META_POSITIONS]),
@@ -150,8 +157,10 @@ class OnnxTokenizer:
     def get_added_vocab(self) -> dict[str, int]:
         return dict(self._added)
 
-    def encode(self, text: str) -> list[int]:
-        return self.backend_tokenizer.encode(text).ids
+    def encode(self, text: str, add_special_tokens: bool = True, split_special_tokens: bool = False) -> list[int]:
+        """transformers' encode: split_special_tokens encodes "<|endoftext|>" in text as its characters."""
+        self.backend_tokenizer.encode_special_tokens = split_special_tokens
+        return self.backend_tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool = False) -> str:
         # clean_up_tokenization_spaces: transformers' word-level clean-up, never wanted for code
@@ -205,7 +214,7 @@ def export_onnx(folder: Path) -> Path:
     transformers_logging.disable_progress_bar()
     # the exporter's notes (torchvision's ops skipped, deprecations, unused axis names) are not the user's
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, trust_remote_code=False).eval()
     config, layers = model.config, model.config.num_hidden_layers
 
     class Step(torch.nn.Module):

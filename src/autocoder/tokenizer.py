@@ -63,8 +63,8 @@ def _from_pretrained(name: str) -> PreTrainedTokenizerFast:
         # the tokenizer into data/segments: a folder (which never needs the Hub) always loads with
         # True, so that the data's hash does not depend on whether this machine reached the Hub.
         if folder is not None:
-            return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        return AutoTokenizer.from_pretrained(name, local_files_only=hub_offline())
+            return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+        return AutoTokenizer.from_pretrained(name, local_files_only=hub_offline(), trust_remote_code=False)
     except (OSError, ValueError) as e:
         where = (
             "local folder"
@@ -81,7 +81,7 @@ def base_tokenizer(name: str) -> PreTrainedTokenizerFast:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained("gpt2", local_files_only=hub_offline())
+        return AutoTokenizer.from_pretrained("gpt2", local_files_only=hub_offline(), trust_remote_code=False)
     except OSError:  # offline and not in the Hub cache: the bundled files have the same ids
         return _bundled_gpt2()
 

@@ -116,14 +116,17 @@ def run(params: Params) -> None:
     languages = list(params.languages)
     examples = line_completion_examples(completer, corpus, dev_rows, cfg)
     metrics = {**perplexity, "line_completion": line_completion_scores(examples, languages)}
+    skipped: dict[str, str] = {}  # measure -> why; in metrics.json, so that a missing measure says why
+
+    def skip(measure: str, why: str) -> None:
+        skipped[measure] = why
+        print(f"{STAGE}: {measure} skipped: {why}")
+
     infill = None
     if cfg.infill_lines == 0:
-        print(f"{STAGE}: infill skipped: evaluate.infill_lines is 0")
+        print(f"{STAGE}: infill skipped: evaluate.infill_lines is 0")  # asked for: not a missing measure
     elif not completer.can_infill:
-        print(
-            f"{STAGE}: infill skipped: the model has no fill-in-the-middle tokens "
-            f"({FIM_PREFIX}, {FIM_SUFFIX}, {FIM_MIDDLE})"
-        )
+        skip("infill", f"the model has no fill-in-the-middle tokens ({FIM_PREFIX}, {FIM_SUFFIX}, {FIM_MIDDLE})")
     else:
         infill = infill_examples(completer, corpus, dev_rows, cfg)
         metrics["infill"] = line_completion_scores(infill, languages)
@@ -141,23 +144,28 @@ def run(params: Params) -> None:
     }
     train_rows = split_rows(corpus, params.split.out_dir, "train")
     humaneval_records = None
-    if (skipped := _humaneval_skipped(completer, cfg)) is not None:
-        print(f"{STAGE}: humaneval skipped: {skipped}")
+    no_humaneval = _humaneval_skipped(completer, cfg)
+    if no_humaneval is not None:
+        skip("humaneval", no_humaneval)
     else:
         metrics["humaneval"], humaneval_records = _humaneval(completer, corpus, train_rows, cfg)
     infilling_records = None
-    if skipped is None and cfg.humaneval.infilling.tasks != 0:
-        if completer.can_infill:
+    if cfg.humaneval.infilling.tasks != 0:
+        if no_humaneval is not None:
+            skip("humaneval_infilling", no_humaneval)
+        elif completer.can_infill:
             metrics["humaneval_infilling"], infilling_records = _humaneval_infilling(completer, cfg)
         else:
-            print(f"{STAGE}: humaneval infilling skipped: the model has no fill-in-the-middle tokens")
+            skip("humaneval_infilling", "the model has no fill-in-the-middle tokens")
     javac_records = None
     if cfg.javac.methods and "java" in completer.languages:
         if (no_javac := sandbox.unavailable() or javac.unavailable(cfg.javac.command)) is not None:
-            print(f"{STAGE}: java compilation skipped: {no_javac}")
+            skip("javac", no_javac)
         else:
             metrics["javac"], javac_records = _javac(completer, corpus, dev_rows, cfg)
-    if cfg.robustness.humaneval_problems and humaneval_records is not None:
+    if cfg.robustness.humaneval_problems and humaneval_records is None:
+        skip("robustness.humaneval", f"needs humaneval, which was skipped: {no_humaneval}")
+    elif cfg.robustness.humaneval_problems:
         metrics["robustness"] = {"humaneval": _humaneval_robustness(completer, humaneval_records, cfg)}
     if cfg.robustness.line_completion_lines:
         metrics.setdefault("robustness", {})["line_completion"] = _line_completion_robustness(
@@ -179,6 +187,7 @@ def run(params: Params) -> None:
             (out / "humaneval_infilling.jsonl").write_text(_jsonl(infilling_records))
         if javac_records is not None:
             (out / "javac.jsonl").write_text(_jsonl(javac_records))
+    metrics["skipped"] = skipped
     write_json(METRICS_FILE, metrics)
     write_text(CONFIDENCE_PLOT, _csv(confidence_gate.curve, ["threshold", "coverage", "precision"]))
     # written also when empty (HumanEval skipped): they are the stage's declared plots
@@ -186,7 +195,9 @@ def run(params: Params) -> None:
     write_text(ROBUSTNESS_PLOT, _csv(robustness_rows(metrics.get("robustness", {})), ["case", "score"]))
 
     with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics({f"eval/{k}": v for k, v in flatten(metrics, "/").items() if v is not None})
+        measured = {k: v for k, v in metrics.items() if k != "skipped"}
+        mlflow.log_metrics({f"eval/{k}": v for k, v in flatten(measured, "/").items() if v is not None})
+        mlflow.set_tags({f"skipped/{measure}": why for measure, why in skipped.items()})
         mlflow.log_artifacts(cfg.out_dir, STAGE)
         for plot in (CONFIDENCE_PLOT, PASS_AT_K_PLOT, ROBUSTNESS_PLOT):
             mlflow.log_artifact(str(plot), STAGE)
@@ -208,6 +219,10 @@ def run(params: Params) -> None:
         mlflow.set_tags({registry.DECISION_TAG: decision.reason, "registered_model_version": decision.version})
         mlflow.log_metric("eval/champion", float(decision.promoted))
     print(f"{STAGE}: metrics in {METRICS_FILE}, samples in {Path(cfg.out_dir) / 'samples.md'}")
+    if skipped:  # at the end, where it is seen, not only in the middle of the log
+        print(f"{STAGE}: {len(skipped)} measures skipped, missing from {METRICS_FILE} (its `skipped` says why):")
+        for measure, why in skipped.items():
+            print(f"  {measure}: {why}")
 
 
 def _registry_scores(metrics: dict) -> dict[str, float]:
@@ -323,6 +338,7 @@ def _javac(completer: Completer, corpus: Corpus, dev_rows: np.ndarray, cfg: Eval
         cfg.javac.command,
         cfg.javac.methods,
         cfg.javac.max_new_tokens,
+        cfg.javac.max_context,
         cfg.seed,
         cfg.repetition_penalty,
         cfg.batch_size,
@@ -369,7 +385,7 @@ def _check_inputs(params: Params) -> tuple[Path, Corpus, np.ndarray, tuple[str, 
     if len(dev_rows) == 0:
         raise UserError(f"split.out_dir: {split_dir} has no dev files to evaluate on")
     # What the registry compares must describe the data measured here; the finetune recorded its own.
-    tok_fingerprint = fingerprint(AutoTokenizer.from_pretrained(seg_dir / TOKENIZER_DIR))
+    tok_fingerprint = fingerprint(AutoTokenizer.from_pretrained(seg_dir / TOKENIZER_DIR, trust_remote_code=False))
     dev_split = dev_split_hash(corpus, dev_rows)
     run_info = Path(params.finetune.out_dir) / RUN_INFO_FILE
     if (tok_fingerprint, dev_split) != (info.get("tokenizer_fingerprint"), info.get("dev_split")):

@@ -24,7 +24,10 @@ from tqdm import tqdm
 from autocoder.complete import Completer, Decoding
 from autocoder.evaluate.sandbox import Limits, run
 
-LIMITS = Limits(wall_s=60, cpu_s=60, memory_mb=4096, processes=128)
+# javac is one process, but each of its threads counts as one (14 on two cores, more with more cores),
+# and its JVM reserves 2 GB of address space at start (heap, 1 GB of class space): 4 GB for each of 64.
+# It runs no code of the file it compiles (-proc:none).
+LIMITS = Limits(wall_s=60, cpu_s=60, memory_mb=64 * 4096, processes=64)
 JVM_FLAGS = ["-J-Xmx512m", "-J-XX:+UseSerialGC", "-J-XX:TieredStopAtLevel=1"]  # a fast, small compiler JVM
 MODULE = re.compile(r"(?:java|jdk)\.[\w.]+")  # a JDK module's folder: java.base/java/util/X.java
 KEYWORDS = {"if", "for", "while", "switch", "catch", "synchronized", "return", "new", "else", "do", "try"}
@@ -125,13 +128,14 @@ def javac_scores(
     javac: str,
     n_methods: int,
     max_new_tokens: int,
+    max_context: int,
     seed: int,
     repetition_penalty: float = 1.0,
     batch_size: int = 1,
 ) -> tuple[dict, list[dict]]:
     """(scores, one record per method): of `files` ((path, text), tried in a seeded order), those that
     compile as they are give up to 3 methods each until `n_methods`; each body is completed greedily
-    from the file above it and compiled in place."""
+    from the file above it (its last `max_context` tokens) and compiled in place."""
     rng = np.random.default_rng(seed)
     chosen: list[Method] = []
     for k in rng.permutation(len(files)):
@@ -146,7 +150,7 @@ def javac_scores(
     for method in chosen:
         indent = method.tail[: len(method.tail) - len(method.tail.lstrip(" \t"))]
         stop = re.compile(r"(?:^|\n)" + re.escape(indent) + r"\}")  # the body's closing brace
-        requests.append({"lang": "java", "context": method.head, "stop": stop})
+        requests.append({"lang": "java", "context": method.head, "stop": stop, "max_context_tokens": max_context})
     decoding = Decoding(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
     with tqdm(total=len(chosen), desc="javac", unit="method", mininterval=5) as bar:
         completions = completer.complete_many(requests, batch_size, decoding, bar.update)

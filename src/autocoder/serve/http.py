@@ -17,37 +17,61 @@ Each request's language: its `language` field (one of the model's), else the ext
 `filename` (by params.yaml's languages), else the model's first language. Unless a request says
 otherwise, generation is what the evaluate stage measured the model with (params.generation_settings:
 greedy, evaluate.max_new_tokens, its loop guard) and stops at a blank line; a request's `stop` strings
-replace that stop. The confidence gate (autocoder.gate) hides what an editor should not show: below the threshold fitted
-with the registered model (or `--min-confidence`), too short, repeating the line above or the text
-after the cursor; the answer then has empty text and says why in `gated` (next to `confidence`),
-so a client can tell "nothing confident" from "nothing". A streamed answer comes whole at its end
-while the gate is on (`--no-gate` turns it off). A bad request gets a 400 with OpenAI's error shape,
-{"error": {"message", "type", "param", "code"}}, naming the field; the server keeps serving.
+(at most 4, of at most 256 characters) replace that stop. A prompt laid out as
+`<fim_prefix>P<fim_suffix>S<fim_middle>` (Tabby and llm-ls build it themselves) is the request with
+prompt P and suffix S; any other special-token text in a prompt is its characters (Completer.encode).
+
+The confidence gate (autocoder.gate) hides what an editor should not show: below the threshold
+fitted with the registered model (or `--min-confidence`), too short, repeating the line above or the
+text after the cursor; the answer then has empty text and says why in `gated` (next to
+`confidence`), so a client can tell "nothing confident" from "nothing". The gate decides on the
+whole completion, so while it is on a streamed answer comes in one event at its end, with the text
+and `gated` of the unstreamed answer (`--no-gate` streams token by token).
+
+Limits, so that no request can take the server from the others: a body over 1 MB is refused (413)
+before it is parsed; prompt and suffix together at most 100,000 characters; temperature in [0, 2].
+A bad request gets a 400 with OpenAI's error shape, {"error": {"message", "type", "param", "code"}},
+`param` naming the top-level field; the server keeps serving, and /openapi.json documents these
+answers. `--host` other than the loopback prints a warning; `--api-key` (or $AUTOCODER_API_KEY)
+makes every route but /health require `Authorization: Bearer KEY`, as OpenAI's clients send it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import os
 import re
+import secrets
+import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from autocoder.complete import BLANK_LINE, Completer, Completion, cut_at
+from autocoder.complete import BLANK_LINE, MAX_TEMPERATURE, Completer, Completion, cut_at
 from autocoder.errors import UserError
 from autocoder.params import Params, generation_settings
 from autocoder.serve.jobs import Gate, Job, Worker
+from autocoder.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
 MAX_PROMPT_CHARS = 100_000  # of prompt + suffix: far more than the model's context ever sees
+# A body this large is refused (413) before it is read whole or parsed: room for MAX_PROMPT_CHARS
+# characters even when JSON spells each one as a 6-byte "\uXXXX" escape.
+MAX_BODY_BYTES = 1_000_000
 MAX_STOPS = 4  # as OpenAI allows
+MAX_STOP_CHARS = 256  # each; a stop is matched against the text's tail after every token
 MAX_CHOICES = 8
+API_KEY_VARIABLE = "AUTOCODER_API_KEY"
+OPEN_PATHS = {"/health"}  # answered without the API key, as llama.cpp's server answers /health
+FIM_SPELLED = re.compile("{}(.*){}(.*){}".format(*map(re.escape, (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE))), re.DOTALL)
 
 
 class ApiError(Exception):
@@ -73,7 +97,8 @@ class OpenAIRequest(_Common):
     prompt: str | list[str] = ""
     suffix: str | None = None
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(0.0, ge=0, le=2)  # greedy unless asked: the model was evaluated so
+    # greedy unless asked: the model was evaluated so
+    temperature: float = Field(0.0, ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False)
     top_p: float = Field(1.0, gt=0, le=1)
     n: int = Field(1, ge=1, le=MAX_CHOICES)
     stop: str | list[str] | None = None
@@ -96,7 +121,7 @@ class LlamaCppRequest(_Common):
     input_prefix: str = ""
     input_suffix: str = ""
     n_predict: int = Field(-1, ge=-1)  # -1: the server's default
-    temperature: float = Field(0.0, ge=0)
+    temperature: float = Field(0.0, ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False)
     top_p: float = Field(1.0, gt=0, le=1)
     stop: list[str] = Field(default_factory=list)
     stream: bool = False
@@ -113,8 +138,10 @@ class Server:
         queue_size: int,
         gated: bool = True,
         min_confidence: float | None = None,
+        api_key: str | None = None,
     ):
         self.completer, self.params, self.model_name = completer, params, model_name
+        self.api_key = api_key
         self.gate = Gate(completer, gated, min_confidence)
         self.defaults = generation_settings(params.evaluate if params else None)
         self.queue_size = queue_size
@@ -139,6 +166,9 @@ class Server:
         return known[0]
 
     def job(self, req: _Common, prefix: str, suffix: str | None, max_tokens: int | None, stop, **sampling) -> Job:
+        if suffix is None and self.completer.can_infill and (spelled := FIM_SPELLED.fullmatch(prefix)):
+            # Tabby and llm-ls lay out the FIM prompt themselves: the same request as prompt + suffix
+            prefix, suffix = spelled[1], spelled[2]
         if len(prefix) + len(suffix or "") > MAX_PROMPT_CHARS:
             raise ApiError(400, f"prompt and suffix: more than {MAX_PROMPT_CHARS} characters", "prompt")
         if suffix is not None and not self.completer.can_infill:
@@ -148,8 +178,8 @@ class Server:
         if new_tokens > limit:
             raise ApiError(400, f"max_tokens: {new_tokens} is more than this model's limit of {limit}", "max_tokens")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if len(stops) > MAX_STOPS or any(not s for s in stops):
-            raise ApiError(400, f"stop: at most {MAX_STOPS} non-empty strings", "stop")
+        if len(stops) > MAX_STOPS or not all(0 < len(s) <= MAX_STOP_CHARS for s in stops):
+            raise ApiError(400, f"stop: at most {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters", "stop")
         if sampling.get("num", 1) > 1 and sampling.get("temperature", 0.0) == 0:
             raise ApiError(400, "n: more than one choice needs a temperature above 0 (greedy gives one)", "n")
         options = {
@@ -182,12 +212,11 @@ class Server:
     async def run(self, job: Job, request: Request) -> list[Completion]:
         """Generate in the worker thread; cancel if the client disconnects while it waits or runs."""
         future = self.start(job)
-        while True:
-            done, _ = await asyncio.wait({future}, timeout=0.05)
-            if done:
-                return future.result()
-            if await request.is_disconnected():
-                job.cancel()
+        watcher = asyncio.ensure_future(_cancel_when_gone(request, job))
+        try:
+            return await future
+        finally:
+            watcher.cancel()
 
     def admit(self) -> None:
         if self.waiting >= self.queue_size:
@@ -196,55 +225,84 @@ class Server:
         self.waiting += 1
 
     def start_streamed(self, job: Job) -> tuple[asyncio.Future, asyncio.Queue]:
-        """Start the job, its texts after every token going to the returned queue."""
+        """Start the job; after every token, each choice's settled text (_settled, matched in the
+        worker thread: never on the event loop) goes to the returned queue. With the gate on there is
+        nothing to send before the end (see stream), so nothing is matched either."""
         loop, updates = asyncio.get_running_loop(), asyncio.Queue()
-        job.on_texts = lambda texts: loop.call_soon_threadsafe(updates.put_nowait, texts)
+        if not self.gate.on:
+            stop, stops = job.options["stop"], job.stops
+            settle = lambda texts: [_settled(text, stop, stops) for text in texts]  # noqa: E731
+            job.on_texts = lambda texts: loop.call_soon_threadsafe(updates.put_nowait, settle(texts))
         return self.start(job), updates
 
     async def stream(self, job: Job, future, updates, request: Request, chunks) -> AsyncIterator[str]:
         """Server-sent events: `chunks(deltas, completions)` makes the events' data from each choice's
-        new settled text (and, at the end, the completions); the last event is data: [DONE]."""
-        stops = job.stops
+        new settled text (and, at the end, the completions); the last event is data: [DONE].
+
+        With the gate on, the gate decides on the whole completion (its mean log-probability), so the
+        text is held until generation ends; then one event brings all of it, or nothing with `gated`
+        saying why: the same text and `gated` as the unstreamed answer."""
         sent = [""] * job.options.get("num", 1)
+        watcher = asyncio.ensure_future(_cancel_when_gone(request, job))
+        future.add_done_callback(lambda _: updates.put_nowait(None))  # after the job's last texts
         try:
-            while not future.done() or not updates.empty():
-                try:
-                    texts = await asyncio.wait_for(updates.get(), timeout=0.05)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        job.cancel()
-                    continue
-                deltas = []
-                for i, text in enumerate(texts):
-                    settled = _settled(text, job.options["stop"], stops)
-                    deltas.append(settled[len(sent[i]) :] if settled.startswith(sent[i]) else "")
-                    sent[i] += deltas[-1]
-                if any(deltas) and not self.gate.on:  # gated: nothing is shown before the gate has decided
+            while (settled := await updates.get()) is not None:
+                deltas = [text[len(s) :] if text.startswith(s) else "" for text, s in zip(settled, sent)]
+                sent = [s + delta for s, delta in zip(sent, deltas)]
+                if any(deltas):
                     for data in chunks(deltas, None):
                         yield f"data: {json.dumps(data)}\n\n"
-            completions = future.result()
+            try:
+                completions = future.result()
+            except UserError as e:  # the Completer's own checks: the status line has gone, so an event says it
+                yield f"data: {json.dumps(_error_body(str(e), None))}\n\ndata: [DONE]\n\n"
+                return
             rest = [c.text[len(s) :] if c.text.startswith(s) else "" for c, s in zip(completions, sent)]
             for data in chunks(rest, completions):
                 yield f"data: {json.dumps(data)}\n\n"
             yield "data: [DONE]\n\n"
         finally:  # also when the client went away (the response is closed): stop generating
             job.cancel()
+            watcher.cancel()
 
     # ---- the protocols ----------------------------------------------------------------------------
     def _build_app(self) -> FastAPI:
-        app = FastAPI(title="autocoder", docs_url=None, redoc_url=None)
+        def authorize(request: Request) -> None:  # every route's dependency
+            if self.api_key is None or request.url.path in OPEN_PATHS:
+                return
+            given = request.headers.get("authorization", "")
+            if not secrets.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
+                raise ApiError(401, "missing or wrong API key (send Authorization: Bearer KEY)", kind="invalid_api_key")
+
+        app = FastAPI(
+            title="autocoder",
+            docs_url=None,
+            redoc_url=None,
+            max_body_size=MAX_BODY_BYTES,
+            dependencies=[Depends(authorize)],
+        )
+        app.openapi = lambda: _openapi(app)
 
         @app.exception_handler(ApiError)
         async def api_error(_, e: ApiError):
             return _error(e.status, e.message, e.param, e.kind)
 
+        @app.exception_handler(StarletteHTTPException)
+        async def http_error(_, e: StarletteHTTPException):  # 404, 405, 413 (MAX_BODY_BYTES): OpenAI's shape too
+            kind = "request_too_large" if e.status_code == 413 else "invalid_request_error"
+            # a 400 here: the body did not parse (not UTF-8, nested deeper than the parser goes)
+            message = f"the body is not valid UTF-8 JSON ({e.detail})" if e.status_code == 400 else str(e.detail)
+            return _error(e.status_code, message, None, kind)
+
         @app.exception_handler(RequestValidationError)
         async def invalid(_, e: RequestValidationError):
             first = e.errors()[0]
-            loc = [str(part) for part in first.get("loc", ()) if part != "body"]
             if first.get("type") == "json_invalid":
                 return _error(400, f"the body is not valid JSON ({first.get('msg')})", None)
-            param = ".".join(loc) or None
+            # OpenAI's `param` is the top-level field; pydantic's location goes on into union members
+            # ("prompt.str") and list items
+            loc = [part for part in first.get("loc", ()) if part != "body"]
+            param = str(loc[0]) if loc else None
             message = "unknown field" if first.get("type") == "extra_forbidden" else first.get("msg", "invalid")
             return _error(400, f"{param}: {message}" if param else message, param)
 
@@ -298,6 +356,15 @@ class Server:
         return shape.body(completions)
 
 
+async def _cancel_when_gone(request: Request, job: Job) -> None:
+    """Cancel the job when its client disconnects: once the body is read, the next message the ASGI
+    server sends is http.disconnect. (Waiting costs nothing; polling is_disconnected for every queued
+    request woke the event loop hundreds of times a second under load.)"""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    job.cancel()
+
+
 def _settled(text: str, stop: re.Pattern, stops: list[str]) -> str:
     """The part of a completion's text so far that no later token can take back: cut at the stop,
     less a tail that could still become one (the start of a stop string, or a line break followed
@@ -312,8 +379,44 @@ def _settled(text: str, stop: re.Pattern, stops: list[str]) -> str:
     return settled.rstrip("\ufffd")
 
 
+def _error_body(message: str, param: str | None, kind: str = "invalid_request_error") -> dict:
+    """OpenAI's error object."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+
+
 def _error(status: int, message: str, param: str | None, kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}}, status_code=status)
+    return JSONResponse(_error_body(message, param, kind), status_code=status)
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's schema, with the error answers this server gives (400 and the rest in OpenAI's
+    error shape) in place of FastAPI's 422, which it never sends."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        error = {
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        errors = {
+            "400": "a field is missing, unknown or out of range (`param` names it), or the body is not JSON",
+            "401": "missing or wrong API key (only with --api-key)",
+            "413": f"a body over {MAX_BODY_BYTES} bytes",
+            "503": "busy: the queue is full",
+        }
+        for path, operations in schema["paths"].items():
+            for operation in operations.values():
+                operation["responses"].pop("422", None)
+                if path not in OPEN_PATHS and path != "/v1/models":
+                    operation["responses"].update({code: {"description": why, **error} for code, why in errors.items()})
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        fields = ("message", "type", "param", "code")
+        message = {"type": "object", "properties": {k: {"type": "string"} for k in fields}}
+        schemas["Error"] = {"type": "object", "properties": {"error": message}, "required": ["error"]}
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 class _OpenAIShape:
@@ -394,7 +497,7 @@ class _LlamaCppShape:
 
 def _usage(completer: Completer, job: Job, completions: list[Completion]) -> dict:
     """Token counts as OpenAI reports them; the prompt's as tokenized, before the context is cut to fit."""
-    encode = completer.tokenizer.encode
+    encode = completer.encode
     prompt = len(encode(job.options["context"])) + len(encode(job.options["suffix"] or ""))
     generated = sum(c.n_tokens for c in completions)
     return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
@@ -417,6 +520,13 @@ def _logprobs(completer: Completer, completion: Completion) -> dict:
     return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": None, "text_offset": offsets}
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
 def serve_command(args) -> None:
     """`autocoder serve`: load the model once, then answer on --host:--port until interrupted."""
     import uvicorn
@@ -429,7 +539,16 @@ def serve_command(args) -> None:
     params = params_for(args)
     completer = load_completer(args.model, params)
     name = args.model or (f"models:/{params.evaluate.registered_model_name}@champion" if params else "autocoder")
-    server = Server(completer, params, name, args.queue_size, not args.no_gate, args.min_confidence)
+    api_key = args.api_key or os.environ.get(API_KEY_VARIABLE) or None
+    if not _is_loopback(args.host):
+        protection = "the API key is required" if api_key else f"no API key (--api-key or {API_KEY_VARIABLE})"
+        print(
+            f"autocoder serve: warning: listening on {args.host}, not the loopback: any machine that can reach "
+            f"this port can use the model, and {protection}; the traffic is not encrypted",
+            file=sys.stderr,
+            flush=True,
+        )
+    server = Server(completer, params, name, args.queue_size, not args.no_gate, args.min_confidence, api_key)
     print(
         f"autocoder serve: {name} on http://{args.host}:{args.port} (OpenAI /v1/completions, llama.cpp "
         "/infill and /completion)",

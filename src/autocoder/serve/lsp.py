@@ -30,6 +30,10 @@ waiting (it stops at its next token, or never starts) and its request answers Co
 cancels the generation too (pygls answers RequestCancelled, -32800). Generation runs in one worker
 thread, one at a time, so the event loop keeps reading the editor's messages while the model runs.
 
+The server completes the text the editor sent (didOpen, didChange) and never reads a file: a request
+about a document the client has not opened is answered InvalidParams (-32602), naming its URI. An
+error reply is one line, its message; the traceback of an unexpected one goes to stderr only.
+
 The model loads once, before the server answers anything; a problem loading it is one line on
 stderr and exit code 2. stdout carries JSON-RPC and nothing else: anything else written to it (a
 print, a progress bar, a warning from C code) goes to stderr, which editors keep in their logs.
@@ -44,10 +48,12 @@ import re
 import sys
 from importlib.metadata import version
 from typing import BinaryIO
+from urllib.parse import unquote
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcContentModified
+from pygls.exceptions import JsonRpcContentModified, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol
 from pygls.workspace import TextDocument
 
 from autocoder.complete import BLANK_LINE, Completer, Completion
@@ -92,7 +98,16 @@ class Completions:
     def job(self, uri: str, position: types.Position) -> Job:
         """The job for a completion at `position`, registered as in flight; every job before it is
         cancelled (this request supersedes them)."""
-        doc = self.server.workspace.get_text_document(uri)
+        # The documents the client opened, keyed as pygls keys them: get_text_document would read an
+        # unopened file:// URI from disk, completing (and so showing) any file the server can read.
+        # An error, not an empty list: a request about a document never opened is the client's bug,
+        # and an empty list would read as "nothing to complete here" (and, incomplete, be asked again).
+        doc = self.server.workspace.text_documents.get(unquote(uri))
+        if doc is None:
+            raise JsonRpcInvalidParams(
+                f"{uri} is not open: send textDocument/didOpen first (the server completes the editor's "
+                "text, never a file's)"
+            )
         offset = doc.offset_at_position(position)
         prefix, suffix = doc.source[:offset], doc.source[offset:]
         for job in self.pending:
@@ -127,7 +142,7 @@ class Completions:
         return completion
 
     def _build_server(self) -> LanguageServer:
-        server = LanguageServer("autocoder", version("autocoder"))
+        server = LanguageServer("autocoder", version("autocoder"), protocol_cls=_OneLineErrors)
 
         @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
         async def completion(params: types.CompletionParams) -> types.CompletionList:
@@ -164,6 +179,18 @@ class Completions:
                     job.cancel()
 
         return server
+
+
+class _OneLineErrors(LanguageServerProtocol):
+    """pygls' protocol, less the Python traceback (the server's file paths and source lines) that it
+    puts in the reply to a request whose handler raised (JsonRpcInternalError.of: `data.traceback`):
+    an error reply is the first line of its message alone. pygls logs the traceback on stderr."""
+
+    def _send_response(self, msg_id, result=None, error: types.ResponseError | None = None):
+        # every reply pygls sends goes through here, whichever path built its error
+        if error is not None:
+            error = types.ResponseError(code=error.code, message=error.message.strip().split("\n", 1)[0])
+        super()._send_response(msg_id, result, error)
 
 
 def _stdout_for_rpc() -> BinaryIO:

@@ -62,7 +62,7 @@ def check_inputs(params: Params) -> Inputs:
             f"(segment_len {corpus.meta.segment_len} + control token + eos = {window})"
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(seg_dir / TOKENIZER_DIR)
+        tokenizer = AutoTokenizer.from_pretrained(seg_dir / TOKENIZER_DIR, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise UserError(f"segment.out_dir: cannot load {seg_dir / TOKENIZER_DIR} ({first_line(e)})") from None
     if ft.fim_rate > 0 and not has_fim_tokens(tokenizer):
@@ -101,7 +101,8 @@ def check_model(ft: FinetuneParams, tokenizer) -> PretrainedConfig:
     if local and not Path(name).is_dir():
         raise UserError(f"finetune.model: {ft.model!r} is not a folder")
     try:
-        config = AutoConfig.from_pretrained(name, local_files_only=not local and hub_offline())
+        # never the model's own Python: left unset, transformers asks on stdin whether to run it
+        config = AutoConfig.from_pretrained(name, local_files_only=not local and hub_offline(), trust_remote_code=False)
     except (OSError, ValueError) as e:
         where = (
             "local folder"
@@ -195,6 +196,7 @@ def build_model(
                 use_safetensors=True,
                 dtype=torch.float32,
                 local_files_only=not local and hub_offline(),
+                trust_remote_code=False,
             )
         except (OSError, ValueError, SafetensorError) as e:
             raise UserError(f"finetune.model: cannot load the weights of {ft.model!r}: {first_line(e)}") from None
