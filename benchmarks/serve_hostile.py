@@ -180,6 +180,7 @@ def main() -> None:
             "p50": round(float(np.percentile(ms, 50)), 1),
             "p99": round(float(np.percentile(ms, 99)), 1),
             "max": round(float(ms.max()), 1),
+            "over_100": int((ms > 100).sum()),
         },
         "server_peak_memory_mb": round(peak, 1),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",

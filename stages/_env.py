@@ -25,7 +25,8 @@ if importlib.util.find_spec("autocoder") is None:
     )
 
 # Where `make repro`'s time goes: each stage ends with its wall time (DVC prints it under the stage);
-# not the training processes that finetune's `accelerate launch` starts (they set LOCAL_RANK).
+# not the training processes that finetune's `accelerate launch` starts: they have one of
+# autocoder.train.launch.LAUNCHED_ENV (not imported here: it imports torch, seconds for every stage).
 _started = time.perf_counter()
-if "LOCAL_RANK" not in os.environ:
+if not {"LOCAL_RANK", "ACCELERATE_DYNAMO_BACKEND"} & set(os.environ):
     atexit.register(lambda: print(f"{Path(sys.argv[0]).stem}: {(time.perf_counter() - _started) / 60:.1f} min"))

@@ -309,7 +309,7 @@ class RobustnessParams(_Strict):
     """ReCode-style perturbations (autocoder.evaluate.robustness), scored again."""
 
     humaneval_problems: int = Field(20, ge=0)  # the first N HumanEval problems, each kind; 0 = off
-    line_completion_lines: int = Field(30, ge=0)  # per language, of line completion's draw, each kind; 0 = off
+    line_completion_lines: int = Field(15, ge=0)  # per language, of line completion's draw, each kind; 0 = off
     seed: int = 0
 
 

@@ -352,19 +352,22 @@ def _humaneval_robustness(completer: Completer, nominal_records: list[dict], cfg
     tasks = problems.load_problems()[: min(cfg.robustness.humaneval_problems, len(nominal_records))]
     print(f"{STAGE}: robustness: {len(tasks)} HumanEval problems under {', '.join(robustness.KINDS)}")
     he = cfg.humaneval
-    perturbed = {}
-    for kind in robustness.KINDS:
-        variants = [robustness.perturb(problem, kind, cfg.robustness.seed) for problem in tasks]
-        _, records = humaneval.humaneval_scores(
-            completer,
-            variants,
-            _limits(he),
-            he.max_new_tokens,
-            cfg.repetition_penalty,
-            batch_size=cfg.batch_size,
-            boundary=he.prompt_boundary,
-        )
-        perturbed[kind] = [r["status"] == "passed" for r in records]
+    # every kind's variants in one call: full batches (4 kinds of 20 problems: 5 batches of 16, not 8)
+    variants = [
+        robustness.perturb(problem, kind, cfg.robustness.seed) for kind in robustness.KINDS for problem in tasks
+    ]
+    _, records = humaneval.humaneval_scores(
+        completer,
+        variants,
+        _limits(he),
+        he.max_new_tokens,
+        cfg.repetition_penalty,
+        batch_size=cfg.batch_size,
+        boundary=he.prompt_boundary,
+    )
+    passed = [r["status"] == "passed" for r in records]
+    n = len(tasks)
+    perturbed = {kind: passed[i * n : (i + 1) * n] for i, kind in enumerate(robustness.KINDS)}
     nominal = [r["status"] == "passed" for r in nominal_records[: len(tasks)]]
     return {"problems": len(tasks), **robustness.robustness_scores(nominal, perturbed)}
 
