@@ -1,4 +1,4 @@
-"""The learning curve in the README: dev bits per byte against training minutes and tokens.
+"""The learning curve of the 5M base's model card (models/autocoder-base/README.md): dev bits per byte against training minutes and tokens.
 
     python benchmarks/learning_curve.py NAME=RUN_DIR[@TOKENS_PER_S] [NAME=RUN_DIR ...]
                                         [NAME=EVALUATION.json@MINUTES:TOKENS ...]

@@ -5,7 +5,7 @@
 Runs the evaluate stage's own measures (autocoder.evaluate: the same seeded dev lines, the same
 scoring) on the pipeline's dev split, with the model of models/finetune/best by default, for each
 setting of `evaluate.repetition_penalty` and `evaluate.no_repeat_ngram_size` below; the default in
-params.yaml is chosen from these numbers (README, "Completions that end"). Writes
+params.yaml is chosen from these numbers (docs/benchmarks.md, "Loop guard"). Writes
 benchmarks/results/loop_guard.json.
 """
 

@@ -44,16 +44,24 @@ RESULTS = Path(__file__).parent / "results" / "serve.json"
 VARIANTS = ("onnx", "torch", "onnx-int8")
 
 
-def dev_examples(n: int, seed: int) -> list[dict]:
-    """`n` requests (half per language): a dev line, the text before it and the text after it."""
+def dev_texts() -> list[tuple[str, str]]:
+    """(language, text) of every dev file of the pipeline's split."""
     corpus = Corpus(SEGMENTS)
     tokenizer = AutoTokenizer.from_pretrained(SEGMENTS / "tokenizer")
-    rows = split_rows(corpus, SPLIT, "dev")
+    return [
+        (
+            str(corpus.files["language"][row]),
+            tokenizer.decode(corpus.file_tokens(int(row)).tolist(), clean_up_tokenization_spaces=False),
+        )
+        for row in split_rows(corpus, SPLIT, "dev")
+    ]
+
+
+def dev_examples(n: int, seed: int) -> list[dict]:
+    """`n` requests (half per language): a dev line, the text before it and the text after it."""
     rng = random.Random(seed)
     by_lang: dict[str, list[tuple[str, int]]] = {}
-    for row in rows:
-        lang = str(corpus.files["language"][row])
-        text = tokenizer.decode(corpus.file_tokens(int(row)).tolist(), clean_up_tokenization_spaces=False)
+    for lang, text in dev_texts():
         lines = text.split("\n")
         by_lang.setdefault(lang, []).extend((text, i) for i in range(1, len(lines)) if lines[i].strip())
     examples = []
@@ -86,33 +94,30 @@ def summary(latencies: list[float], texts: list[str], examples: list[dict]) -> d
     }
 
 
-def measure(model: Path, examples: list[dict], clients: int) -> dict:
-    """Sequential and concurrent figures of a real `autocoder serve --model model`."""
+def start_server(model: Path, queue_size: int) -> tuple[subprocess.Popen, str]:
+    """A real `autocoder serve --model model --no-gate` (every completion's text, for its exact
+    match), up once /health answers; its process (in its own session) and URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    cmd = [
-        str(Path(sys.executable).parent / "autocoder"),
-        "serve",
-        "--model",
-        str(model),
-        "--port",
-        str(port),
-        "--queue-size",
-        str(4 * clients),
-        "--no-gate",  # every completion's text, for its exact match
-    ]
+    cmd = [str(Path(sys.executable).parent / "autocoder"), "serve", "--model", str(model), "--port", str(port)]
+    cmd += ["--queue-size", str(queue_size), "--no-gate"]
     server = subprocess.Popen(cmd, start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            httpx.get(f"{url}/health", timeout=5)
+            return server, url
+        except httpx.TransportError:
+            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.3)
+
+
+def measure(model: Path, examples: list[dict], clients: int) -> dict:
+    """Sequential and concurrent figures of a real `autocoder serve --model model`."""
+    server, url = start_server(model, 4 * clients)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                httpx.get(f"{url}/health", timeout=5)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.3)
         for example in examples[:3]:  # warm-up
             ask(url, example)
 
@@ -201,11 +206,16 @@ def main() -> None:
         "prefix_chars": PREFIX_CHARS,
         "suffix_chars": SUFFIX_CHARS,
         "languages": sorted({ex["language"] for ex in examples}),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_after": os.getloadavg()[0]},
         "variants": variants,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
+    write_results(RESULTS, record)
+
+
+def write_results(path: Path, record: dict) -> None:
+    """The record as JSON at `path`, with the machine it was measured on."""
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_after": os.getloadavg()[0]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**record, "machine": machine}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
