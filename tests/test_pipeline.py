@@ -55,12 +55,23 @@ def test_second_repro_reruns_nothing(project):
 def test_metrics_show_and_params_diff(project):
     shown = run(["dvc", "metrics", "show"], project).stdout
     assert "segment_stats.json" in shown and "metrics.json" in shown
-    run(["dvc", "params", "diff"], project)
+    path = project / "params.yaml"
+    saved = path.read_text()
+    params = yaml.safe_load(saved)
+    params["finetune"]["seed"] += 1
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:  # the workspace's change against the commit's params
+        changed = run(["dvc", "params", "diff"], project).stdout
+        assert "finetune.seed" in changed and str(params["finetune"]["seed"]) in changed
+    finally:
+        path.write_text(saved)
+    assert run(["dvc", "params", "diff"], project).stdout.strip() == ""
 
 
 def test_champion_is_registered_and_completes(project):
-    out = run(["autocoder", "complete", "--lang", "python", "--max-new-tokens", "8", "def factorial"], project)
-    assert out.stdout.strip() or out.stdout == "\n"  # a random tiny model may emit whitespace only
+    args = ["autocoder", "complete", "--lang", "python", "--max-new-tokens", "8", "--json", "def factorial"]
+    [completion] = json.loads(run(args, project).stdout)["completions"]  # a random tiny model's text: any
+    assert 0 < completion["n_tokens"] <= 8 and math.isfinite(completion["confidence"])
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project}/mlruns.db")

@@ -409,11 +409,14 @@ def _openapi(app: FastAPI) -> dict:
                 operation["responses"].pop("422", None)
                 if path not in OPEN_PATHS and path != "/v1/models":
                     operation["responses"].update({code: {"description": why, **error} for code, why in errors.items()})
+                    # with "stream": true, server-sent events ("data: {...}" lines, then "data: [DONE]")
+                    operation["responses"]["200"]["content"]["text/event-stream"] = {"schema": {}}
         schemas = schema.setdefault("components", {}).setdefault("schemas", {})
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
-        fields = ("message", "type", "param", "code")
-        message = {"type": "object", "properties": {k: {"type": "string"} for k in fields}}
+        nullable = {"param": ["string", "null"], "code": ["string", "null"]}  # as OpenAI sends them
+        fields = {k: {"type": nullable.get(k, "string")} for k in ("message", "type", "param", "code")}
+        message = {"type": "object", "properties": fields, "required": list(fields)}
         schemas["Error"] = {"type": "object", "properties": {"error": message}, "required": ["error"]}
         app.openapi_schema = schema
     return app.openapi_schema
