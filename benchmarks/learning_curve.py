@@ -1,4 +1,5 @@
-"""The learning curve of the 5M base's model card (models/autocoder-base/README.md): dev bits per byte against training minutes and tokens.
+"""Dev bits per byte against training minutes and tokens: the learning curve of the 5M base's model
+card (models/autocoder-base/README.md).
 
     python benchmarks/learning_curve.py NAME=RUN_DIR[@TOKENS_PER_S] [NAME=RUN_DIR ...]
                                         [NAME=EVALUATION.json@MINUTES:TOKENS ...]
