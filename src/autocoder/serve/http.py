@@ -231,8 +231,11 @@ class Server:
         loop, updates = asyncio.get_running_loop(), asyncio.Queue()
         if not self.gate.on:
             stop, stops = job.options["stop"], job.stops
-            settle = lambda texts: [_settled(text, stop, stops) for text in texts]  # noqa: E731
-            job.on_texts = lambda texts: loop.call_soon_threadsafe(updates.put_nowait, settle(texts))
+
+            def settle(texts: list[str]) -> None:  # in the worker thread
+                loop.call_soon_threadsafe(updates.put_nowait, [_settled(text, stop, stops) for text in texts])
+
+            job.on_texts = settle
         return self.start(job), updates
 
     async def stream(self, job: Job, future, updates, request: Request, chunks) -> AsyncIterator[str]:
