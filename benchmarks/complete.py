@@ -35,8 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autocoder.complete import BLANK_LINE, Completer, cut_at
+from autocoder.complete import Completer, cut_at
 from autocoder.corpus import Corpus, split_rows
+from autocoder.format import BLANK_LINE
 from autocoder.params import load_params
 
 SEED_MAX_LENGTH = 128
@@ -146,7 +147,7 @@ def main() -> None:
         parser.error(f"{model_dir} does not exist: run the pipeline (dvc repro) or give --model DIR")
     params = load_params(args.params)
     # PyTorch for both ways: the seed's needs model.generate (a folder with model.onnx would get ONNX Runtime)
-    completer = Completer.from_pretrained(model_dir, params.control_tokens(), onnx=False)
+    completer = Completer.from_pretrained(model_dir, onnx=False)
     prompts = [("seed_prompts", lang, text) for lang, texts in params.evaluate.prompts.items() for text in texts]
     by_extension = {ext: lang for lang, spec in params.languages.items() for ext in spec.extensions}
     texts = [(by_extension[path.suffix], path.read_text()) for path in sorted(args.contexts)]
@@ -209,7 +210,7 @@ def main() -> None:
         "all_identical": all(r["identical"] for r in rows),
         "prompts": rows,
         "model": str(model_dir),
-        "prompt_format": completer.prompt_format,
+        "prompt_format": completer.format.name,
         "vocab_size": len(completer.tokenizer),
         "model_parameters": sum(p.numel() for p in completer.model.parameters()),
         "device": completer.device,

@@ -20,7 +20,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from autocoder import evaluate
-from autocoder.complete import CONTROL_IDS, Completer
+from autocoder.complete import Completer
 from autocoder.corpus import TOKENIZER_DIR, Corpus, split_rows
 from autocoder.params import load_params
 
@@ -44,7 +44,7 @@ def main() -> None:
         args.model if (args.model / "tokenizer.json").exists() else args.segments / TOKENIZER_DIR
     )
     model = AutoModelForCausalLM.from_pretrained(args.model, use_safetensors=True)
-    completer = Completer(model, AutoTokenizer.from_pretrained(tokenizer_dir), params.control_tokens(), CONTROL_IDS)
+    completer = Completer(model, AutoTokenizer.from_pretrained(tokenizer_dir))
     lines = {} if args.lines is None else {"line_completion_lines": args.lines, "infill_lines": args.lines}
     cfg = params.evaluate.model_copy(update={**lines, "latency_repeats": 0})
     started = time.perf_counter()

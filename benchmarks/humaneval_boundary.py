@@ -35,7 +35,7 @@ def main() -> None:
     params = load_params(ROOT / "params.yaml")
     cfg, he = params.evaluate, params.evaluate.humaneval
     healed = {r["task_id"]: r["status"] == "passed" for r in map(json.loads, args.heal.read_text().splitlines())}
-    completer = Completer.from_pretrained(args.model, params.control_tokens(), onnx=False)
+    completer = Completer.from_pretrained(args.model, onnx=False)
     problems = [p for p in load_problems() if p.task_id in healed]
     scores, records = humaneval_scores(
         completer, problems, _limits(he), he.max_new_tokens, cfg.repetition_penalty,

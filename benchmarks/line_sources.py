@@ -20,6 +20,7 @@ from pathlib import Path
 from autocoder import evaluate
 from autocoder.complete import Completer
 from autocoder.corpus import Corpus
+from autocoder.format import context_room
 from autocoder.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,13 +53,11 @@ def main() -> None:
     params = load_params()
     cfg = params.evaluate
     corpus = Corpus(params.segment.out_dir)
-    completer = Completer.from_pretrained(args.model, params.control_tokens())
+    completer = Completer.from_pretrained(args.model)
     tokenizer = completer.tokenizer
-    # the left context line completion keeps (Completer.complete: positions less the new tokens and
-    # the control token, at most line_completion_max_context)
-    near = args.near or min(
-        completer.config.max_position_embeddings - cfg.line_max_new_tokens - 1, cfg.line_completion_max_context
-    )
+    # the left context line completion keeps (at most line_completion_max_context)
+    room = context_room(completer.config.max_position_embeddings, cfg.line_max_new_tokens, infill=False)
+    near = args.near or min(room, cfg.line_completion_max_context)
     row_of = {str(path): row for row, path in enumerate(corpus.files["path"])}
     counts: dict[str, dict[str, list[int]]] = {}  # lang -> group -> [lines, exact matches]
     for record in map(json.loads, Path(args.examples).read_text().splitlines()):

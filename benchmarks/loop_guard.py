@@ -38,7 +38,7 @@ def main() -> None:
     params = load_params()
     corpus = Corpus(params.segment.out_dir)
     dev_rows = split_rows(corpus, params.split.out_dir, "dev")
-    completer = Completer.from_pretrained(args.model, params.control_tokens())
+    completer = Completer.from_pretrained(args.model)
     languages = list(params.languages)
     report = {"model": args.model, "lines_per_language": args.lines, "settings": {}}
     for name, guard in SETTINGS.items():

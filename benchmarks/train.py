@@ -174,8 +174,9 @@ def measure_seed(raw: dict, work: Path) -> dict:
     from torch.utils.data import DataLoader
     from transformers import AutoModelForCausalLM, get_linear_schedule_with_warmup
 
+    from autocoder.format import IGNORE
     from autocoder.params import Params
-    from autocoder.train.data import IGNORE, TrainWindows
+    from autocoder.train.data import TrainWindows
     from autocoder.train.inputs import check_inputs
 
     params = Params.model_validate(raw)

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from autocoder.tokenizer import load_tokenizer
-from helpers import CONTROL_TOKENS, TINY_DEV, finetuned_project, real_code_files, save_tiny_model, write_corpus
+from helpers import (
+    CONTROL_TOKENS,
+    TINY_DEV,
+    finetuned_project,
+    real_code_files,
+    record_prompt_format,
+    save_tiny_model,
+    write_corpus,
+)
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +36,13 @@ def tiny_corpus(tmp_path, gpt2_tokenizer):
 def tiny_model_dir(tmp_path, gpt2_tokenizer):
     """A tiny randomly initialised GPT-2 with the control tokens, saved as safetensors + tokenizer."""
     return save_tiny_model(tmp_path / "tiny-model", gpt2_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def fim_model_dir(tmp_path_factory, gpt2_tokenizer):
+    """tiny_model_dir's model (GPT-2's tokenizer with the control and FIM tokens), its prompt format
+    recorded as the finetune records it."""
+    return record_prompt_format(save_tiny_model(tmp_path_factory.mktemp("fim") / "model", gpt2_tokenizer))
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from autocoder.corpus import SPLIT_FILE, TOKENIZER_DIR, CorpusWriter, Meta
+from autocoder.format import CONTROL_IDS, PromptFormat
 
 ROOT = Path(__file__).resolve().parents[1]
 STDLIB = Path(sys.modules["os"].__file__).parent
@@ -107,6 +108,17 @@ def save_tiny_model(out: Path, tokenizer) -> Path:
     GPT2LMHeadModel(config).save_pretrained(out)  # safetensors by default
     tokenizer.save_pretrained(out)
     return out
+
+
+def record_prompt_format(folder: Path) -> Path:
+    """Record in a model folder's config.json the prompt format our finetune trains (control ids, the
+    control tokens of CONTROL_TOKENS), as build_model does."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    PromptFormat(CONTROL_IDS, dict(zip(["python", "java"], CONTROL_TOKENS))).save(config)
+    config.save_pretrained(folder)
+    return folder
 
 
 # --- A tiny copy of the project, for tests that run dvc / the CLI as a user would ---
@@ -216,9 +228,9 @@ def finetuned_project(root: Path, segments: Path, split: Path, model_dir: Path, 
     from autocoder.atomic import write_json
     from autocoder.corpus import Corpus, split_rows
     from autocoder.params import load_params
+    from autocoder.scoring import dev_split_hash
     from autocoder.tokenizer import fingerprint
     from autocoder.tracking import configure
-    from autocoder.train.data import dev_split_hash
 
     os.chdir(root)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -244,7 +256,7 @@ def finetuned_project(root: Path, segments: Path, split: Path, model_dir: Path, 
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     params = load_params(root / "params.yaml")
     out = Path(params.finetune.out_dir)
-    shutil.copytree(model_dir, out / "best", dirs_exist_ok=True)
+    record_prompt_format(shutil.copytree(model_dir, out / "best", dirs_exist_ok=True))
     corpus = Corpus(segments)
     dev = split_rows(corpus, split, "dev")
     uri = configure(params.mlflow)

@@ -7,9 +7,9 @@ import json
 
 from transformers import AutoConfig
 
-from autocoder.complete import CONTROL_IDS, Completer
+from autocoder.complete import Completer
+from autocoder.format import CONTROL_IDS, FIM_TOKENS
 from autocoder.params import load_params
-from autocoder.tokenizer import FIM_TOKENS
 from helpers import ROOT
 
 BASE = ROOT / "models/autocoder-base"
@@ -79,7 +79,7 @@ def test_token_healing_completes_the_line_after_a_line_break():
     """A context that ends at a line break ends with a bare newline token, which the code tokenizer
     never produces before indented code (it merges the newline with the indentation): unhealed, the
     model starts anywhere but at the indentation; healed, it writes the indented next line."""
-    from autocoder.complete import END_OF_LINE
+    from autocoder.format import END_OF_LINE
 
     completer = Completer.from_pretrained(BASE)
     context = "def total_of(items):\n    total = 0\n    for item in items:\n"

@@ -21,22 +21,22 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from autocoder import cli
 from autocoder import complete as complete_module
-from autocoder.complete import (
+from autocoder.complete import Completer, Decoding, StopCheck, cut_at
+from autocoder.errors import UserError
+from autocoder.format import (
     BLANK_LINE,
     CONTROL_IDS,
     CONTROL_TOKENS_KEY,
     END_OF_LINE,
+    FIM_MIDDLE,
+    FIM_PREFIX,
+    FIM_SUFFIX,
     PROMPT_FORMAT_KEY,
     SEED_TEXT,
-    Completer,
-    Decoding,
-    StopCheck,
-    cut_at,
 )
-from autocoder.errors import UserError
 from autocoder.hub import hub_offline
-from autocoder.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, FIM_TOKENS, base_tokenizer, load_tokenizer
-from helpers import CONTROL_TOKENS, ROOT, save_tiny_model
+from autocoder.tokenizer import base_tokenizer, load_tokenizer
+from helpers import CONTROL_TOKENS, ROOT, record_prompt_format, save_tiny_model
 
 # Greedy paths of the bigram model: "def f" -> "(): return 1" then newlines; "class A" -> " {}" then eos.
 CHAINS = [[" f", "()", ":", " return", " 1", "\n", "\n"], [" A", " {", "}", "<|endoftext|>"]]
@@ -134,10 +134,10 @@ def test_without_a_blank_line_it_runs_to_max_new_tokens_like_the_seed(tiny_model
 def test_seed_checkpoints_get_the_seed_prompt(tiny_model_dir, bigram_dir, gpt2_tokenizer):
     # tiny_model_dir is shaped like the seed's published models: <python>, <java>, <pad>, no prompt_format.
     seed = Completer.from_pretrained(tiny_model_dir)
-    assert seed.prompt_format == SEED_TEXT and set(seed.languages) == {"python", "java"}
+    assert seed.format.name == SEED_TEXT and set(seed.languages) == {"python", "java"}
     assert seed.prompt_ids("python", "def f") == gpt2_tokenizer.encode("<python> def f")
     ours = Completer.from_pretrained(bigram_dir)
-    assert ours.prompt_format == CONTROL_IDS
+    assert ours.format.name == CONTROL_IDS
     assert ours.prompt_ids("python", "def f") == [
         gpt2_tokenizer.convert_tokens_to_ids("<python>")
     ] + gpt2_tokenizer.encode("def f")
@@ -238,16 +238,8 @@ def test_loop_guard_decodes_as_transformers_generate_and_off_is_plain_greedy(tin
             completer.complete("java", "class Main {", **bad, heal=False)
 
 
-@pytest.fixture(scope="module")
-def fim_model_dir(tmp_path_factory):
-    """A tiny random GPT-2 whose tokenizer is GPT-2's with the control tokens and the three FIM tokens."""
-    tokenizer = load_tokenizer("gpt2", CONTROL_TOKENS)
-    tokenizer.add_special_tokens({"additional_special_tokens": list(FIM_TOKENS)}, replace_extra_special_tokens=False)
-    return save_tiny_model(tmp_path_factory.mktemp("fim") / "model", tokenizer)
-
-
 def test_a_suffix_makes_the_psm_prompt_of_fim_training(fim_model_dir, monkeypatch):
-    completer = Completer.from_pretrained(fim_model_dir, prompt_format=CONTROL_IDS)
+    completer = Completer.from_pretrained(fim_model_dir)
     tok = completer.tokenizer
     control, fim_prefix, fim_middle, fim_suffix = tok.convert_tokens_to_ids(
         ["<python>", FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX]
@@ -293,8 +285,8 @@ def test_a_suffix_makes_the_psm_prompt_of_fim_training(fim_model_dir, monkeypatc
     assert len(prompt_of(long_prefix * 3, long_suffix * 3)) == 256 - 4
 
 
-def test_batched_completions_are_the_one_by_one_completions(tiny_model_dir):
-    completer = Completer.from_pretrained(tiny_model_dir, prompt_format=CONTROL_IDS)
+def test_batched_completions_are_the_one_by_one_completions(fim_model_dir):
+    completer = Completer.from_pretrained(fim_model_dir)
     contexts = [
         "def f(a, b):\n    return",
         "import os\n",
@@ -324,21 +316,21 @@ def test_the_control_tokens_come_from_the_model_folder_not_from_its_other_tokens
     )
     folder = save_tiny_model(tmp_path / "model", tokenizer)
     config = json.loads((folder / "config.json").read_text())
-    guessed = Completer.from_pretrained(folder, prompt_format=CONTROL_IDS)
+    guessed = Completer.from_pretrained(folder)
     assert "filename" in guessed.languages  # a folder without the record: the old guess, fooled
     config |= {PROMPT_FORMAT_KEY: CONTROL_IDS, CONTROL_TOKENS_KEY: {"python": "<python>", "java": "<java>"}}
     (folder / "config.json").write_text(json.dumps(config))
     completer = Completer.from_pretrained(folder)
-    assert completer.prompt_format == CONTROL_IDS and set(completer.languages) == {"python", "java"}
+    assert completer.format.name == CONTROL_IDS and set(completer.languages) == {"python", "java"}
     assert completer.prompt_ids("java", "int")[0] == tokenizer.convert_tokens_to_ids("<java>")
 
 
-def test_a_model_without_fim_tokens_refuses_a_suffix_in_one_line(tmp_path, fim_model_dir):
+def test_a_model_without_fim_tokens_refuses_a_suffix_in_one_line(tmp_path, tiny_model_dir):
     gpt2 = base_tokenizer("gpt2")  # GPT-2's own vocabulary with the control tokens and no FIM tokens
     gpt2.add_special_tokens({"additional_special_tokens": CONTROL_TOKENS, "pad_token": "<pad>"})
     for completer in [
-        Completer.from_pretrained(save_tiny_model(tmp_path / "no-fim", gpt2), prompt_format=CONTROL_IDS),
-        Completer.from_pretrained(fim_model_dir),
+        Completer.from_pretrained(record_prompt_format(save_tiny_model(tmp_path / "no-fim", gpt2))),
+        Completer.from_pretrained(tiny_model_dir),
     ]:  # the seed's prompt format cannot infill
         assert not completer.can_infill
         with pytest.raises(UserError) as error:

@@ -15,13 +15,14 @@ import torch
 from autocoder import evaluate
 from autocoder.atomic import write_json
 from autocoder.champion import CHAMPION
-from autocoder.complete import CONTROL_IDS, Completer
+from autocoder.complete import Completer
 from autocoder.corpus import Corpus, split_rows
 from autocoder.errors import UserError
 from autocoder.evaluate import javac, sandbox
+from autocoder.format import FIM_TOKENS
 from autocoder.params import EvaluateParams
 from autocoder.registry import Measurement
-from autocoder.tokenizer import FIM_TOKENS, load_tokenizer
+from autocoder.tokenizer import load_tokenizer
 from autocoder.tracking import read_run_info
 from helpers import CONTROL_TOKENS, finetuned_project, real_code_files, save_tiny_model
 
@@ -194,21 +195,22 @@ def test_repeats_and_exact_match(gpt2_tokenizer):
     assert not evaluate.repeats(gpt2_tokenizer, "", "")
 
 
-def test_dev_perplexity_scores_every_token_once(tiny_corpus, tiny_model_dir):
+def test_dev_perplexity_scores_every_token_once(tiny_corpus, fim_model_dir):
     segments, split = tiny_corpus
     corpus = Corpus(segments)
     dev = split_rows(corpus, split, "dev")
-    completer = Completer.from_pretrained(tiny_model_dir, prompt_format=CONTROL_IDS)
+    completer = Completer.from_pretrained(fim_model_dir)
     cfg = EvaluateParams(perplexity_max_bytes=None)
     [java] = [r for r in dev if corpus.files["language"][r] == "java"]
     n_tokens = corpus.files["n_tokens"]
     python = min((r for r in range(len(corpus)) if n_tokens[r] > 2 * corpus.meta.segment_len), key=n_tokens.__getitem__)
     result, scored = evaluate.dev_perplexity(completer, corpus, np.array([python, java]), cfg)
-    assert result["dev_tokens"] == n_tokens[python] + n_tokens[java]
+    assert result["dev_tokens"] == n_tokens[python] + n_tokens[java] + 2  # and each file's eos
     assert result["dev_files"] == 2
 
     # A file shorter than a window is one forward pass: the same NLL by hand.
-    tokens = torch.tensor(np.concatenate([[corpus.meta.control_token_ids["java"]], corpus.file_tokens(java)]))
+    control, eos = corpus.meta.control_token_ids["java"], corpus.meta.eos_id
+    tokens = torch.tensor(np.concatenate([[control], corpus.file_tokens(java), [eos]]))
     with torch.inference_mode():
         nll = completer.model(tokens[None], labels=tokens[None]).loss.item() * (len(tokens) - 1)
     alone, scored_alone = evaluate.dev_perplexity(completer, corpus, np.array([java]), cfg)

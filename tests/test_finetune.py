@@ -23,12 +23,14 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from autocoder.complete import CONTROL_IDS, Completer
+from autocoder.complete import Completer
 from autocoder.corpus import Corpus, split_rows
 from autocoder.errors import UserError
+from autocoder.format import CONTROL_IDS, IGNORE
 from autocoder.params import Params
+from autocoder.scoring import DevWindows, collate
 from autocoder.train import checkpoint, run
-from autocoder.train.data import IGNORE, DevWindows, Permutation, TrainWindows, collate
+from autocoder.train.data import Permutation, TrainWindows
 from autocoder.train.launch import hardware_flags, resolve_mixed_precision
 from helpers import ROOT, VENV_BIN, real_code_files, write_corpus
 from services import free_port
@@ -145,7 +147,7 @@ def test_short_run(project, monkeypatch, gpt2_tokenizer):
     assert model.config.pad_token_id == tokenizer.pad_token_id
     assert (best / "model.safetensors").exists() and not list(best.glob("*.bin"))
     # `autocoder complete --model DIR` prompts as the windows were built, not in the seed's text format
-    assert Completer.from_pretrained(best).prompt_format == CONTROL_IDS
+    assert Completer.from_pretrained(best).format.name == CONTROL_IDS
 
     rows = plot_rows()
     assert [int(r["step"]) for r in rows] == [2, 4, 6, 8, 10]
@@ -357,11 +359,13 @@ def test_dev_windows_score_every_token_once(tmp_path, gpt2_tokenizer):
     corpus = Corpus(seg)
     rows = split_rows(corpus, split, "dev")
     windows = corpus.windows(rows, stride=SEGMENT_LEN)
-    dev = DevWindows(windows, limit=None)
-    scored = sum(int((labels[1:] != IGNORE).sum()) for _, labels in (dev[i] for i in range(len(dev))))
-    # every file token once, plus the eos closing each window
-    assert scored == int(corpus.files["n_tokens"][rows].sum()) + len(windows)
-    capped = DevWindows(windows, limit=5)
+    dev = DevWindows(windows, limit=None, tokenizer=gpt2_tokenizer)
+    scored = sum(int((labels != IGNORE).sum()) for _, labels in (dev[i] for i in range(len(dev))))
+    # every file token once, and the eos closing each file (not each window)
+    assert scored == int(corpus.files["n_tokens"][rows].sum()) + len(rows)
+    text = "".join(gpt2_tokenizer.decode(corpus.file_tokens(int(row)).tolist()) for row in rows)
+    assert dev.n_bytes == len(text.encode())
+    capped = DevWindows(windows, limit=5, tokenizer=gpt2_tokenizer)
     assert len(capped) == 5 and capped.picked[0] == 0 and capped.picked[-1] == len(windows) - 1
 
 

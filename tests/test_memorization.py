@@ -9,12 +9,12 @@ import numpy as np
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from autocoder.complete import CONTROL_IDS, Completer
+from autocoder.complete import Completer
 from autocoder.corpus import Corpus, split_rows
 from autocoder.evaluate.memorization import common_prefix, memorization
 from autocoder.params import MemorizationParams
 from autocoder.tokenizer import learn_bpe, with_control_tokens
-from helpers import CONTROL_TOKENS, STDLIB, write_corpus
+from helpers import CONTROL_TOKENS, STDLIB, record_prompt_format, write_corpus
 
 PREFIX, NEW = 16, 16
 
@@ -56,7 +56,7 @@ def test_an_overfitted_file_is_reproduced_and_an_unseen_one_is_not(tmp_path):
     train, dev = split_rows(corpus, split, "train"), split_rows(corpus, split, "dev")
     model_dir = overfitted_model(tmp_path / "model", tokenizer, corpus.file_tokens(int(train[0])).tolist())
 
-    completer = Completer.from_pretrained(model_dir, prompt_format=CONTROL_IDS)  # as the evaluate stage loads it
+    completer = Completer.from_pretrained(record_prompt_format(model_dir))  # as the finetune saves it
     cfg = MemorizationParams(files=1, prefix_tokens=PREFIX, new_tokens=NEW)
     scores = [memorization(completer, corpus, {"train": train, "dev": dev}, cfg, seed) for seed in range(8)]
     train_exact, train_prefix, dev_exact, dev_prefix = (

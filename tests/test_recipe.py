@@ -11,11 +11,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from autocoder.corpus import Corpus
-from autocoder.examples import IGNORE, FimTransform, PackedWindows
+from autocoder.examples import FimTransform, PackedWindows
+from autocoder.format import FIM_TOKENS, IGNORE
 from autocoder.params import ScratchModel, SplitParams
 from autocoder.segment import SourceFile, train_texts
 from autocoder.split import file_position
-from autocoder.tokenizer import EOS_TOKEN, FIM_TOKENS, PAD_TOKEN, has_fim_tokens, learn_bpe, with_control_tokens
+from autocoder.tokenizer import EOS_TOKEN, PAD_TOKEN, has_fim_tokens, learn_bpe, with_control_tokens
 from autocoder.train.inputs import scratch_config
 from autocoder.train.launch import cpu_has_bf16, resolve_mixed_precision
 from helpers import CONTROL_TOKENS, STDLIB, write_corpus

@@ -19,7 +19,7 @@ import pytest
 
 from autocoder import cli, registry, serving
 from autocoder.champion import CHAMPION, champion_uri, local_model
-from autocoder.complete import CONTROL_IDS, logged_completer
+from autocoder.complete import logged_completer
 from autocoder.params import generation_settings
 from autocoder.tracking import read_run_info
 from helpers import TINY_DEV, finetuned_project, real_code_files, save_tiny_model, write_corpus
@@ -38,10 +38,7 @@ def logged(tmp_path_factory, gpt2_tokenizer, _migrated_mlflow_db):
         params = finetuned_project(root, *data, save_tiny_model(root / "model", gpt2_tokenizer))
         with mlflow.start_run(run_id=read_run_info(params.finetune.out_dir)["run_id"]):
             model_info = serving.log_model(
-                f"{params.finetune.out_dir}/best",
-                params.control_tokens(),
-                CONTROL_IDS,
-                generation_settings(params.evaluate),
+                f"{params.finetune.out_dir}/best", list(params.languages), generation_settings(params.evaluate)
             )
         yield params, model_info.model_uri
 

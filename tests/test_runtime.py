@@ -12,7 +12,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from autocoder.complete import END_OF_LINE, Completer
+from autocoder.complete import Completer
+from autocoder.format import END_OF_LINE
 from autocoder.params import ScratchModel
 from autocoder.runtime import ONNX_FILE, OnnxRunner, OnnxTokenizer, TorchRunner, export_onnx
 from autocoder.train.inputs import scratch_config

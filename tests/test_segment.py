@@ -155,10 +155,11 @@ def test_windows_of_a_known_file_have_exact_ids(segmented, gpt2_tokenizer):
     # Starts every STRIDE tokens up to n - SEGMENT_LEN, plus one ending at the file's end.
     last_start = n - SEGMENT_LEN
     assert len(windows) == last_start // STRIDE + 1 + (last_start % STRIDE != 0)
-    assert list(windows[0]) == [python] + expected[0:SEGMENT_LEN] + [eos]
-    assert list(windows[1]) == [python] + expected[STRIDE : STRIDE + SEGMENT_LEN] + [eos]
+    # eos only after the window that ends at the file's end
+    assert list(windows[0]) == [python] + expected[0:SEGMENT_LEN]
+    assert list(windows[1]) == [python] + expected[STRIDE : STRIDE + SEGMENT_LEN]
     assert list(windows[len(windows) - 1]) == [python] + expected[n - SEGMENT_LEN : n] + [eos]
-    assert {len(windows[i]) for i in range(len(windows))} == {SEGMENT_LEN + 2}
+    assert [len(windows[i]) for i in range(len(windows))] == [SEGMENT_LEN + 1] * (len(windows) - 1) + [SEGMENT_LEN + 2]
 
 
 def test_control_tokens_and_eos_only_around_windows(segmented, gpt2_tokenizer):
@@ -172,10 +173,8 @@ def test_control_tokens_and_eos_only_around_windows(segmented, gpt2_tokenizer):
 
     java_row = row_of(corpus, "javasrc", "Factorial.java")
     java = corpus.windows(np.array([java_row]))
-    assert all(
-        java[i][0] == corpus.meta.control_token_ids["java"] and java[i][-1] == corpus.meta.eos_id
-        for i in range(len(java))
-    )
+    assert [java[i][0] for i in range(len(java))] == [corpus.meta.control_token_ids["java"]] * len(java)
+    assert [java[i][-1] == corpus.meta.eos_id for i in range(len(java))] == [False] * (len(java) - 1) + [True]
     tiny = corpus.windows(np.array([row_of(corpus, "pysrc", "tiny.py")]))
     assert len(tiny) == 1 and list(tiny[0]) == [50257] + gpt2_tokenizer.encode("x = 1\n") + [50256]
 
@@ -238,8 +237,9 @@ def test_unreadable_file_is_skipped(tmp_path):
 def test_learned_tokenizer_comes_from_train_files_only_and_is_reproducible(tmp_path):
     """segment.tokenizer: learn: a BPE learned from the files the split will put in train, the same
     bytes on every run, loadable by AutoTokenizer, and encoding the corpus with its ids."""
+    from autocoder.format import FIM_TOKENS
     from autocoder.split import file_position
-    from autocoder.tokenizer import FIM_TOKENS, learn_bpe
+    from autocoder.tokenizer import learn_bpe
 
     raw = tmp_path / "data/raw"
     texts = {

@@ -6,7 +6,8 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from autocoder.errors import UserError
-from autocoder.tokenizer import FIM_TOKENS, _tiktoken_encoding, fingerprint, load_tokenizer, text_encoder
+from autocoder.format import FIM_TOKENS
+from autocoder.tokenizer import _tiktoken_encoding, fingerprint, load_tokenizer, text_encoder
 from helpers import STDLIB, real_code_files
 
 

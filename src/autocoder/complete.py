@@ -14,20 +14,13 @@ PyTorch's, or ONNX Runtime's for a folder with an exported model.onnx (autocoder
 import, a cold start in about a second); the loop itself works on numpy arrays, so that one loop
 serves both.
 
-Prompt formats (config.json key `prompt_format`):
-- "control_ids" (written by our finetune): [control token id] + tokenizer.encode(context), exactly
-  how the segment stage builds training windows;
-- absent: the seed's published checkpoints, prompted with the text "<python> " + context (the
-  space after the control token included, as the seed's interact script did).
-
-Fill-in-the-middle: with a `suffix`, a "control_ids" model whose tokenizer has the FIM tokens is
-prompted in PSM order, as the FIM training examples are laid out up to the middle:
-[control, <fim_prefix>] + ids(prefix) + [<fim_suffix>] + ids(suffix) + [<fim_middle>]; the model
-writes the middle, then eos. Of the context room (the model's positions less max_new_tokens and the
-four special tokens, or max_context_tokens if smaller) the suffix keeps at most `max_suffix_tokens`
-(default: a quarter of the room: the left context predicts the next tokens best, the right context
-mostly says where to stop) of its first tokens, and the prefix the rest, its last tokens. The seed
-format and tokenizers without the FIM tokens (GPT-2) cannot infill: a suffix is then a UserError.
+What the model sees (the prompt format, control and fill-in-the-middle tokens, the context budget,
+the stop patterns) is autocoder.format's, read from the model folder: our finetune's models are
+prompted as their training windows start, [control token] + ids(context), the seed's checkpoints
+with the text "<python> " + context. With a `suffix`, a model of ours whose tokenizer has the FIM
+tokens is prompted in PSM order, as its FIM training examples are laid out up to the middle; the
+model writes the middle, then eos. The seed format and tokenizers without the FIM tokens (GPT-2)
+cannot infill: a suffix is then a UserError.
 
 User text is text: the context and suffix are encoded with special-token parsing off, so a literal
 "<|endoftext|>" or "<fim_prefix>" typed in code is its characters, not the token (only the Completer
@@ -62,21 +55,24 @@ from pathlib import Path
 
 import numpy as np
 
-from autocoder.corpus import CONTROL_IDS, CONTROL_TOKENS_KEY, PROMPT_FORMAT_KEY
 from autocoder.errors import UserError, first_line
+from autocoder.format import (
+    BLANK_LINE,
+    FIM_MIDDLE,
+    FIM_PREFIX,
+    FIM_SUFFIX,
+    PromptFormat,
+    context_room,
+    prompt,
+    psm_prompt,
+)
 from autocoder.hub import TOKENIZER_FILES_TEXT, has_tokenizer_files, hub_offline, local_path
 from autocoder.params import MlflowParams, Params, generation_settings, load_params
 from autocoder.runtime import OnnxRunner, OnnxTokenizer, TorchRunner, onnx_runner
-from autocoder.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
-BLANK_LINE = re.compile(r"\n[ \t]*\n")  # ends a completion (the seed cut at "\n\n")
-END_OF_LINE = re.compile(r"\n")  # ends a line completion
-NEVER = re.compile(r"(?!)")  # never matches: generation runs to eos or max_new_tokens
-SEED_TEXT = "seed_text"
 HISTORY_FILE = ".autocoder_history"  # in the home folder
 EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as shells report it
 DEFAULT_MAX_NEW_TOKENS = generation_settings()["max_new_tokens"]  # evaluate.max_new_tokens' default
-SUFFIX_SHARE = 4  # by default a suffix keeps at most 1/SUFFIX_SHARE of the context room
 MAX_TEMPERATURE = 2.0  # as OpenAI's API allows; far flatter than any useful sampling
 LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
@@ -137,53 +133,34 @@ class Completer:
     `model`: a transformers model (run by PyTorch; also `self.model`, for the evaluate stage's
     perplexity) or an OnnxRunner (self.model is None)."""
 
-    def __init__(
-        self, model, tokenizer, control_tokens: dict[str, str] | None = None, prompt_format: str | None = None
-    ):
+    def __init__(self, model, tokenizer):
         self.runner = model if isinstance(model, OnnxRunner) else TorchRunner(model)
         self.model = None if isinstance(model, OnnxRunner) else self.runner.model
         self.config, self.device = self.runner.config, self.runner.device
         self.tokenizer = tokenizer
         self._token_texts: list[str] | None = None  # each token's text, for token healing
         self.confidence_threshold: float | None = None  # the gate fitted on dev (a registered model's)
-        self.prompt_format = prompt_format or getattr(self.config, PROMPT_FORMAT_KEY, None) or SEED_TEXT
         self.rng = np.random.default_rng()  # sampling (temperature > 0)
-        added = tokenizer.get_added_vocab()
-        control_tokens = control_tokens or getattr(self.config, CONTROL_TOKENS_KEY, None)
-        if control_tokens is None:  # a folder saved before they were recorded: every added "<name>" token
-            # that is not eos/pad/FIM/...
-            specials = {*tokenizer.special_tokens_map.values(), FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX}
-            control_tokens = {
-                m[1]: tok for tok in added if (m := re.fullmatch(r"<(\w+)>", tok)) and tok not in specials
-            }
-        self.languages = {lang: added[tok] for lang, tok in control_tokens.items() if tok in added}
+        self.format = PromptFormat.read(self.config, tokenizer)
+        self.languages = self.format.control_ids(tokenizer)  # language -> control token id
+        self.fim_ids = self.format.fim_ids(tokenizer)  # None: this model cannot fill in the middle
         self.name = str(getattr(self.config, "_name_or_path", "") or type(model).__name__)
-        fim = [added.get(tok) for tok in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)]
-        # ids of <fim_prefix>, <fim_suffix>, <fim_middle>; None: this model cannot fill in the middle
-        self.fim_ids: tuple[int, int, int] | None = (
-            tuple(fim) if self.prompt_format == CONTROL_IDS and None not in fim else None
-        )
 
     @classmethod
-    def from_pretrained(
-        cls,
-        name: str | Path,
-        control_tokens: dict[str, str] | None = None,
-        prompt_format: str | None = None,
-        onnx: bool = True,
-    ) -> Completer:
+    def from_pretrained(cls, name: str | Path, onnx: bool = True) -> Completer:
         """A local model folder or a Hub id (offline: the Hub cache only); safetensors weights only.
 
         A name that exists here, or is spelled as only a path can be (absolute, ./, ../, ~, more
         than one "/"), is a folder: a missing one is said to be missing, not tried on the Hub. A
-        folder with an up-to-date model.onnx runs on ONNX Runtime unless `onnx` is False. No model's
-        own Python ever runs: a folder whose config.json needs it is refused."""
+        folder with an up-to-date model.onnx runs on ONNX Runtime unless `onnx` is False. The prompt
+        format is the folder's (format.PromptFormat). No model's own Python ever runs: a folder whose
+        config.json needs it is refused."""
         folder = local_path(name)
         if folder is not None:
             _check_model_folder(folder)
             runner = onnx_runner(folder) if onnx else None
             if runner is not None:
-                completer = cls(runner, OnnxTokenizer(folder), control_tokens, prompt_format)
+                completer = cls(runner, OnnxTokenizer(folder))
                 completer.name = str(name)
                 return completer
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -206,7 +183,7 @@ class Completer:
                 f"model {str(name)!r}: not a local folder, and cannot load it as a Hub id with "
                 f"safetensors weights{unreachable} ({first_line(e)})"
             ) from None
-        completer = cls(model, tokenizer, control_tokens, prompt_format)
+        completer = cls(model, tokenizer)
         completer.name = str(name)
         return completer
 
@@ -226,18 +203,15 @@ class Completer:
         text = LONE_SURROGATE.sub("\ufffd", text)
         return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
 
-    def prompt_ids(self, lang: str, context: str) -> list[int]:
-        self._control_id(lang)
-        if self.prompt_format == CONTROL_IDS:
-            return [self.languages[lang]] + self.encode(context)
-        return [self.languages[lang]] + self.encode(" " + context)  # = encode("<python> " + context)
+    def prompt_ids(self, lang: str, context: str, room: int | None = None) -> list[int]:
+        """The control token and the context's ids, the last `room` of them (default all)."""
+        ids = self.encode(self.format.context_text(context))
+        return prompt(self._control_id(lang), ids, len(ids) if room is None else room)
 
     def fim_prompt_ids(
         self, lang: str, prefix: str, suffix: str, room: int, max_suffix_tokens: int | None = None
     ) -> list[int]:
-        """The PSM prompt [control, <fim_prefix>] + prefix + [<fim_suffix>] + suffix + [<fim_middle>],
-        prefix and suffix cut to `room` tokens together: the suffix keeps at most max_suffix_tokens
-        (default room // 4) of its first tokens, the prefix the rest of the room, its last tokens."""
+        """The PSM prompt of `prefix` and `suffix`, cut to `room` tokens together (format.psm_prompt)."""
         control = self._control_id(lang)
         if self.fim_ids is None:
             raise UserError(
@@ -246,12 +220,7 @@ class Completer:
             )
         if max_suffix_tokens is not None and max_suffix_tokens < 0:
             raise UserError(f"max_suffix_tokens: {max_suffix_tokens} must be >= 0")
-        fim_prefix, fim_suffix, fim_middle = self.fim_ids
-        suffix_cap = room // SUFFIX_SHARE if max_suffix_tokens is None else min(max_suffix_tokens, room)
-        suffix_ids = self.encode(suffix)[:suffix_cap]
-        prefix_room = room - len(suffix_ids)
-        prefix_ids = self.encode(prefix)[-prefix_room:] if prefix_room > 0 else []
-        return [control, fim_prefix] + prefix_ids + [fim_suffix] + suffix_ids + [fim_middle]
+        return psm_prompt(control, self.fim_ids, self.encode(prefix), self.encode(suffix), room, max_suffix_tokens)
 
     def prepare(
         self,
@@ -265,20 +234,18 @@ class Completer:
     ) -> Prompt:
         """The prompt of one completion (complete's arguments): its ids, cut to the context room, and
         what token healing took back."""
-        specials = 1 if suffix is None else 4  # control (+ <fim_prefix>, <fim_suffix>, <fim_middle>)
-        room = self.config.max_position_embeddings - max_new_tokens - specials
+        positions = self.config.max_position_embeddings
+        room = context_room(positions, max_new_tokens, infill=suffix is not None)
         if room <= 0:
             raise UserError(
-                f"max_new_tokens {max_new_tokens} leaves no room for a context in the model's "
-                f"{self.config.max_position_embeddings} positions"
+                f"max_new_tokens {max_new_tokens} leaves no room for a context in the model's {positions} positions"
             )
         keep = min(room, max_context_tokens or room)
         healed, allowed = (self._healed_tail(context) if heal else ""), None
         if healed:  # the context's last token, taken back: the first generated token must re-spell it
             context, allowed = context[: -len(healed)], self._tokens_starting_with(healed)
         if suffix is None:
-            ids = self.prompt_ids(lang, context)
-            ids = ids[:1] + ids[1:][-keep:]  # the control token and the nearest left context
+            ids = self.prompt_ids(lang, context, keep)
         else:
             ids = self.fim_prompt_ids(lang, context, suffix, keep, max_suffix_tokens)
         return Prompt(ids, healed, allowed)
@@ -558,7 +525,6 @@ def _check_loop_guard(repetition_penalty: float, no_repeat_ngram_size: int) -> N
 
 def load_completer(model: str | None, params: Params | None) -> Completer:
     """`model`: a folder, a Hub id or a `models:/` URI; None = the registry's champion."""
-    control_tokens = params.control_tokens() if params else None
     if model is None and params is None:
         raise UserError("no --model given and no params file to find the registry's champion")
     if model is None or model.startswith("models:/"):
@@ -568,15 +534,13 @@ def load_completer(model: str | None, params: Params | None) -> Completer:
         uri = model or champion_uri(params.evaluate.registered_model_name)
         found = local_model(tracking_uri(params.mlflow if params else MlflowParams()), uri)
         return logged_completer(*found) if found else _from_registry(uri, params)
-    return Completer.from_pretrained(model, control_tokens)
+    return Completer.from_pretrained(model)
 
 
 def logged_completer(hf_dir: str | Path, config: dict) -> Completer:
     """The Completer of a registered model: its Hugging Face folder and the config it was logged with
-    (autocoder.serving: control tokens, prompt format, the confidence gate's threshold)."""
-    completer = Completer.from_pretrained(
-        hf_dir, config.get("control_tokens"), prompt_format=config.get("prompt_format")
-    )
+    (autocoder.serving: the confidence gate's threshold)."""
+    completer = Completer.from_pretrained(hf_dir)
     completer.confidence_threshold = config.get("confidence_threshold")
     return completer
 

@@ -8,9 +8,9 @@
 - `meta.json`: tokenizer name, segment_len, stride, dtype, control token ids, eos and pad ids;
 - `tokenizer/`: the tokenizer with its added tokens, so later stages use exactly these ids.
 
-Windows are never materialised: window k of a file is `tokens[start_k : start_k + segment_len]` with
-`start_k = k * stride`, plus one last window that ends at the file's end when the stride does not
-land there. A window costs 0 bytes on disk (the seed stored each one: 25x the corpus at stride 10).
+Windows (autocoder.format's rule: window k of a file starts at token k * stride, plus one last window
+that ends at the file's end) are never materialised: a window costs 0 bytes on disk (the seed stored
+each one: 25x the corpus at stride 10).
 """
 
 from __future__ import annotations
@@ -24,44 +24,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from autocoder.format import window, window_counts, window_start
+
 TOKENS_FILE = "tokens.bin"
 FILES_FILE = "files.parquet"
 META_FILE = "meta.json"
 TOKENIZER_DIR = "tokenizer"
 SPLIT_FILE = "split.parquet"  # in the split stage's folder: file_id, split
-# A trained model's config.json records how to prompt it: PROMPT_FORMAT_KEY = CONTROL_IDS means as a
-# window starts, the language's control token id followed by the context's token ids.
-PROMPT_FORMAT_KEY = "prompt_format"
-CONTROL_IDS = "control_ids"
-# ... and CONTROL_TOKENS_KEY its languages' control tokens ({"python": "<python>", ...}): a pretrained
-# vocabulary has other "<name>" tokens of its own (SmolLM2's <filename>, <jupyter_code>), which are no
-# languages.
-CONTROL_TOKENS_KEY = "control_tokens"
-
-
-def window_starts(n_tokens: int, segment_len: int, stride: int) -> np.ndarray:
-    """Start offsets of the windows of one file of `n_tokens` tokens.
-
-    Every token is covered; a file shorter than `segment_len` is one window. Unlike the seed
-    (`range(len // stride)` windows, the last ones ever shorter), no window is a fragment of the
-    window before it.
-    """
-    if n_tokens <= 0:
-        return np.zeros(0, dtype=np.int64)
-    last = max(n_tokens - segment_len, 0)
-    starts = np.arange(0, last + 1, stride, dtype=np.int64)
-    if starts[-1] != last:
-        starts = np.append(starts, last)
-    return starts
-
-
-def window_counts(n_tokens: np.ndarray, segment_len: int, stride: int) -> np.ndarray:
-    """Vectorised len(window_starts(n, ...)) for an array of file lengths."""
-    n_tokens = np.asarray(n_tokens, dtype=np.int64)
-    last = np.maximum(n_tokens - segment_len, 0)
-    counts = last // stride + 1
-    counts += (last % stride != 0).astype(np.int64)
-    return np.where(n_tokens > 0, counts, 0)
 
 
 @dataclass(frozen=True)
@@ -180,20 +149,14 @@ class Windows:
             raise IndexError(i)
         j = int(np.searchsorted(self.cum, i, side="right") - 1)
         n = int(self.corpus.files["n_tokens"][self.rows[j]])
-        k = i - int(self.cum[j])
-        last = max(n - self.segment_len, 0)
-        start = min(k * self.stride, last)
+        start = int(window_start(n, i - int(self.cum[j]), self.segment_len, self.stride))
         return j, start, min(self.segment_len, n - start)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        """Window i as model input: control token, the segment, eos."""
-        j, start, length = self.locate(i)
-        toks = self.corpus.file_tokens(int(self.rows[j]))[start : start + length]
-        out = np.empty(length + 2, dtype=np.int64)
-        out[0] = self.control_ids[j]
-        out[1:-1] = toks
-        out[-1] = self.corpus.meta.eos_id
-        return out
+        """Window i as model input (format.window: control token, the segment, eos at the file's end)."""
+        j, start, _ = self.locate(i)
+        tokens = self.corpus.file_tokens(int(self.rows[j]))
+        return window(tokens, start, self.segment_len, int(self.control_ids[j]), self.corpus.meta.eos_id)
 
     def language(self, i: int) -> str:
         j, _, _ = self.locate(i)

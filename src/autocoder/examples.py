@@ -6,17 +6,11 @@ each as its language's control token + its tokens + eos, cut into non-overlappin
 with the control token of the file its first token comes from, so the model always knows the
 language from position 0, as at inference ([control] + context).
 
-Fill-in-the-middle (the FIM paper, Bavarian et al. 2022; StarCoder's tokens), at the context level:
-after a window is cut, its text (after the control token) is split at two character positions into
-prefix, middle and suffix, re-encoded, and rearranged as
-
-    PSM: [control, <fim_prefix>] prefix [<fim_suffix>] suffix [<fim_middle>] middle [eos]
-    SPM: [control, <fim_prefix>, <fim_suffix>] suffix [<fim_middle>] prefix middle [eos]
-
-(SPM as in bigcode's Megatron-LM: the prefix and middle stay one run of text). The eos after the
-middle teaches the model to stop where the middle meets the suffix. The example keeps the window's
-length: the suffix is cut at its end when the re-encoding is longer (the window is left as it is if
-the suffix cannot absorb it), padding (unscored) fills it when shorter.
+Fill-in-the-middle, at the context level: after a window is cut, its text (after the control token)
+is split at two character positions into prefix, middle and suffix, re-encoded, and laid out in
+PSM or SPM order (autocoder.format), the middle ended by eos. The example keeps the window's length:
+the suffix is cut at its end when the re-encoding is longer (the window is left as it is if the
+suffix cannot absorb it), padding (unscored) fills it when shorter.
 """
 
 from __future__ import annotations
@@ -26,9 +20,7 @@ import re
 import numpy as np
 
 from autocoder.corpus import Corpus
-from autocoder.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
-
-IGNORE = -100  # label of positions the loss skips (padding, tokens already scored)
+from autocoder.format import FIM_SPECIALS, IGNORE, FimIds, psm, spm, window
 
 
 class PackedWindows:
@@ -42,9 +34,8 @@ class PackedWindows:
         starts = np.concatenate([[0], np.cumsum(n_tokens)[:-1]])
         controls = np.array([meta.control_token_ids[str(lang)] for lang in corpus.files["language"][order]])
         for row, start, size, control in zip(order, starts, n_tokens, controls):
-            self.stream[start] = control
-            self.stream[start + 1 : start + size - 1] = corpus.file_tokens(int(row))
-            self.stream[start + size - 1] = meta.eos_id
+            tokens = corpus.file_tokens(int(row))  # a whole file is the one window of all its tokens
+            self.stream[start : start + size] = window(tokens, 0, len(tokens), control, meta.eos_id)
         # The control token of the file each stream position belongs to.
         self.control_at = np.repeat(controls, n_tokens)
         self.body = length - 1  # tokens of the stream per window, after its control token
@@ -67,9 +58,7 @@ class FimTransform:
 
     def __init__(self, tokenizer, rate: float, spm_rate: float):
         self.tokenizer, self.rate, self.spm_rate = tokenizer, rate, spm_rate
-        self.prefix_id, self.middle_id, self.suffix_id = tokenizer.convert_tokens_to_ids(
-            [FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX]
-        )
+        self.fim = FimIds.of(tokenizer)
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         # Special tokens inside a window (eos and control tokens between packed files) are kept whole:
         # no span boundary falls inside their text.
@@ -85,38 +74,18 @@ class FimTransform:
         prefix, middle, suffix = (
             self.encode(piece) for piece in (text[: cut[0]], text[cut[0] : cut[1]], text[cut[1] :])
         )
-        spm = rng.random() < self.spm_rate
-        overflow = len(prefix) + len(middle) + len(suffix) + 5 - len(window)  # 5: control, 3 FIM tokens, eos
+        layout = spm if rng.random() < self.spm_rate else psm
+        overflow = len(prefix) + len(middle) + len(suffix) + FIM_SPECIALS + 1 - len(window)  # + 1: eos
         if overflow > 0:
             if overflow > len(suffix):
                 return window, window
             suffix = suffix[: len(suffix) - overflow]
-        if spm:
-            parts = [
-                [window[0], self.prefix_id, self.suffix_id],
-                suffix,
-                [self.middle_id],
-                prefix,
-                middle,
-                [self.eos_id],
-            ]
-        else:
-            parts = [
-                [window[0], self.prefix_id],
-                prefix,
-                [self.suffix_id],
-                suffix,
-                [self.middle_id],
-                middle,
-                [self.eos_id],
-            ]
-        ids = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
-        labels = ids.copy()
-        if len(ids) < len(window):
-            pad = len(window) - len(ids)
-            ids = np.concatenate([ids, np.full(pad, self.pad_id, dtype=np.int64)])
-            labels = np.concatenate([labels, np.full(pad, IGNORE, dtype=np.int64)])
-        return ids, labels
+        example = np.array(layout(int(window[0]), self.fim, prefix, suffix, [*middle, self.eos_id]), dtype=np.int64)
+        pad = len(window) - len(example)  # padding, unscored
+        return (
+            np.concatenate([example, np.full(pad, self.pad_id, dtype=np.int64)]),
+            np.concatenate([example, np.full(pad, IGNORE, dtype=np.int64)]),
+        )
 
     def snap(self, text: str, position: int) -> int:
         """`position`, moved to the start of the special token's text it falls inside, if any."""

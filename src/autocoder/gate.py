@@ -63,9 +63,14 @@ def hidden(text: str, confidence: float, threshold: float | None, prefix: str, s
     if len(text.strip()) < MIN_CHARS:
         return "too_short"
     lines_before = prefix.split("\n")
-    line = lines_before[-1] + text.split("\n")[0]
-    if len(lines_before) > 1 and line.strip() and line.strip() == lines_before[-2].strip():
+    if len(lines_before) > 1 and repeats_line_above(lines_before[-1] + text.split("\n")[0], lines_before[-2]):
         return "repeats_line_above"
     if suffix is not None and suffix.lstrip().startswith(text.strip()):
         return "repeats_suffix"
     return None
+
+
+def repeats_line_above(line: str, above: str) -> bool:
+    """Whether a completed line is the line above it again (white space around either aside): what
+    editors' users complain about, and one of the evaluate stage's `repeats`."""
+    return bool(line.strip()) and line.strip() == above.strip()

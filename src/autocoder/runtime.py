@@ -32,17 +32,13 @@ from types import SimpleNamespace
 import numpy as np
 
 from autocoder.errors import UserError, first_line
+from autocoder.format import CONTROL_TOKENS_KEY, PROMPT_FORMAT_KEY
 
 ONNX_FILE = "model.onnx"
 WEIGHTS_FILE = "model.safetensors"
-# model.onnx's metadata: what completion needs of config.json, and the weights it was exported from
-META_POSITIONS, META_VOCAB, META_FORMAT, META_CONTROL, META_WEIGHTS = (
-    "max_position_embeddings",
-    "vocab_size",
-    "prompt_format",
-    "control_tokens",  # JSON
-    "weights_sha256",
-)
+# model.onnx's metadata: what completion needs of config.json (its prompt format under config.json's
+# keys, the control tokens as JSON), and the weights it was exported from
+META_POSITIONS, META_VOCAB, META_WEIGHTS = "max_position_embeddings", "vocab_size", "weights_sha256"
 PARITY_TOLERANCE = 1e-3  # largest logit difference between the exported graph and PyTorch
 
 
@@ -100,8 +96,8 @@ class OnnxRunner:
             max_position_embeddings=int(meta[META_POSITIONS]),
             vocab_size=int(meta[META_VOCAB]),
             _name_or_path=str(folder),
-            **({META_FORMAT: meta[META_FORMAT]} if META_FORMAT in meta else {}),
-            **({META_CONTROL: json.loads(meta[META_CONTROL])} if META_CONTROL in meta else {}),
+            **({PROMPT_FORMAT_KEY: meta[PROMPT_FORMAT_KEY]} if PROMPT_FORMAT_KEY in meta else {}),
+            **({CONTROL_TOKENS_KEY: json.loads(meta[CONTROL_TOKENS_KEY])} if CONTROL_TOKENS_KEY in meta else {}),
         )
         self.weights_sha256 = meta.get(META_WEIGHTS)
         self.device = "cpu"
@@ -270,10 +266,10 @@ def export_onnx(folder: Path) -> Path:
         META_VOCAB: str(config.vocab_size),
         META_WEIGHTS: _weights_sha256(folder) or "",
     }
-    if getattr(config, META_FORMAT, None):
-        meta[META_FORMAT] = getattr(config, META_FORMAT)
-    if getattr(config, META_CONTROL, None):
-        meta[META_CONTROL] = json.dumps(getattr(config, META_CONTROL))
+    if getattr(config, PROMPT_FORMAT_KEY, None):
+        meta[PROMPT_FORMAT_KEY] = getattr(config, PROMPT_FORMAT_KEY)
+    if getattr(config, CONTROL_TOKENS_KEY, None):
+        meta[CONTROL_TOKENS_KEY] = json.dumps(getattr(config, CONTROL_TOKENS_KEY))
     onnx.helper.set_model_props(proto, meta)
     partial = target.with_suffix(".onnx.partial")
     onnx.save(proto, str(partial))  # one file: a small model's weights fit in the protobuf

@@ -21,8 +21,9 @@ from datasketch import LeanMinHash, MinHash, MinHashLSH
 from tqdm import tqdm
 
 from autocoder.atomic import atomic_dir, write_json
-from autocoder.corpus import TOKENIZER_DIR, CorpusWriter, Meta, window_counts
+from autocoder.corpus import TOKENIZER_DIR, CorpusWriter, Meta
 from autocoder.errors import UserError
+from autocoder.format import window_counts
 from autocoder.params import Params, SegmentParams
 from autocoder.split import file_position
 from autocoder.tokenizer import LEARN, learn_bpe, load_tokenizer, text_encoder, with_control_tokens

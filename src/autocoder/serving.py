@@ -73,14 +73,9 @@ def _options(row: dict, defaults: dict) -> dict:
     return options
 
 
-def log_model(
-    hf_dir: str | Path,
-    control_tokens: dict[str, str],
-    prompt_format: str,
-    generation: dict,
-    confidence_threshold: float | None = None,
-):
-    """Log the pyfunc model (with the HF folder) to the active run; returns mlflow's ModelInfo.
+def log_model(hf_dir: str | Path, languages: list[str], generation: dict, confidence_threshold: float | None = None):
+    """Log the pyfunc model (with the HF folder, which records its prompt format) to the active run;
+    returns mlflow's ModelInfo. `languages`: the model's, the first one completes the logged example;
     `generation`: the settings it was measured with (params.generation_settings), its defaults;
     `confidence_threshold`: the confidence gate fitted on dev (autocoder.gate), None for none."""
     return mlflow.pyfunc.log_model(
@@ -88,14 +83,12 @@ def log_model(
         python_model=str(Path(__file__).with_name("serving_model.py")),
         artifacts={HF_ARTIFACT: str(hf_dir)},
         model_config={
-            "control_tokens": control_tokens,
-            "prompt_format": prompt_format,
             "generation": generation,
             "confidence_threshold": confidence_threshold,
         },
         signature=SIGNATURE,
         # Checked at logging time: MLflow loads the model and completes this example.
-        input_example=pd.DataFrame({"lang": [next(iter(control_tokens))], "context": ["def f"], "max_new_tokens": [2]}),
+        input_example=pd.DataFrame({"lang": languages[:1], "context": ["def f"], "max_new_tokens": [2]}),
         # Given explicitly: inferring them would load the model once more in a subprocess.
         pip_requirements=[
             f"{pkg}=={version(pkg)}"

@@ -29,8 +29,9 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from autocoder.atomic import atomic_dir, write_json
-from autocoder.corpus import SPLIT_FILE, TOKENIZER_DIR, Corpus, window_counts, write_columns
+from autocoder.corpus import SPLIT_FILE, TOKENIZER_DIR, Corpus, write_columns
 from autocoder.errors import UserError
+from autocoder.format import window_counts, window_start
 from autocoder.near_copies import groups, similar_pairs
 from autocoder.ngrams import boilerplate, contaminated, ngram_hashes, shared_gram_pairs
 from autocoder.params import Params, SplitParams
@@ -159,7 +160,7 @@ def corpus_windows(corpus: Corpus) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     counts = window_counts(n_tokens, corpus.meta.segment_len, corpus.meta.stride)
     row = np.repeat(np.arange(len(n_tokens)), counts)
     k = np.arange(len(row)) - np.repeat(np.cumsum(counts) - counts, counts)
-    start = np.minimum(k * corpus.meta.stride, np.maximum(n_tokens - corpus.meta.segment_len, 0)[row])
+    start = window_start(n_tokens[row], k, corpus.meta.segment_len, corpus.meta.stride)
     length = np.minimum(corpus.meta.segment_len, n_tokens[row] - start)
     return row, corpus.files["token_offset"].astype(np.int64)[row] + start, length
 

@@ -22,17 +22,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autocoder.errors import UserError, first_line
+from autocoder.format import FIM_TOKENS, FimIds
 from autocoder.hub import TOKENIZER_FILES_TEXT, has_tokenizer_files, hub_offline, local_path
 
-# transformers is imported where a tokenizer is built: completing from an exported model (the FIM
-# token names below) must not pay its import (and torch's, which it pulls in: seconds)
+# transformers is imported where a tokenizer is built: completing from an exported model must not pay
+# its import (and torch's, which it pulls in: seconds)
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
 PAD_TOKEN = "<pad>"  # the seed's published checkpoints use <pad> too
 EOS_TOKEN = "<|endoftext|>"  # GPT-2's and StarCoder's spelling
-FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX = "<fim_prefix>", "<fim_middle>", "<fim_suffix>"
-FIM_TOKENS = (FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX)
 LEARN = "learn"  # segment.tokenizer value that learns a BPE from the train files
 
 
@@ -117,7 +116,7 @@ def learn_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
 
 
 def has_fim_tokens(tok: PreTrainedTokenizerFast) -> bool:
-    return all(token in tok.get_added_vocab() for token in FIM_TOKENS)
+    return FimIds.of(tok) is not None
 
 
 def with_control_tokens(tok: PreTrainedTokenizerFast, control_tokens: list[str]) -> PreTrainedTokenizerFast:

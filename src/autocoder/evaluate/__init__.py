@@ -1,12 +1,12 @@
 """The evaluate stage: measure the finetuned model on held-out dev files, log it to the finetune's
 MLflow run, register it, and make it the champion if it is the best comparable model.
 
-- Dev perplexity: every token of the scored dev files is predicted once, in non-overlapping windows
-  of segment_len tokens after the language's control token, as in training (the last window of a
-  file ends at the file's end; only its tokens not scored yet count). Files go in a seeded order
-  until `perplexity_max_bytes` (bytes, not tokens: models of any tokenizer score the same files); the
+- Dev perplexity: the dev scorer the finetune picks its checkpoint with (autocoder.scoring: every
+  token of the scored dev files predicted once, and each file's eos, in non-overlapping windows of
+  segment_len tokens after the language's control token). Files go in a seeded order until
+  `perplexity_max_bytes` (bytes, not tokens: models of any tokenizer score the same files); the
   perplexity is token-weighted. Bits per byte = the total negative log-likelihood in bits / the UTF-8
-  bytes of the scored files: comparable across tokenizers, and the registry's champion rule.
+  bytes of the scored text: comparable across tokenizers, and the registry's champion rule.
 - Line completion (CodeXGLUE-style): per language `line_completion_lines` distinct (file, line)
   pairs drawn uniformly (seeded) from the non-blank lines, not a file's first, of that language's dev
   files (several lines of one file may be drawn); the context is the file before that line, cut to
@@ -26,7 +26,7 @@ MLflow run, register it, and make it the champion if it is the best comparable m
   completions that repeat themselves: the same token 4-gram (tokens of the model's tokenizer, at
   least one of them with a letter or digit) occurs three or more times in the predicted text,
   overlapping occurrences counted (a repeated longer n-gram repeats its first 4 tokens too), or the
-  predicted line, stripped and not empty, equals the line above the target, stripped).
+  predicted line repeats the line above (gate.repeats_line_above, as the server's gate hides it)).
 - The confidence gate (autocoder.gate), fitted over both line measures together: precision (exact
   match) against coverage as the confidence threshold varies (`plots/confidence.csv`, a DVC plot),
   and the threshold that reaches `target_precision` (`confidence_gate` in the metrics), stored in the
@@ -68,28 +68,29 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from autocoder import gate, problems, registry, serving
 from autocoder.atomic import atomic_dir, write_json, write_text
-from autocoder.complete import BLANK_LINE, CONTROL_IDS, END_OF_LINE, Completer, Completion, Decoding
-from autocoder.corpus import TOKENIZER_DIR, Corpus, split_rows, window_starts
+from autocoder.complete import Completer, Completion, Decoding
+from autocoder.corpus import TOKENIZER_DIR, Corpus, split_rows
 from autocoder.errors import UserError
 from autocoder.evaluate import humaneval, javac, robustness, sandbox
 from autocoder.evaluate.match import edit_similarity, exact_match
 from autocoder.evaluate.memorization import memorization
+from autocoder.format import BLANK_LINE, CONTROL_IDS, END_OF_LINE, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 from autocoder.ngrams import ngram_hashes
 from autocoder.params import EvaluateParams, HumanEvalParams, Params, generation_settings
-from autocoder.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, fingerprint
+from autocoder.scoring import DevScore, DevWindows, dev_split_hash, summed_nll
+from autocoder.tokenizer import fingerprint
 from autocoder.tracking import RUN_INFO_FILE, configure, flatten, read_run_info
-from autocoder.train.data import IGNORE, collate, dev_split_hash
 
 METRICS_FILE = Path("metrics/metrics.json")
 CONFIDENCE_PLOT = Path("plots/confidence.csv")  # the gate's precision against coverage
@@ -104,7 +105,7 @@ def run(params: Params) -> None:
     cfg = params.evaluate
     model_dir, corpus, dev_rows, measurement, run_id = _check_inputs(params)
     # PyTorch, not the exported model.onnx: perplexity needs the model itself
-    completer = Completer.from_pretrained(model_dir, params.control_tokens(), prompt_format=CONTROL_IDS, onnx=False)
+    completer = Completer.from_pretrained(model_dir, onnx=False)
     _check_model(completer, corpus, model_dir)
 
     print(f"{STAGE}: scoring dev perplexity")
@@ -202,11 +203,7 @@ def run(params: Params) -> None:
         for plot in (CONFIDENCE_PLOT, PASS_AT_K_PLOT, ROBUSTNESS_PLOT):
             mlflow.log_artifact(str(plot), STAGE)
         model_info = serving.log_model(
-            model_dir,
-            params.control_tokens(),
-            CONTROL_IDS,
-            generation_settings(params.evaluate),
-            confidence_gate.threshold,
+            model_dir, list(completer.languages), generation_settings(params.evaluate), confidence_gate.threshold
         )
         decision = registry.register(
             model_info.model_uri,
@@ -408,6 +405,11 @@ def _check_inputs(params: Params) -> tuple[Path, Corpus, np.ndarray, tuple[str, 
 
 
 def _check_model(completer: Completer, corpus: Corpus, model_dir: Path) -> None:
+    """The model folder is prompted as the data's windows start: the finetune's format, these ids."""
+    if completer.format.name != CONTROL_IDS:
+        raise UserError(
+            f"{model_dir}: its config.json records no prompt format {CONTROL_IDS!r} (the finetune stage writes it)"
+        )
     if completer.languages != corpus.meta.control_token_ids:
         raise UserError(
             f"{model_dir}: control token ids {completer.languages} differ from the corpus' "
@@ -425,48 +427,30 @@ def _file_text(completer: Completer, corpus: Corpus, row: int) -> str:
 
 @torch.inference_mode()
 def dev_perplexity(completer: Completer, corpus: Corpus, rows: np.ndarray, cfg: EvaluateParams) -> tuple[dict, str]:
-    """The scores, and a hash of the scored files' contents (what the registry compares over)."""
-    seg_len = min(corpus.meta.segment_len, completer.model.config.max_position_embeddings - 1)
-    windows = []  # (control id + segment, labels: the tokens not scored by an earlier window)
-    n_tokens = n_bytes = 0
-    scored = []  # the scored files' sha256s
+    """The dev scorer's scores of whole dev files, and a hash of the scored files' contents (what the
+    registry compares over)."""
+    picked, n_bytes = [], 0
     for row in _seeded_order(rows, cfg.seed):
-        tokens = corpus.file_tokens(int(row)).astype(np.int64)
-        control = corpus.meta.control_token_ids[str(corpus.files["language"][row])]
-        scored_until = 0
-        for start in window_starts(len(tokens), seg_len, seg_len):
-            ids = np.concatenate([[control], tokens[start : start + seg_len]])
-            labels = ids.copy()
-            labels[: 1 + scored_until - start] = IGNORE  # the control token is never a label
-            windows.append((ids, labels))
-            scored_until = start + len(ids) - 1
-            n_tokens += int((labels != IGNORE).sum())
+        picked.append(int(row))
         n_bytes += len(_file_text(completer, corpus, int(row)).encode())
-        scored.append(str(corpus.files["sha256"][row]))
         if cfg.perplexity_max_bytes and n_bytes >= cfg.perplexity_max_bytes:
             break
-    if n_tokens == 0:
+    length = min(corpus.meta.segment_len, completer.config.max_position_embeddings - 2)  # control token, eos
+    dev_set = DevWindows(corpus.windows(np.array(picked), length, length), None, completer.tokenizer)
+    if len(dev_set) == 0:
         raise UserError("split.out_dir: the dev files have no tokens to score")
-    nll = 0.0
-    for i in tqdm(range(0, len(windows), cfg.batch_size), desc=f"{STAGE}: dev perplexity", unit="batch", **PROGRESS):
-        batch = collate(windows[i : i + cfg.batch_size], completer.tokenizer.pad_token_id)
-        logits = completer.model(
-            input_ids=batch["input_ids"].to(completer.device),
-            attention_mask=batch["attention_mask"].to(completer.device),
-        ).logits
-        nll += F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(),
-            batch["labels"][:, 1:].flatten().to(completer.device),
-            ignore_index=IGNORE,
-            reduction="sum",
-        ).item()
+    progress = partial(tqdm, desc=f"{STAGE}: dev perplexity", unit="batch", **PROGRESS)
+    pad_id = completer.tokenizer.pad_token_id
+    nll, tokens = summed_nll(completer.model, dev_set, cfg.batch_size, pad_id, completer.device, progress).tolist()
+    score = DevScore(nll, int(tokens), dev_set.n_bytes)
+    scored = sorted(str(corpus.files["sha256"][row]) for row in picked)
     return {
-        "dev_perplexity": math.exp(nll / n_tokens),
-        "dev_bits_per_byte": nll / math.log(2) / n_bytes,
-        "dev_tokens": n_tokens,
-        "dev_bytes": n_bytes,
-        "dev_files": len(scored),
-    }, hashlib.sha256("\n".join(sorted(scored)).encode()).hexdigest()
+        "dev_perplexity": score.perplexity,
+        "dev_bits_per_byte": score.bits_per_byte,
+        "dev_tokens": score.tokens,
+        "dev_bytes": score.n_bytes,
+        "dev_files": len(picked),
+    }, hashlib.sha256("\n".join(scored).encode()).hexdigest()
 
 
 def _jsonl(rows: list[dict]) -> str:
@@ -634,7 +618,7 @@ def line_example(completer: Completer, lang: str, path: str, lines: list[str], i
 def repeats(tokenizer, predicted: str, line_above: str) -> bool:
     """Whether a completion repeats itself (the module docstring): a token 4-gram with a letter or a
     digit in it occurs at least 3 times in `predicted`, or `predicted` is the line above again."""
-    if predicted.strip() and predicted.strip() == line_above.strip():
+    if gate.repeats_line_above(predicted, line_above):
         return True
     ids = tokenizer.encode(predicted, add_special_tokens=False)
     counts = Counter(tuple(ids[k : k + REPEAT_NGRAM]) for k in range(len(ids) - REPEAT_NGRAM + 1))

@@ -21,9 +21,10 @@ import re
 import numpy as np
 from tqdm import tqdm
 
-from autocoder.complete import END_OF_LINE, NEVER, Completer, Decoding
+from autocoder.complete import Completer, Decoding
 from autocoder.evaluate.match import exact_match
 from autocoder.evaluate.sandbox import Limits, run_python
+from autocoder.format import END_OF_LINE, NEVER
 from autocoder.problems import InfillingProblem, Problem
 
 # A completion ends where the function does: at the next top-level statement (the paper's stop

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from autocoder.complete import NEVER, Completer, Decoding
+from autocoder.complete import Completer, Decoding
 from autocoder.corpus import Corpus
+from autocoder.format import NEVER
 from autocoder.params import MemorizationParams
 
 

@@ -56,11 +56,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from autocoder.complete import BLANK_LINE, MAX_TEMPERATURE, Completer, Completion, cut_at
+from autocoder.complete import MAX_TEMPERATURE, Completer, Completion, cut_at
 from autocoder.errors import UserError
+from autocoder.format import BLANK_LINE, SPELLED_PSM, max_new_tokens_limit
 from autocoder.params import Params, generation_settings
 from autocoder.serve.jobs import Gate, Job, Worker
-from autocoder.tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
 MAX_PROMPT_CHARS = 100_000  # of prompt + suffix: far more than the model's context ever sees
 # A body this large is refused (413) before it is read whole or parsed: room for MAX_PROMPT_CHARS
@@ -71,7 +71,6 @@ MAX_STOP_CHARS = 256  # each; a stop is matched against the text's tail after ev
 MAX_CHOICES = 8
 API_KEY_VARIABLE = "AUTOCODER_API_KEY"
 OPEN_PATHS = {"/health"}  # answered without the API key, as llama.cpp's server answers /health
-FIM_SPELLED = re.compile("{}(.*){}(.*){}".format(*map(re.escape, (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE))), re.DOTALL)
 
 
 class ApiError(Exception):
@@ -166,14 +165,14 @@ class Server:
         return known[0]
 
     def job(self, req: _Common, prefix: str, suffix: str | None, max_tokens: int | None, stop, **sampling) -> Job:
-        if suffix is None and self.completer.can_infill and (spelled := FIM_SPELLED.fullmatch(prefix)):
+        if suffix is None and self.completer.can_infill and (spelled := SPELLED_PSM.fullmatch(prefix)):
             # Tabby and llm-ls lay out the FIM prompt themselves: the same request as prompt + suffix
             prefix, suffix = spelled[1], spelled[2]
         if len(prefix) + len(suffix or "") > MAX_PROMPT_CHARS:
             raise ApiError(400, f"prompt and suffix: more than {MAX_PROMPT_CHARS} characters", "prompt")
         if suffix is not None and not self.completer.can_infill:
             raise ApiError(400, f"suffix: model {self.model_name} has no fill-in-the-middle tokens", "suffix")
-        limit = self.completer.config.max_position_embeddings // 2  # the rest is left for the context
+        limit = max_new_tokens_limit(self.completer.config.max_position_embeddings)
         new_tokens = self.defaults["max_new_tokens"] if max_tokens is None else max_tokens
         if new_tokens > limit:
             raise ApiError(400, f"max_tokens: {new_tokens} is more than this model's limit of {limit}", "max_tokens")

@@ -56,8 +56,9 @@ from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.workspace import TextDocument
 
-from autocoder.complete import BLANK_LINE, Completer, Completion
+from autocoder.complete import Completer, Completion
 from autocoder.errors import UserError
+from autocoder.format import BLANK_LINE, max_new_tokens_limit
 from autocoder.params import Params, generation_settings
 from autocoder.serve.jobs import Gate, Job, Worker
 
@@ -227,7 +228,7 @@ def lsp_command(args) -> None:
     settings = generation_settings(params.evaluate if params else None)
     if args.max_new_tokens is not None:
         settings["max_new_tokens"] = args.max_new_tokens
-    limit = completer.config.max_position_embeddings // 2  # the rest is left for the context
+    limit = max_new_tokens_limit(completer.config.max_position_embeddings)
     if not 1 <= settings["max_new_tokens"] <= limit:
         raise UserError(f"--max-new-tokens: {settings['max_new_tokens']} must be in 1..{limit} for this model")
     completions = Completions(completer, params, settings, not args.no_gate, args.min_confidence)

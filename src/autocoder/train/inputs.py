@@ -13,22 +13,13 @@ from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-from autocoder.corpus import (
-    CONTROL_IDS,
-    CONTROL_TOKENS_KEY,
-    FILES_FILE,
-    META_FILE,
-    PROMPT_FORMAT_KEY,
-    SPLIT_FILE,
-    TOKENIZER_DIR,
-    Corpus,
-    split_rows,
-)
+from autocoder.corpus import FILES_FILE, META_FILE, SPLIT_FILE, TOKENIZER_DIR, Corpus, split_rows
 from autocoder.errors import UserError, first_line
+from autocoder.format import FIM_TOKENS, PromptFormat
 from autocoder.hub import hub_offline
 from autocoder.params import FinetuneParams, Params, ScratchModel
-from autocoder.tokenizer import FIM_TOKENS, fingerprint, has_fim_tokens
-from autocoder.train.data import dev_split_hash
+from autocoder.scoring import dev_split_hash
+from autocoder.tokenizer import fingerprint, has_fim_tokens
 
 
 @dataclass
@@ -39,7 +30,7 @@ class Inputs:
     dev_rows: np.ndarray
     model_config: PretrainedConfig
     data_hash: str  # changes whenever the segments, the split, the tokenizer or a local model's files change
-    dev_split: str  # see data.dev_split_hash
+    dev_split: str  # see scoring.dev_split_hash
     tokenizer_fingerprint: str
 
 
@@ -212,9 +203,7 @@ def build_model(
         # first forward warns "loss_type=None ... unrecognized" and falls back to this same loss.
         model.loss_type = "ForCausalLM"
     # Saved with every checkpoint: `autocoder complete --model DIR` then prompts as windows are built.
-    setattr(model.config, PROMPT_FORMAT_KEY, CONTROL_IDS)
-    controls = {lang: tokenizer.convert_ids_to_tokens(i) for lang, i in control_token_ids.items()}
-    setattr(model.config, CONTROL_TOKENS_KEY, controls)
+    PromptFormat.trained(tokenizer, control_token_ids).save(model.config)
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model

@@ -35,9 +35,10 @@ from autocoder.errors import UserError, first_line
 from autocoder.examples import FimTransform, PackedWindows
 from autocoder.params import Params
 from autocoder.runtime import ONNX_FILE, export_onnx
+from autocoder.scoring import DevScore, DevWindows, collate, summed_nll
 from autocoder.train import checkpoint
 from autocoder.train.checkpoint import Progress
-from autocoder.train.data import IGNORE, DevWindows, TrainWindows, collate
+from autocoder.train.data import TrainWindows
 from autocoder.train.inputs import Inputs, build_model
 from autocoder.train.launch import resolve_mixed_precision
 
@@ -110,13 +111,11 @@ def _train(params: Params, inputs: Inputs, accelerator: Accelerator) -> None:
         loss_sum, steps, tokens, started = torch.zeros((), device=accelerator.device), 0, 0, time.perf_counter()
         stop = False
         if run.total_steps == 0:  # max_steps 0: the model as it starts, measured and kept as the best
-            dev_loss = evaluate(accelerator, run.model, run.dev_set, ft.batch_size, pad_id)
-            progress.best_dev_loss, progress.best_step = dev_loss, 0
+            dev = evaluate(accelerator, run.model, run.dev_set, ft.batch_size, pad_id)
+            progress.best_dev_loss, progress.best_step = dev.loss, 0
             checkpoint.save_best(accelerator, run.model, ckpt_dir, 0)
-            bits = dev_loss / math.log(2) * run.dev_set.tokens_per_byte
-            row = {"step": 0, "tokens": 0, "train_minutes": 0.0, "dev_loss": dev_loss}
-            progress.history.append(row | {"dev_perplexity": math.exp(dev_loss), "dev_bits_per_byte": bits})
-            log(f"max_steps 0: no training; dev loss {dev_loss:.4g}, {bits:.4g} bits/byte as the model starts")
+            progress.history.append({"step": 0, "tokens": 0, "train_minutes": 0.0, **_dev_columns(dev)})
+            log(f"max_steps 0: no training; dev loss {dev.loss:.4g}, {dev.bits_per_byte:.4g} bits/byte at the start")
         run.model.train()
         while progress.step < run.total_steps and not stop:
             # ---- one optimizer step ----
@@ -149,14 +148,10 @@ def _train(params: Params, inputs: Inputs, accelerator: Accelerator) -> None:
 
             # ---- dev loss, the best model kept, early stopping ----
             if eval_due:
-                dev_loss = evaluate(accelerator, run.model, run.dev_set, ft.batch_size, pad_id)
-                row |= {
-                    "dev_loss": dev_loss,
-                    "dev_perplexity": math.exp(dev_loss),
-                    "dev_bits_per_byte": dev_loss / math.log(2) * run.dev_set.tokens_per_byte,
-                }
-                if dev_loss < progress.best_dev_loss:
-                    progress.best_dev_loss, progress.best_step, progress.evals_without_improvement = dev_loss, step, 0
+                dev = evaluate(accelerator, run.model, run.dev_set, ft.batch_size, pad_id)
+                row |= _dev_columns(dev)
+                if dev.loss < progress.best_dev_loss:
+                    progress.best_dev_loss, progress.best_step, progress.evals_without_improvement = dev.loss, step, 0
                     checkpoint.save_best(accelerator, run.model, ckpt_dir, step)
                 else:
                     progress.evals_without_improvement += 1
@@ -293,21 +288,20 @@ def _micro_batches(accelerator: Accelerator, loader, start: int):
         epoch, skip = epoch + 1, 0
 
 
-@torch.no_grad()
-def evaluate(accelerator: Accelerator, model, dev_set: DevWindows, batch_size: int, pad_id: int) -> float:
-    """Token-weighted mean loss over the dev windows (each process scores every N-th window)."""
+def evaluate(accelerator: Accelerator, model, dev_set: DevWindows, batch_size: int, pad_id: int) -> DevScore:
+    """The dev scorer's score (autocoder.scoring) of the model; each process scores every N-th window."""
     # Uncompiled (dev windows vary in length), but with the mixed-precision autocast.
     raw = accelerator.unwrap_model(model, keep_torch_compile=False)
     raw.eval()
     share = Subset(dev_set, range(accelerator.process_index, len(dev_set), accelerator.num_processes))
-    totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-    for batch in DataLoader(share, batch_size=batch_size, collate_fn=partial(collate, pad_id=pad_id)):
-        batch = {k: v.to(accelerator.device) for k, v in batch.items() if k != "n_tokens"}
-        scored = (batch["labels"][:, 1:] != IGNORE).sum()  # the model shifts labels by one
-        totals += torch.stack([raw(**batch).loss.double() * scored, scored.double()])
+    totals = summed_nll(raw, share, batch_size, pad_id, accelerator.device)
     raw.train()
-    loss_sum, count = accelerator.reduce(totals, "sum").tolist()
-    return loss_sum / count
+    nll, tokens = accelerator.reduce(totals, "sum").tolist()
+    return DevScore(nll, int(tokens), dev_set.n_bytes)
+
+
+def _dev_columns(dev: DevScore) -> dict:
+    return {"dev_loss": dev.loss, "dev_perplexity": dev.perplexity, "dev_bits_per_byte": dev.bits_per_byte}
 
 
 def _mlflow_run(params: Params, inputs: Inputs, progress: Progress, accelerator: Accelerator):
