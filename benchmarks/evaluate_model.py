@@ -4,9 +4,9 @@ base model "as is", on the pipeline's dev split, without registering anything.
     python benchmarks/evaluate_model.py MODEL_DIR [--name NAME] [--lines 200] [--no-infill]
                                         [--segments data/segments --split data/split] [--tokenizer DIR]
 
-Runs autocoder.evaluate's dev perplexity, line completion, infilling (a model with FIM tokens) and
-samples with params.yaml's evaluate settings (--lines overrides the lines per language), on the
-corpus of --segments/--split, whose token ids must be the model's (a checkpoint folder without a
+Runs the evaluate stage's own measures (autocoder.evaluate: perplexity, line_completion, infill for
+a model with FIM tokens, samples) with params.yaml's evaluate settings (--lines overrides the lines
+per language), on the corpus of --segments/--split, whose token ids must be the model's (a checkpoint folder without a
 tokenizer takes --tokenizer, by default the corpus' own). Writes benchmarks/results/evaluate_<NAME>.json.
 """
 
@@ -19,9 +19,12 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from autocoder import evaluate
 from autocoder.complete import Completer
 from autocoder.corpus import TOKENIZER_DIR, Corpus, split_rows
+from autocoder.evaluate.lines import INFILL, LINE_COMPLETION
+from autocoder.evaluate.measure import Inputs, all_metrics, measure_all
+from autocoder.evaluate.perplexity import PERPLEXITY
+from autocoder.evaluate.samples import SAMPLES
 from autocoder.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,17 +51,11 @@ def main() -> None:
     lines = {} if args.lines is None else {"line_completion_lines": args.lines, "infill_lines": args.lines}
     cfg = params.evaluate.model_copy(update={**lines, "latency_repeats": 0})
     started = time.perf_counter()
-    result, _ = evaluate.dev_perplexity(completer, corpus, dev_rows, cfg)
-    languages = list(params.languages)
-    result["line_completion"] = evaluate.line_completion_scores(
-        evaluate.line_completion_examples(completer, corpus, dev_rows, cfg), languages
-    )
-    if completer.can_infill and not args.no_infill:
-        result["infill"] = evaluate.line_completion_scores(
-            evaluate.infill_examples(completer, corpus, dev_rows, cfg), languages
-        )
-    samples, _ = evaluate.sample_prompts(completer, cfg)
-    result["samples"] = evaluate.samples_summary(samples)
+    inputs = Inputs(completer, str(args.model), corpus, dev_rows, split_rows(corpus, args.split, "train"), cfg)
+    measures = [PERPLEXITY, LINE_COMPLETION, *([] if args.no_infill else [INFILL]), SAMPLES]
+    skipped = measure_all(measures, inputs)
+    result = {**all_metrics(inputs.results), "skipped": skipped}
+    del result["latency_ms"]  # latency_repeats is 0: no timed runs
     result["seconds"] = round(time.perf_counter() - started, 1)
     name = args.name or args.model.name
     out = ROOT / f"benchmarks/results/evaluate_{name}.json"

@@ -19,8 +19,7 @@ import json
 from pathlib import Path
 
 from autocoder.complete import Completer
-from autocoder.evaluate import _limits
-from autocoder.evaluate.humaneval import humaneval_scores
+from autocoder.evaluate.humaneval import humaneval_scores, limits
 from autocoder.params import load_params
 from autocoder.problems import load_problems
 
@@ -38,7 +37,7 @@ def main() -> None:
     completer = Completer.from_pretrained(args.model, onnx=False)
     problems = [p for p in load_problems() if p.task_id in healed]
     scores, records = humaneval_scores(
-        completer, problems, _limits(he), he.max_new_tokens, cfg.repetition_penalty,
+        completer, problems, limits(he), he.max_new_tokens, cfg.repetition_penalty,
         batch_size=cfg.batch_size, boundary="strip",
     )  # fmt: skip
     stripped = {r["task_id"]: r["status"] == "passed" for r in records}

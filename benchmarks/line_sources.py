@@ -17,9 +17,9 @@ import argparse
 import json
 from pathlib import Path
 
-from autocoder import evaluate
 from autocoder.complete import Completer
 from autocoder.corpus import Corpus
+from autocoder.evaluate.measure import file_lines
 from autocoder.format import context_room
 from autocoder.params import load_params
 
@@ -61,7 +61,7 @@ def main() -> None:
     row_of = {str(path): row for row, path in enumerate(corpus.files["path"])}
     counts: dict[str, dict[str, list[int]]] = {}  # lang -> group -> [lines, exact matches]
     for record in map(json.loads, Path(args.examples).read_text().splitlines()):
-        lines = evaluate._lines(completer, corpus, row_of[record["path"]])
+        lines = file_lines(completer, corpus, row_of[record["path"]])
         if lines[record["line"] - 1].split() != record["target"].split():
             raise SystemExit(f"{args.examples}: {record['path']} line {record['line']} is not this corpus' line")
         group = _group(tokenizer, lines, record["line"] - 1, near, args.far)

@@ -15,9 +15,11 @@ import argparse
 import json
 from pathlib import Path
 
-from autocoder import evaluate
 from autocoder.complete import Completer
 from autocoder.corpus import Corpus, split_rows
+from autocoder.evaluate.lines import LINE_COMPLETION
+from autocoder.evaluate.measure import Inputs, all_metrics, measure_all
+from autocoder.evaluate.samples import SAMPLES
 from autocoder.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,14 +41,15 @@ def main() -> None:
     corpus = Corpus(params.segment.out_dir)
     dev_rows = split_rows(corpus, params.split.out_dir, "dev")
     completer = Completer.from_pretrained(args.model)
-    languages = list(params.languages)
     report = {"model": args.model, "lines_per_language": args.lines, "settings": {}}
     for name, guard in SETTINGS.items():
-        cfg = params.evaluate.model_copy(update={**guard, "line_completion_lines": args.lines})
-        lines = evaluate.line_completion_examples(completer, corpus, dev_rows, cfg)
-        result = {"line_completion": evaluate.line_completion_scores(lines, languages)}
-        samples, _ = evaluate.sample_prompts(completer, cfg.model_copy(update={"latency_repeats": 0}))
-        result["samples"] = evaluate.samples_summary(samples)
+        update = {**guard, "line_completion_lines": args.lines, "latency_repeats": 0}
+        inputs = Inputs(
+            completer, args.model, corpus, dev_rows, dev_rows[:0], params.evaluate.model_copy(update=update)
+        )
+        measure_all([LINE_COMPLETION, SAMPLES], inputs)
+        result = all_metrics(inputs.results)
+        del result["latency_ms"]  # latency_repeats is 0: no timed runs
         report["settings"][name] = {**guard, **result}
         print(name, json.dumps(result), flush=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")

@@ -79,6 +79,19 @@ def test_deps_list_every_project_file_the_stage_runs(stage):
     assert not missing, f"dvc.yaml: stage {stage} runs these files but does not list them in its deps: {missing}"
 
 
+# project files a stage reads rather than imports: data, and code MLflow logs with the model
+READ_NOT_RUN = {"src/autocoder/data", "src/autocoder/serving_model.py"}
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_deps_list_no_code_the_stage_does_not_run(stage):
+    """A dep the stage never runs would rerun it for nothing: a stale dep after a refactor fails here."""
+    files = stage_files(stage)
+    code = [dep.split("#")[0].strip() for dep in STAGES[stage]["deps"] if dep.startswith(("src/", "stages/"))]
+    unused = [dep for dep in code if dep not in READ_NOT_RUN and not any(covered(path, [dep]) for path in files)]
+    assert not unused, f"dvc.yaml: stage {stage} lists deps it never runs: {unused}"
+
+
 def test_deps_walk_sees_function_local_imports():
     """The walk is not vacuous: a stage whose code imports a module inside a function depends on it."""
     assert ROOT / "src/autocoder/train/loop.py" in stage_files("finetune")  # imported inside train.run

@@ -19,6 +19,9 @@ from autocoder.complete import Completer
 from autocoder.corpus import Corpus, split_rows
 from autocoder.errors import UserError
 from autocoder.evaluate import javac, sandbox
+from autocoder.evaluate.lines import repeats
+from autocoder.evaluate.match import exact_match
+from autocoder.evaluate.perplexity import dev_perplexity
 from autocoder.format import FIM_TOKENS
 from autocoder.params import EvaluateParams
 from autocoder.registry import Measurement
@@ -185,14 +188,14 @@ def test_a_model_with_fim_tokens_is_measured_on_infilling(fim_finetuned):
 
 
 def test_repeats_and_exact_match(gpt2_tokenizer):
-    assert evaluate.exact_match("  return  a +b", "return a +b ") and not evaluate.exact_match(
+    assert exact_match("  return  a +b", "return a +b ") and not exact_match(
         "return a+b", "return a +b"
     )
-    assert evaluate.repeats(gpt2_tokenizer, "foo(x) foo(x) foo(x) foo(x)", "")  # a 4-gram three times
-    assert not evaluate.repeats(gpt2_tokenizer, "foo(x) foo(x)", "")
-    assert not evaluate.repeats(gpt2_tokenizer, "[" + ", ".join(["()"] * 10) + "]", "")  # no letter or digit
-    assert evaluate.repeats(gpt2_tokenizer, "    x = 1", "x = 1\r")  # the line above again
-    assert not evaluate.repeats(gpt2_tokenizer, "", "")
+    assert repeats(gpt2_tokenizer, "foo(x) foo(x) foo(x) foo(x)", "")  # a 4-gram three times
+    assert not repeats(gpt2_tokenizer, "foo(x) foo(x)", "")
+    assert not repeats(gpt2_tokenizer, "[" + ", ".join(["()"] * 10) + "]", "")  # no letter or digit
+    assert repeats(gpt2_tokenizer, "    x = 1", "x = 1\r")  # the line above again
+    assert not repeats(gpt2_tokenizer, "", "")
 
 
 def test_dev_perplexity_scores_every_token_once(tiny_corpus, fim_model_dir):
@@ -204,7 +207,7 @@ def test_dev_perplexity_scores_every_token_once(tiny_corpus, fim_model_dir):
     [java] = [r for r in dev if corpus.files["language"][r] == "java"]
     n_tokens = corpus.files["n_tokens"]
     python = min((r for r in range(len(corpus)) if n_tokens[r] > 2 * corpus.meta.segment_len), key=n_tokens.__getitem__)
-    result, scored = evaluate.dev_perplexity(completer, corpus, np.array([python, java]), cfg)
+    result, scored = dev_perplexity(completer, corpus, np.array([python, java]), cfg)
     assert result["dev_tokens"] == n_tokens[python] + n_tokens[java] + 2  # and each file's eos
     assert result["dev_files"] == 2
 
@@ -213,13 +216,13 @@ def test_dev_perplexity_scores_every_token_once(tiny_corpus, fim_model_dir):
     tokens = torch.tensor(np.concatenate([[control], corpus.file_tokens(java), [eos]]))
     with torch.inference_mode():
         nll = completer.model(tokens[None], labels=tokens[None]).loss.item() * (len(tokens) - 1)
-    alone, scored_alone = evaluate.dev_perplexity(completer, corpus, np.array([java]), cfg)
+    alone, scored_alone = dev_perplexity(completer, corpus, np.array([java]), cfg)
     assert scored_alone != scored  # the registry compares over the same files only
     assert alone["dev_perplexity"] == pytest.approx(math.exp(nll / (len(tokens) - 1)), rel=1e-4)
     text_bytes = len(completer.tokenizer.decode(corpus.file_tokens(java).tolist()).encode())
     assert alone["dev_bits_per_byte"] == pytest.approx(nll / math.log(2) / text_bytes, rel=1e-4)
     # The byte budget stops after the file that reaches it, whatever the tokenizer: here the first one.
-    first, _ = evaluate.dev_perplexity(
+    first, _ = dev_perplexity(
         completer, corpus, np.array([java, python]), cfg.model_copy(update={"perplexity_max_bytes": 1})
     )
     assert first["dev_files"] == 1

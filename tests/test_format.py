@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from autocoder import evaluate
 from autocoder.complete import Completer
 from autocoder.corpus import TOKENIZER_DIR, Corpus, split_rows
+from autocoder.evaluate.lines import repeats
+from autocoder.evaluate.perplexity import dev_perplexity
 from autocoder.examples import FimTransform, PackedWindows
 from autocoder.format import (
     BLANK_LINE,
@@ -146,7 +147,7 @@ def test_the_stop_patterns():
 
 def test_repeating_the_line_above_is_one_rule_for_the_gate_and_evaluate(gpt2_tokenizer):
     assert repeats_line_above("    x = 1", "x = 1\r") and not repeats_line_above("", "")
-    assert evaluate.repeats(gpt2_tokenizer, "    x = 1", "x = 1\r")
+    assert repeats(gpt2_tokenizer, "    x = 1", "x = 1\r")
 
 
 def test_a_saved_model_folder_reproduces_its_prompt_format(tmp_path, tiny_corpus):
@@ -175,7 +176,7 @@ def test_finetune_and_evaluate_score_dev_files_alike(tiny_corpus, fim_model_dir,
     corpus = Corpus(tiny_corpus[0])
     dev = split_rows(corpus, tiny_corpus[1], "dev")
     completer = Completer.from_pretrained(fim_model_dir)
-    measured, _ = evaluate.dev_perplexity(completer, corpus, dev, EvaluateParams(perplexity_max_bytes=None))
+    measured, _ = dev_perplexity(completer, corpus, dev, EvaluateParams(perplexity_max_bytes=None))
     windows = corpus.windows(dev, stride=corpus.meta.segment_len)
     dev_set = DevWindows(windows, None, gpt2_tokenizer)
     one_process = SimpleNamespace(  # what the finetune's accelerator answers in a single process

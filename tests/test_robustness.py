@@ -9,7 +9,8 @@ import re
 import pytest
 
 from autocoder.evaluate.humaneval import passes
-from autocoder.evaluate.robustness import KINDS, double_blank_lines, perturb, perturb_line, rename, robustness_scores
+from autocoder.evaluate.perturb import KINDS, double_blank_lines, perturb, perturb_line, rename
+from autocoder.evaluate.robustness import robustness_scores
 from autocoder.evaluate.sandbox import Limits, unavailable
 from autocoder.problems import load_problems
 

@@ -306,7 +306,7 @@ class MemorizationParams(_Strict):
 
 
 class RobustnessParams(_Strict):
-    """ReCode-style perturbations (autocoder.evaluate.robustness), scored again."""
+    """ReCode-style perturbations (autocoder.evaluate.perturb), scored again (autocoder.evaluate.robustness)."""
 
     humaneval_problems: int = Field(20, ge=0)  # the first N HumanEval problems, each kind; 0 = off
     line_completion_lines: int = Field(15, ge=0)  # per language, of line completion's draw, each kind; 0 = off

@@ -12,19 +12,31 @@ before and after it (fill-in-the-middle) and writes the middle, which is execute
 the problem's tests (pass rate, as that benchmark defines it) and compared with the removed text
 (exact match of the whitespace-split tokens). A single-line middle ends at its newline, a
 multi-line one at eos (the FIM training's end of a middle).
+
+As measures of the evaluate stage (skipped, with one printed line, where bubblewrap is missing):
+`humaneval`, with pass@k from samples (`humaneval.samples`, `plots/humaneval_pass_at_k.csv`) and
+`contaminated_problems`, those sharing a `contamination_ngram`-token span with a train file; and
+`humaneval_infilling` (`humaneval.infilling`, a FIM model).
 """
 
 from __future__ import annotations
 
+import math
 import re
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from autocoder import problems as benchmark
 from autocoder.complete import Completer, Decoding
+from autocoder.evaluate import sandbox
 from autocoder.evaluate.match import exact_match
+from autocoder.evaluate.measure import STAGE, Inputs, Measure, Result, csv
 from autocoder.evaluate.sandbox import Limits, run_python
 from autocoder.format import END_OF_LINE, NEVER
+from autocoder.ngrams import ngram_hashes
+from autocoder.params import HumanEvalParams
 from autocoder.problems import InfillingProblem, Problem
 
 # A completion ends where the function does: at the next top-level statement (the paper's stop
@@ -147,3 +159,94 @@ def humaneval_scores(
             **{f"pass_at_{k}": float(np.mean([pass_at_k(samples, c, k) for c in correct])) for k in ks},
         }
     return scores, records
+
+
+PASS_AT_K_PLOT = Path("plots/humaneval_pass_at_k.csv")  # HumanEval pass@k against k
+PASS_AT_K_COLUMNS = ["k", "pass_at_k"]
+
+
+def limits(he: HumanEvalParams) -> Limits:
+    """The sandbox's limits for one HumanEval program."""
+    return Limits(wall_s=he.timeout_s, cpu_s=math.ceil(he.timeout_s), memory_mb=he.memory_mb)
+
+
+def pass_at_k_rows(scores: dict) -> list[dict]:
+    """HumanEval's pass@k by k: the sampled estimates, or greedy pass@1 alone without samples."""
+    sampled = scores.get("sampled", {})
+    ks = sorted(int(key.removeprefix("pass_at_")) for key in sampled if key.startswith("pass_at_"))
+    if ks:
+        return [{"k": k, "pass_at_k": sampled[f"pass_at_{k}"]} for k in ks]
+    return [{"k": 1, "pass_at_k": scores["pass_at_1"]}] if "pass_at_1" in scores else []
+
+
+def _unavailable(inputs: Inputs) -> str | None:
+    if "python" not in inputs.completer.languages:
+        return "the model has no python control token"
+    return sandbox.unavailable()
+
+
+def _humaneval(inputs: Inputs) -> Result:
+    cfg, he, completer = inputs.cfg, inputs.cfg.humaneval, inputs.completer
+    tasks = benchmark.load_problems()[: he.problems]
+    print(f"{STAGE}: humaneval: {len(tasks)} problems, each completion run in the sandbox")
+    scores, records = humaneval_scores(
+        completer,
+        tasks,
+        limits(he),
+        he.max_new_tokens,
+        cfg.repetition_penalty,
+        he.samples,
+        tuple(he.ks),
+        he.temperature,
+        he.top_p,
+        cfg.batch_size,
+        he.prompt_boundary,
+    )
+    n, corpus = he.contamination_ngram, inputs.corpus
+    hashes = ngram_hashes(corpus.tokens, n)
+    encode = completer.tokenizer.encode
+    leaked = set(benchmark.problems_sharing_a_span(tasks, encode, corpus, hashes, inputs.train_rows, n))
+    scores["contaminated_problems"] = len(leaked)
+    for record in records:
+        record["contaminated"] = record["task_id"] in leaked
+    print(f"{STAGE}: humaneval pass@1 {scores['pass_at_1']:.4f}; {len(leaked)} problems share a span with train")
+    plot = csv(pass_at_k_rows(scores), PASS_AT_K_COLUMNS)
+    return Result({"humaneval": scores}, records, plots={PASS_AT_K_PLOT: plot})
+
+
+def _infilling(inputs: Inputs) -> Result:
+    cfg = inputs.cfg
+    infilling = cfg.humaneval.infilling
+    tasks = benchmark.load_infilling_problems(infilling.benchmark, infilling.tasks, cfg.seed)
+    print(f"{STAGE}: humaneval infilling ({infilling.benchmark}): {len(tasks)} tasks, each run in the sandbox")
+    scores, records = infilling_scores(
+        inputs.completer,
+        tasks,
+        limits(cfg.humaneval),
+        infilling.max_new_tokens,
+        multi_line=infilling.benchmark == "multi_line",
+        repetition_penalty=cfg.repetition_penalty,
+        batch_size=cfg.batch_size,
+    )
+    print(f"{STAGE}: humaneval infilling pass rate {scores['pass_rate']:.4f}, exact match {scores['exact_match']:.4f}")
+    return Result({"humaneval_infilling": {infilling.benchmark: scores}}, records)
+
+
+def _infilling_unavailable(inputs: Inputs) -> str | None:
+    if (why := _unavailable(inputs)) is not None:
+        return why
+    return None if inputs.completer.can_infill else "the model has no fill-in-the-middle tokens"
+
+
+HUMANEVAL = Measure(
+    "humaneval",
+    _humaneval,
+    off=lambda cfg: "evaluate.humaneval.problems is 0" if cfg.humaneval.problems == 0 else None,
+    unavailable=_unavailable,
+)
+HUMANEVAL_INFILLING = Measure(
+    "humaneval_infilling",
+    _infilling,
+    off=lambda cfg: "evaluate.humaneval.infilling.tasks is 0" if cfg.humaneval.infilling.tasks == 0 else None,
+    unavailable=_infilling_unavailable,
+)

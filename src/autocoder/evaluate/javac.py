@@ -22,6 +22,8 @@ import numpy as np
 from tqdm import tqdm
 
 from autocoder.complete import Completer, Decoding
+from autocoder.evaluate import sandbox
+from autocoder.evaluate.measure import STAGE, Inputs, Measure, Result, file_text
 from autocoder.evaluate.sandbox import Limits, run
 
 # javac is one process, but each of its threads counts as one (14 on two cores, more with more cores),
@@ -162,3 +164,39 @@ def javac_scores(
         )
     share = float(np.mean([r["compiles"] for r in records])) if records else 0.0
     return {"methods": len(records), "compiles": share}, records
+
+
+def _run(inputs: Inputs) -> Result:
+    cfg = inputs.cfg.javac
+    files = [
+        (str(inputs.corpus.files["path"][r]), file_text(inputs.completer, inputs.corpus, r))
+        for r in inputs.rows_of("java")
+    ]
+    print(f"{STAGE}: java: {cfg.methods} method bodies of dev files completed and compiled ({cfg.command})")
+    scores, records = javac_scores(
+        inputs.completer,
+        files,
+        cfg.command,
+        cfg.methods,
+        cfg.max_new_tokens,
+        cfg.max_context,
+        inputs.cfg.seed,
+        inputs.cfg.repetition_penalty,
+        inputs.cfg.batch_size,
+    )
+    print(f"{STAGE}: java: {scores['compiles']:.1%} of {scores['methods']} completed bodies compile")
+    return Result({"javac": scores}, records)
+
+
+def _unavailable(inputs: Inputs) -> str | None:
+    if "java" not in inputs.completer.languages:
+        return "the model has no java control token"
+    return sandbox.unavailable() or unavailable(inputs.cfg.javac.command)
+
+
+JAVAC = Measure(
+    "javac",
+    _run,
+    off=lambda cfg: "evaluate.javac.methods is 0" if cfg.javac.methods == 0 else None,
+    unavailable=_unavailable,
+)

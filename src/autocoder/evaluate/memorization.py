@@ -16,6 +16,7 @@ import numpy as np
 
 from autocoder.complete import Completer, Decoding
 from autocoder.corpus import Corpus
+from autocoder.evaluate.measure import STAGE, Inputs, Measure, Result
 from autocoder.format import NEVER
 from autocoder.params import MemorizationParams
 
@@ -65,3 +66,16 @@ def common_prefix(generated: list[int], truth: list[int]) -> int:
         if a != b:
             return i
     return min(len(generated), len(truth))
+
+
+def _run(inputs: Inputs) -> Result:
+    cfg = inputs.cfg
+    print(f"{STAGE}: memorization of {cfg.memorization.files} train and dev files")
+    sides = {"train": inputs.train_rows, "dev": inputs.dev_rows}
+    scores = memorization(inputs.completer, inputs.corpus, sides, cfg.memorization, cfg.seed, cfg.batch_size)
+    return Result({"memorization": scores})
+
+
+MEMORIZATION = Measure(
+    "memorization", _run, off=lambda cfg: "evaluate.memorization.files is 0" if not cfg.memorization.files else None
+)
