@@ -20,8 +20,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from autocoder import cli
-from autocoder import complete as complete_module
-from autocoder.complete import Completer, Decoding, StopCheck, cut_at
+from autocoder.complete import Completer, Decoding, StopCheck, cut_at, decode
 from autocoder.errors import UserError
 from autocoder.format import (
     BLANK_LINE,
@@ -184,7 +183,7 @@ def bigrams(ids: list[int]) -> list[tuple[int, int]]:
 
 
 def test_no_repeat_ngram_size_keeps_a_looping_model_from_repeating_a_bigram(gpt2_tokenizer, monkeypatch):
-    monkeypatch.setattr(complete_module, "StopCheck", RecordingStopCheck)
+    monkeypatch.setattr(decode, "StopCheck", RecordingStopCheck)
     completer = Completer(bigram_model(gpt2_tokenizer, [[" a", " b", " c", " a"]]), gpt2_tokenizer)  # a loop
     prompt = completer.prompt_ids("python", " a")
     [looping] = completer.complete("python", " a", max_new_tokens=12, stop=NEVER, heal=False)

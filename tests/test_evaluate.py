@@ -188,9 +188,7 @@ def test_a_model_with_fim_tokens_is_measured_on_infilling(fim_finetuned):
 
 
 def test_repeats_and_exact_match(gpt2_tokenizer):
-    assert exact_match("  return  a +b", "return a +b ") and not exact_match(
-        "return a+b", "return a +b"
-    )
+    assert exact_match("  return  a +b", "return a +b ") and not exact_match("return a+b", "return a +b")
     assert repeats(gpt2_tokenizer, "foo(x) foo(x) foo(x) foo(x)", "")  # a 4-gram three times
     assert not repeats(gpt2_tokenizer, "foo(x) foo(x)", "")
     assert not repeats(gpt2_tokenizer, "[" + ", ".join(["()"] * 10) + "]", "")  # no letter or digit

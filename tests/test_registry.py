@@ -19,7 +19,7 @@ import pytest
 
 from autocoder import cli, registry, serving
 from autocoder.champion import CHAMPION, champion_uri, local_model
-from autocoder.complete import logged_completer
+from autocoder.complete.load import logged_completer
 from autocoder.params import generation_settings
 from autocoder.tracking import read_run_info
 from helpers import TINY_DEV, finetuned_project, real_code_files, save_tiny_model, write_corpus

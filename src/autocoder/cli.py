@@ -9,10 +9,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import signal
+import sys
 import threading
 
-from autocoder.errors import exit_on_user_error
-from autocoder.params import DEFAULT_PARAMS, load_params
+from autocoder.errors import UserError, exit_on_user_error
+from autocoder.params import DEFAULT_PARAMS, generation_settings, load_params
+
+HISTORY_FILE = ".autocoder_history"  # the REPL's, in the home folder
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as shells report it
 
 # `autocoder <stage>`: stage name -> module whose run(params) implements it (stages/<stage>.py,
 # which dvc.yaml runs, imports the same function)
@@ -149,6 +153,109 @@ def _interrupt_the_main_thread_on_ctrl_c() -> None:
     threading.Thread(target=forward, name="ctrl-c", daemon=True).start()
 
 
+def _completer_for(args, has_text: bool = True):
+    """The model for `complete` or `interact`, once the arguments are known to be good: a bad one is
+    refused before the model loads (seconds)."""
+    from autocoder.complete.decode import check_generation_args, check_loop_guard
+    from autocoder.complete.load import load_completer, params_for, quiet_model_loading
+
+    params = params_for(args)
+    evaluated = generation_settings(params.evaluate if params else None)  # what the model was measured with
+    if args.max_new_tokens is None:
+        args.max_new_tokens = evaluated["max_new_tokens"]
+    if args.repetition_penalty is None:
+        args.repetition_penalty = evaluated["repetition_penalty"]
+    check_generation_args(args.max_new_tokens, args.temperature, args.top_p, getattr(args, "num", 1))
+    check_loop_guard(args.repetition_penalty, 0)
+    if args.lang is not None and params is not None and args.lang not in params.languages:
+        raise UserError(
+            f"--lang {args.lang!r}: not a language of {args.params} (it has: {', '.join(params.languages)})"
+        )
+    if not has_text:
+        raise UserError("the prompt is empty: give the code to complete (or a --suffix to fill in before)")
+    quiet_model_loading()
+    return load_completer(args.model, params)
+
+
+def _complete_command(args) -> None:
+    suffix = args.suffix_file.read() if args.suffix_file else args.suffix
+    completer = _completer_for(args, has_text=bool(args.prompt.strip()) or bool(suffix))
+    completions = completer.complete(
+        args.lang,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        num=args.num,
+        suffix=suffix,
+        repetition_penalty=args.repetition_penalty,
+    )
+    if args.json:
+        import json
+
+        print(
+            json.dumps(
+                {"lang": args.lang, "prompt": args.prompt, "completions": [c.summary() for c in completions]}, indent=2
+            )
+        )
+    else:  # a completion never contains a blank line, so one separates several
+        print("\n\n".join(c.text for c in completions))
+
+
+def _ask_language(completer) -> str:
+    while True:
+        lang = input(f"language ({', '.join(completer.languages)}): ").strip()
+        if lang in completer.languages:
+            return lang
+        print(f"unknown language {lang!r}")
+
+
+def _interact_command(args) -> None:
+    """The seed's REPL: choose a language, type code, read the completion; `change_lang`, `exit`.
+    Ctrl-D (end of input) leaves it like `exit`; Ctrl-C leaves it too, with exit code 130 (as a shell
+    reports an interrupted command), also while the model loads or a completion runs."""
+    try:
+        _repl(args)
+    except EOFError:  # Ctrl-D, or the end of piped input
+        print(file=sys.stderr)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+
+
+def _repl(args) -> None:
+    import readline
+    from pathlib import Path
+
+    completer = _completer_for(args)
+    history = Path.home() / HISTORY_FILE
+    if history.exists():
+        readline.read_history_file(history)
+    readline.set_auto_history(False)  # added below, also when the lines come from a pipe
+    if args.lang is not None:
+        completer.prompt_ids(args.lang, "")  # an unknown language fails here, before the REPL
+    try:
+        lang = args.lang or _ask_language(completer)
+        print("type code to complete it; 'change_lang' switches the language, 'exit' quits")
+        while (context := input(f"{lang}>>> ")) != "exit":
+            readline.add_history(context)
+            if context == "change_lang":
+                lang = _ask_language(completer)
+            elif context.strip():
+                [completion] = completer.complete(
+                    lang,
+                    context,
+                    max_new_tokens=args.max_new_tokens,
+                    temperature=args.temperature,
+                    top_p=args.top_p,
+                    repetition_penalty=args.repetition_penalty,
+                )
+                print(context + completion.text)
+    finally:
+        readline.set_history_length(1000)
+        readline.write_history_file(history)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _build_parser().parse_args(argv)
     with exit_on_user_error(f"autocoder {args.command}"):
@@ -171,9 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             if args.command == "interact":
                 _interrupt_the_main_thread_on_ctrl_c()
-            from autocoder import complete
-
-            getattr(complete, f"{args.command}_command")(args)
+            {"complete": _complete_command, "interact": _interact_command}[args.command](args)
 
 
 if __name__ == "__main__":

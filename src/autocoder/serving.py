@@ -26,7 +26,7 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from autocoder.complete import logged_completer
+from autocoder.complete.load import logged_completer
 from autocoder.params import generation_settings
 
 HF_ARTIFACT = "hf_model"  # autocoder.champion reads it by this name too

@@ -9,7 +9,7 @@
   seeded non-blank dev lines are removed; the model sees the text before the line (prefix, ending
   with its newline) and after it (suffix, from the next line on), at most `infill_max_context`
   tokens of both (the suffix at most a quarter), and writes the middle greedily until a newline or eos.
-- Both are token-healed (complete.py): their context ends with the line break before the target line.
+- Both are token-healed (complete/prompt.py): their context ends with the line break before the target line.
 - Both, per language: exact match (CodeXGLUE's: the whitespace-split tokens of the predicted and the
   true line are equal), edit similarity (difflib.SequenceMatcher ratio, 0..1, no autojunk, of both
   lines with the whitespace around them stripped), `hit_max_new_tokens` (the share of completions

@@ -536,7 +536,7 @@ def serve_command(args) -> None:
     """`autocoder serve`: load the model once, then answer on --host:--port until interrupted."""
     import uvicorn
 
-    from autocoder.complete import load_completer, params_for, quiet_model_loading
+    from autocoder.complete.load import load_completer, params_for, quiet_model_loading
 
     quiet_model_loading()
     if args.queue_size < 1:

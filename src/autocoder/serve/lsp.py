@@ -217,7 +217,7 @@ def _log_to_stderr() -> None:
 def lsp_command(args) -> None:
     """`autocoder lsp`: load the model once, then answer on stdin/stdout until the editor exits."""
     rpc = _stdout_for_rpc()  # before anything loads that could write to stdout
-    from autocoder.complete import load_completer, params_for, quiet_model_loading
+    from autocoder.complete.load import load_completer, params_for, quiet_model_loading
 
     quiet_model_loading()  # no "Loading weights" bar in the editor's log
     params = params_for(args)
