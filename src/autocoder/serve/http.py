@@ -60,7 +60,7 @@ from autocoder.complete import MAX_TEMPERATURE, Completer, Completion, cut_at
 from autocoder.errors import UserError
 from autocoder.format import BLANK_LINE, SPELLED_PSM, max_new_tokens_limit
 from autocoder.params import Params, generation_settings
-from autocoder.serve.jobs import Gate, Job, Worker
+from autocoder.serve.jobs import Gate, Job, Worker, language
 
 MAX_PROMPT_CHARS = 100_000  # of prompt + suffix: far more than the model's context ever sees
 # A body this large is refused (413) before it is read whole or parsed: room for MAX_PROMPT_CHARS
@@ -151,18 +151,12 @@ class Server:
 
     # ---- request -> job -----------------------------------------------------------------------------
     def language(self, req: _Common) -> str:
-        known = list(self.completer.languages)
-        if req.language is not None:
-            if req.language not in known:
-                raise ApiError(400, f"language {req.language!r}: the model knows {', '.join(known)}", "language")
-            return req.language
-        if req.filename and self.params is not None:
-            lang = self.params.language_of(
-                req.filename, among=[name for name in self.params.languages if name in known]
-            )
-            if lang is not None:
-                return lang
-        return known[0]
+        if req.language is None:
+            return language(self.completer, self.params, req.filename)
+        if req.language not in self.completer.languages:
+            known = ", ".join(self.completer.languages)
+            raise ApiError(400, f"language {req.language!r}: the model knows {known}", "language")
+        return req.language
 
     def job(self, req: _Common, prefix: str, suffix: str | None, max_tokens: int | None, stop, **sampling) -> Job:
         if suffix is None and self.completer.can_infill and (spelled := SPELLED_PSM.fullmatch(prefix)):
@@ -181,17 +175,9 @@ class Server:
             raise ApiError(400, f"stop: at most {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters", "stop")
         if sampling.get("num", 1) > 1 and sampling.get("temperature", 0.0) == 0:
             raise ApiError(400, "n: more than one choice needs a temperature above 0 (greedy gives one)", "n")
-        options = {
-            "lang": self.language(req),
-            "context": prefix,
-            "suffix": suffix,
-            "max_new_tokens": new_tokens,
-            "stop": re.compile("|".join(map(re.escape, stops))) if stops else BLANK_LINE,
-            "repetition_penalty": self.defaults["repetition_penalty"],
-            "no_repeat_ngram_size": self.defaults["no_repeat_ngram_size"],
-            **sampling,
-        }
-        return Job(options, stops)
+        pattern = re.compile("|".join(map(re.escape, stops))) if stops else BLANK_LINE
+        settings = {**self.defaults, "max_new_tokens": new_tokens, **sampling}
+        return Job.of(self.language(req), prefix, suffix, pattern, settings, stops)
 
     # ---- running a job ----------------------------------------------------------------------------
     def start(self, job: Job) -> asyncio.Future:

@@ -1,17 +1,19 @@
-"""What both servers share: a request's generation as a job that can be cancelled, the one worker
-thread that runs the jobs, and the confidence gate's decision on what they generated."""
+"""What both servers share: a request's language and its generation as a job that can be cancelled,
+the one worker thread that runs the jobs, and the confidence gate's decision on what they generated."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import math
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from autocoder import gate
 from autocoder.complete import Completer, Completion
+from autocoder.params import Params
 
 
 @dataclass(eq=False)  # compared and hashed by identity: a server keeps the jobs in flight in a dict
@@ -26,6 +28,14 @@ class Job:
     on_texts: object = None  # callable(list[str]) or None
     cancelled: threading.Event = field(default_factory=threading.Event)
 
+    @classmethod
+    def of(
+        cls, lang: str, prefix: str, suffix: str | None, stop: re.Pattern, settings: dict, stops: list[str] = ()
+    ) -> Job:
+        """The job of a request: complete `prefix` (before `suffix`, a fill-in-the-middle model's) in
+        `lang` until `stop`, with the generation `settings` (max_new_tokens, loop guard, sampling)."""
+        return cls({"lang": lang, "context": prefix, "suffix": suffix, "stop": stop, **settings}, list(stops))
+
     def cancel(self) -> None:
         self.cancelled.set()
 
@@ -33,6 +43,17 @@ class Job:
         if self.on_texts is not None:
             self.on_texts(texts)
         return not self.cancelled.is_set()
+
+
+def language(completer: Completer, params: Params | None, path: str | None) -> str:
+    """The language of a file the client named no known language for: by its name (the params'
+    extensions, among the languages the model knows), else the model's first."""
+    known = list(completer.languages)
+    if path and params is not None:
+        lang = params.language_of(path, among=[name for name in params.languages if name in known])
+        if lang is not None:
+            return lang
+    return known[0]
 
 
 class Worker:

@@ -60,7 +60,7 @@ from autocoder.complete import Completer, Completion
 from autocoder.errors import UserError
 from autocoder.format import BLANK_LINE, max_new_tokens_limit
 from autocoder.params import Params, generation_settings
-from autocoder.serve.jobs import Gate, Job, Worker
+from autocoder.serve.jobs import Gate, Job, Worker, language
 
 MAX_PREFIX_CHARS = 16_000  # far more than a model's context holds; the Completer cuts tokens itself
 MAX_SUFFIX_CHARS = 4_000  # more than the quarter of the context the Completer gives a suffix
@@ -86,15 +86,9 @@ class Completions:
         self.server = self._build_server()
 
     def language(self, doc: TextDocument) -> str:
-        known = list(self.completer.languages)
-        if doc.language_id in known:
+        if doc.language_id in self.completer.languages:
             return doc.language_id
-        if self.params is not None:
-            among = [name for name in self.params.languages if name in known]
-            lang = self.params.language_of(doc.path, among=among)
-            if lang is not None:
-                return lang
-        return known[0]
+        return language(self.completer, self.params, doc.path)
 
     def job(self, uri: str, position: types.Position) -> Job:
         """The job for a completion at `position`, registered as in flight; every job before it is
@@ -113,16 +107,9 @@ class Completions:
         prefix, suffix = doc.source[:offset], doc.source[offset:]
         for job in self.pending:
             job.cancel()
-        job = Job(
-            {
-                "lang": self.language(doc),
-                "context": prefix[-MAX_PREFIX_CHARS:],
-                # nothing after the cursor: the left-to-right completion the model knows best
-                "suffix": suffix[:MAX_SUFFIX_CHARS] if self.completer.can_infill and suffix.strip() else None,
-                "stop": BLANK_LINE,
-                **self.settings,
-            }
-        )
+        # nothing after the cursor: the left-to-right completion the model knows best
+        suffix = suffix[:MAX_SUFFIX_CHARS] if self.completer.can_infill and suffix.strip() else None
+        job = Job.of(self.language(doc), prefix[-MAX_PREFIX_CHARS:], suffix, BLANK_LINE, self.settings)
         self.pending[job] = uri
         return job
 
