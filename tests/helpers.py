@@ -126,6 +126,24 @@ def record_prompt_format(folder: Path) -> Path:
 VENV_BIN = Path(sys.executable).parent
 
 
+def profile(name: str):
+    """The params of profiles/<name>.yaml over the project's params.yaml."""
+    from autocoder.profiles import load_profile
+
+    return load_profile(name, ROOT / "params.yaml", ROOT / "profiles")
+
+
+def base_params(folder: Path) -> Path:
+    """folder/params.yaml: the project's params with profiles/autocoder-base.yaml applied (the shipped
+    base's languages and the generation settings it is evaluated with)."""
+    from autocoder.profiles import apply_profile
+
+    params = folder / "params.yaml"
+    shutil.copyfile(ROOT / "params.yaml", params)
+    apply_profile("autocoder-base", params, ROOT / "profiles")
+    return params
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a command as a user would in a project copy: the venv on PATH, no Hub, the project's own
     MLflow store unless `env` names another."""

@@ -9,8 +9,7 @@ from transformers import AutoConfig
 
 from autocoder.complete import Completer
 from autocoder.format import CONTROL_IDS, FIM_TOKENS
-from autocoder.params import load_params
-from helpers import ROOT
+from helpers import ROOT, profile
 
 BASE = ROOT / "models/autocoder-base"
 MAX_BYTES = 30 * 2**20
@@ -23,9 +22,9 @@ def test_shipped_base_is_safetensors_with_its_tokenizer_and_card():
     assert sum(files.values()) <= MAX_BYTES
     config = AutoConfig.from_pretrained(BASE)
     assert config.model_type == "llama" and getattr(config, "prompt_format", None) == CONTROL_IDS
-    profile = load_params(ROOT / "profiles/autocoder-base.yaml")  # the default before the pretrained model
-    assert profile.finetune.model == profile.segment.tokenizer == "models/autocoder-base"
-    assert profile.pretrained.kind == "none"
+    base = profile("autocoder-base")  # the default before the pretrained model
+    assert base.finetune.model == base.segment.tokenizer == "models/autocoder-base"
+    assert base.pretrained.kind == "none"
 
 
 def test_shipped_base_completes_and_infills():

@@ -15,8 +15,8 @@ import yaml
 
 from autocoder import sources
 from autocoder.errors import UserError
-from autocoder.params import Params, load_params
-from helpers import ROOT
+from autocoder.params import Params
+from helpers import ROOT, profile
 
 LANGUAGES = {"python": {"extensions": [".py"]}, "java": {"extensions": [".java"]}}
 GIT_IDENTITY = {
@@ -350,7 +350,7 @@ def test_deterministic(tmp_path, repo):
 
 def test_seed_profile(tmp_path, repo):
     raw = yaml.safe_load((ROOT / "profiles" / "seed.yaml").read_text())
-    seed = load_params(ROOT / "profiles" / "seed.yaml")
+    seed = profile("seed")
     assert seed.finetune.model == "distilgpt2" and seed.segment.segment_len == 254 and seed.split.dev_ratio == 0.1
     by_lang = {}
     for src in raw["clone"]["sources"]:

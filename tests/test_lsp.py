@@ -22,14 +22,13 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from autocoder import gate
 from autocoder.complete import Completer, Completion
-from autocoder.params import generation_settings, load_params
-from helpers import ROOT, VENV_BIN, kill_processes_in
+from autocoder.params import generation_settings
+from helpers import ROOT, VENV_BIN, base_params, kill_processes_in, profile
 from services import require
 
 pytestmark = pytest.mark.slow  # real server processes: not in `make test-fast`
 
 BASE = ROOT / "models/autocoder-base"
-BASE_PARAMS = ROOT / "profiles/autocoder-base.yaml"
 MAX_NEW_TOKENS = 16  # the servers' --max-new-tokens: short generations keep the tests fast
 CURSOR = "█"  # where the cursor is in the documents below
 PYTHON = "def total_of(items):\n    total = 0\n    for item in items:\n        total += it█\n    return total\n"
@@ -79,7 +78,7 @@ def project(tmp_path_factory):
     """A folder with the shipped base's params (profiles/autocoder-base.yaml: the languages' extensions
     and the generation settings that base is evaluated with), where the servers run."""
     folder = tmp_path_factory.mktemp("lsp")
-    shutil.copyfile(BASE_PARAMS, folder / "params.yaml")
+    base_params(folder)
     yield folder
     kill_processes_in(folder)  # a server a failed test left running
 
@@ -92,7 +91,7 @@ def completer():
 def _expected(completer: Completer, lang: str, prefix: str, suffix: str) -> Completion:
     """What the server should answer: the Completer's completion with the evaluated settings (the
     suffix only when there is text after the cursor)."""
-    settings = {**generation_settings(load_params(BASE_PARAMS).evaluate), "max_new_tokens": MAX_NEW_TOKENS}
+    settings = {**generation_settings(profile("autocoder-base").evaluate), "max_new_tokens": MAX_NEW_TOKENS}
     [completion] = completer.complete(lang, prefix, suffix=suffix if suffix.strip() else None, **settings)
     return completion
 

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from autocoder.params import ParamsError, load_params
-from helpers import ROOT
+from helpers import ROOT, profile
 
 
 def _write(tmp_path, mutate):
@@ -15,18 +15,17 @@ def _write(tmp_path, mutate):
     return path
 
 
-@pytest.mark.parametrize("name", ["params.yaml", "profiles/seed.yaml", "profiles/base.yaml"])
-def test_committed_params_and_profiles_are_valid(name):
-    params = load_params(ROOT / name)
-    assert params.control_tokens() == {"python": "<python>", "java": "<java>"}
-    if name == "profiles/seed.yaml":  # the seed's windows
-        assert params.segment.segment_len == 254 and params.segment.stride == 10
+def test_committed_params_are_valid():
+    """(Every profile over them: tests/test_profiles.py.)"""
+    assert load_params(ROOT / "params.yaml").control_tokens() == {"python": "<python>", "java": "<java>"}
+    seed = profile("seed")  # the seed's windows
+    assert seed.segment.segment_len == 254 and seed.segment.stride == 10
 
 
 def test_base_profile_never_trains_on_the_defaults_dev_files():
     """A file is dev by a seeded hash of its content against dev_ratio: with the same seed and a dev
     ratio at least the default's, every default dev file is a base dev file."""
-    default, base = load_params(ROOT / "params.yaml"), load_params(ROOT / "profiles/base.yaml")
+    default, base = load_params(ROOT / "params.yaml"), profile("base")
     assert base.split.seed == default.split.seed and base.split.dev_ratio >= default.split.dev_ratio
 
 

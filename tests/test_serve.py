@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +18,7 @@ import openai
 import pytest
 
 from autocoder.complete import Completer
-from helpers import ROOT, VENV_BIN
+from helpers import ROOT, VENV_BIN, base_params
 
 pytestmark = pytest.mark.slow  # real server processes: not in `make test-fast`
 
@@ -67,7 +66,7 @@ def server(tmp_path_factory):
     # In a folder with the shipped base's params (profiles/autocoder-base.yaml): its languages'
     # extensions and the generation settings that base is evaluated with (repetition penalty 1.1).
     folder = tmp_path_factory.mktemp("serve")
-    shutil.copyfile(ROOT / "profiles/autocoder-base.yaml", folder / "params.yaml")
+    base_params(folder)
     served = Served(folder, "--no-gate")  # the texts are compared with the Completer's
     yield served
     served.stop()
@@ -340,7 +339,7 @@ def guarded(tmp_path_factory):
     """The gate on (the default: a model folder has no fitted threshold, so the filters only), an
     API key from the environment, every interface."""
     folder = tmp_path_factory.mktemp("guarded")
-    shutil.copyfile(ROOT / "profiles/autocoder-base.yaml", folder / "params.yaml")
+    base_params(folder)
     served = Served(folder, "--host", "0.0.0.0", env={"AUTOCODER_API_KEY": "s3cret"})
     yield served
     served.stop()

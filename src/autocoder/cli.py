@@ -128,6 +128,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="export a model folder to ONNX (model.onnx): completion then starts in about a second, without torch",
     )
     export.add_argument("--model", required=True, help="model folder (saved with save_pretrained, safetensors)")
+    profile = sub.add_parser(
+        "profile",
+        help="write a profile's changes (profiles/NAME.yaml) into the params file, its comments kept; "
+        "then `dvc repro` or `dvc exp run`",
+    )
+    profile.add_argument("name", nargs="?", help="the profile (none: list them)")
     return parser
 
 
@@ -256,11 +262,26 @@ def _repl(args) -> None:
         readline.write_history_file(history)
 
 
+def _profile_command(args) -> None:
+    from pathlib import Path
+
+    from autocoder import profiles
+
+    if args.name is None:
+        print("\n".join(profiles.names()))
+        return
+    changed = profiles.apply_profile(args.name, Path(args.params))
+    print(f"{args.params}: profile {args.name} changed {len(changed)} keys ({', '.join(changed) or 'none'})")
+    print("run it with `dvc repro` (or `dvc exp run`); `git checkout params.yaml` goes back")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _build_parser().parse_args(argv)
     with exit_on_user_error(f"autocoder {args.command}"):
         if args.command in STAGES:
             importlib.import_module(STAGES[args.command]).run(load_params(args.params))
+        elif args.command == "profile":
+            _profile_command(args)
         elif args.command == "export":
             from pathlib import Path
 

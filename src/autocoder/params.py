@@ -4,7 +4,8 @@ Every stage calls `load_params()` first, so a typo, a wrong type or an impossibl
 before any work starts, with a message naming the key (`segment.stride: ...`).
 
 A key left out of a params file takes its default here, which is the default params.yaml's value
-(tests/test_params.py keeps the two equal), so a profile states only what it changes.
+(tests/test_params.py keeps the two equal). A profile (autocoder.profiles) states only what it
+changes from params.yaml.
 """
 
 from __future__ import annotations
@@ -443,7 +444,7 @@ class Params(_Strict):
         return {name: lang.control_token or f"<{name}>" for name, lang in self.languages.items()}
 
 
-def _format_error(err: ValidationError, path: Path) -> str:
+def format_error(err: ValidationError, path: Path) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
@@ -454,7 +455,8 @@ def _format_error(err: ValidationError, path: Path) -> str:
     return "\n".join(lines)
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A params file's (or a profile's) sections, not yet validated."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -464,7 +466,13 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
         raise ParamsError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: must be a mapping of sections")
+    return raw
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    path = Path(path)
+    raw = read_yaml_mapping(path)
     try:
         return Params.model_validate(raw)
     except ValidationError as e:
-        raise ParamsError(_format_error(e, path)) from None
+        raise ParamsError(format_error(e, path)) from None
