@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from autocoder import outputs
 from autocoder.params import UNTRACKED_KEYS, Params
 from helpers import ROOT
 
@@ -96,6 +97,18 @@ def test_deps_walk_sees_function_local_imports():
     """The walk is not vacuous: a stage whose code imports a module inside a function depends on it."""
     assert ROOT / "src/autocoder/train/loop.py" in stage_files("finetune")  # imported inside train.run
     assert not [path for path in stage_files("evaluate") if path.parent.name == "train"]  # evaluate never trains
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_outputs_are_where_the_code_and_the_params_put_them(stage):
+    """A stage's outs are its params section's out_dir (templated), its metrics and plots the files
+    autocoder.outputs names: one home each, so that DVC tracks what the code writes."""
+    spec = STAGES[stage]
+    if stage in Params.model_fields and "out_dir" in _section_keys(stage):
+        assert spec["outs"] == [f"${{{stage}.out_dir}}"]
+    metrics, plots = outputs.BY_STAGE.get(stage, ([], []))
+    assert [next(iter(m)) for m in spec.get("metrics", [])] == [str(path) for path in metrics]
+    assert [next(iter(p)) for p in spec.get("plots", [])] == [str(path) for path in plots]
 
 
 def _section_keys(section: str) -> list[str]:

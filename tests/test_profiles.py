@@ -54,7 +54,7 @@ def test_the_profile_command_writes_the_profile_into_params_yaml_keeping_its_com
     assert load_params(project / "params.yaml").finetune.model == "distilgpt2"
     kept = [line for line in before.splitlines() if line.lstrip().startswith("#") and "finetune" in line]
     assert kept and all(line in after.splitlines() for line in kept)  # params.yaml's comments stay
-    assert "\n\nfinetune:\n" in after and "extensions: [\".py\"]" in after  # its layout too
+    assert "\n\nfinetune:\n" in after and 'extensions: [".py"]' in after  # its layout too
     listed = subprocess.run([VENV_BIN / "autocoder", "profile"], cwd=project, capture_output=True, text=True)
     assert listed.stdout.split() == PROFILES
 

@@ -14,10 +14,10 @@ from autocoder.cli import main
 from autocoder.corpus import SPLIT_FILE, TOKENIZER_DIR, Corpus, CorpusWriter, Meta, read_split, split_rows
 from autocoder.errors import UserError
 from autocoder.ngrams import _BASE, ngram_hashes, shared_gram_pairs
+from autocoder.outputs import CONTAMINATION
 from autocoder.params import SplitParams, load_params
 from autocoder.problems import load_problems
 from autocoder.split import (
-    METRICS_FILE,
     SPLITS,
     assign,
     assign_by_content,
@@ -68,7 +68,7 @@ def run_split(tmp_path, monkeypatch, segments, **split) -> tuple[dict[int, str],
     monkeypatch.chdir(tmp_path)
     params = make_params(tmp_path, segments, **split)
     run(params)
-    return read_split(params.split.out_dir), json.loads(METRICS_FILE.read_text())
+    return read_split(params.split.out_dir), json.loads(CONTAMINATION.read_text())
 
 
 def test_ngram_hashes_are_the_polynomial_over_token_codes():
@@ -304,4 +304,4 @@ def test_too_few_files_is_a_user_error(tmp_path, monkeypatch, n_files, ratios):
     segments = write_segments(tmp_path / "segments", random_files(n_files))
     with pytest.raises(UserError, match=f"{n_files} file"):
         run_split(tmp_path, monkeypatch, segments, **ratios)
-    assert not (tmp_path / "split").exists() and not METRICS_FILE.exists()
+    assert not (tmp_path / "split").exists() and not CONTAMINATION.exists()

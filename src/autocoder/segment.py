@@ -24,11 +24,11 @@ from autocoder.atomic import atomic_dir, write_json
 from autocoder.corpus import TOKENIZER_DIR, CorpusWriter, Meta
 from autocoder.errors import UserError
 from autocoder.format import window_counts
+from autocoder.outputs import SEGMENT_STATS
 from autocoder.params import Params, SegmentParams
 from autocoder.split import file_position
 from autocoder.tokenizer import LEARN, learn_bpe, load_tokenizer, text_encoder, with_control_tokens
 
-STATS_FILE = Path("metrics/segment_stats.json")
 SKIP_REASONS = (
     "symlink",
     "special_file",
@@ -283,7 +283,7 @@ def run(params: Params) -> None:
         if not writer.rows["file_id"]:
             raise UserError(f"{raw_dir}: no file kept out of {seen['files']} (skipped: {dict(seen)})")
     stats = _stats(writer, params, seen)
-    write_json(STATS_FILE, stats)
+    write_json(SEGMENT_STATS, stats)
     skips = ", ".join(f"{reason} {n}" for reason, n in stats["skipped"].items() if n) or "none"
     print(
         f"segment: kept {stats['files_kept']} of {stats['files_seen']} files, {stats['tokens']:,} tokens, "

@@ -34,10 +34,10 @@ from autocoder.errors import UserError
 from autocoder.format import window_counts, window_start
 from autocoder.near_copies import groups, similar_pairs
 from autocoder.ngrams import boilerplate, contaminated, ngram_hashes, shared_gram_pairs
+from autocoder.outputs import CONTAMINATION
 from autocoder.params import Params, SplitParams
 from autocoder.problems import load_problems, rows_sharing_a_span
 
-METRICS_FILE = Path("metrics/contamination.json")
 SPLITS = np.array(["train", "dev", "test", "dropped"], dtype=object)  # split codes 0, 1, 2, 3
 HELD_OUT = (1, 2)
 DROPPED = 3  # a train file sharing a span with a benchmark (split.drop_humaneval_contaminated): in no split
@@ -65,7 +65,7 @@ def run(params: Params) -> None:
         write_columns(
             tmp / SPLIT_FILE, {"file_id": corpus.files["file_id"], "split": SPLITS[split]}, strings=("split",)
         )
-    write_json(METRICS_FILE, report)
+    write_json(CONTAMINATION, report)
     sizes = ", ".join(f"{name} {report[name]['files']} files" for name in SPLITS if name in report)
     leak = report["file_split"]
     print(

@@ -37,23 +37,23 @@ from autocoder.complete import Completer
 from autocoder.corpus import TOKENIZER_DIR, Corpus, split_rows
 from autocoder.errors import UserError
 from autocoder.evaluate.confidence import COLUMNS as CONFIDENCE_COLUMNS
-from autocoder.evaluate.confidence import CONFIDENCE_GATE, CONFIDENCE_PLOT
-from autocoder.evaluate.humaneval import HUMANEVAL, HUMANEVAL_INFILLING, PASS_AT_K_COLUMNS, PASS_AT_K_PLOT
+from autocoder.evaluate.confidence import CONFIDENCE_GATE
+from autocoder.evaluate.humaneval import HUMANEVAL, HUMANEVAL_INFILLING, PASS_AT_K_COLUMNS
 from autocoder.evaluate.javac import JAVAC
 from autocoder.evaluate.lines import INFILL, LINE_COMPLETION
 from autocoder.evaluate.measure import STAGE, Inputs, Measure, all_metrics, csv, measure_all
 from autocoder.evaluate.memorization import MEMORIZATION
 from autocoder.evaluate.perplexity import PERPLEXITY
 from autocoder.evaluate.robustness import PLOT_COLUMNS as ROBUSTNESS_COLUMNS
-from autocoder.evaluate.robustness import ROBUSTNESS, ROBUSTNESS_PLOT
+from autocoder.evaluate.robustness import ROBUSTNESS
 from autocoder.evaluate.samples import SAMPLES
 from autocoder.format import CONTROL_IDS
+from autocoder.outputs import CONFIDENCE_PLOT, EVALUATE_METRICS, PASS_AT_K_PLOT, ROBUSTNESS_PLOT
 from autocoder.params import Params, generation_settings
 from autocoder.scoring import dev_split_hash
 from autocoder.tokenizer import fingerprint
 from autocoder.tracking import RUN_INFO_FILE, configure, flatten, read_run_info
 
-METRICS_FILE = Path("metrics/metrics.json")
 # in order: the gate needs the line measures, robustness needs line completion and HumanEval
 MEASURES: list[Measure] = [
     PERPLEXITY,
@@ -92,7 +92,7 @@ def run(params: Params) -> None:
                 )
             for file, text in result.files.items():
                 (out / file).write_text(text)
-    write_json(METRICS_FILE, metrics)
+    write_json(EVALUATE_METRICS, metrics)
     plots = {path: text for result in results.values() for path, text in result.plots.items()}
     for path, columns in PLOTS.items():
         write_text(path, plots.get(path, csv([], columns)))
@@ -116,9 +116,9 @@ def run(params: Params) -> None:
         )
         mlflow.set_tags({registry.DECISION_TAG: decision.reason, "registered_model_version": decision.version})
         mlflow.log_metric("eval/champion", float(decision.promoted))
-    print(f"{STAGE}: metrics in {METRICS_FILE}, samples in {Path(cfg.out_dir) / 'samples.md'}")
+    print(f"{STAGE}: metrics in {EVALUATE_METRICS}, samples in {Path(cfg.out_dir) / 'samples.md'}")
     if skipped:  # at the end, where it is seen, not only in the middle of the log
-        print(f"{STAGE}: {len(skipped)} measures skipped, missing from {METRICS_FILE} (its `skipped` says why):")
+        print(f"{STAGE}: {len(skipped)} measures skipped, missing from {EVALUATE_METRICS} (its `skipped` says why):")
         for measure, why in skipped.items():
             print(f"  {measure}: {why}")
 

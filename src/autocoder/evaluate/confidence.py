@@ -5,12 +5,10 @@ together: precision (exact match) against coverage as the confidence threshold v
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from autocoder import gate
 from autocoder.evaluate.measure import STAGE, Inputs, Measure, Result, csv
+from autocoder.outputs import CONFIDENCE_PLOT
 
-CONFIDENCE_PLOT = Path("plots/confidence.csv")  # the gate's precision against coverage
 COLUMNS = ["threshold", "coverage", "precision"]
 LINE_MEASURES = ("line_completion", "infill")
 

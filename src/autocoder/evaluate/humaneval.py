@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -36,6 +35,7 @@ from autocoder.evaluate.measure import STAGE, Inputs, Measure, Result, csv
 from autocoder.evaluate.sandbox import Limits, run_python
 from autocoder.format import END_OF_LINE, NEVER
 from autocoder.ngrams import ngram_hashes
+from autocoder.outputs import PASS_AT_K_PLOT
 from autocoder.params import HumanEvalParams
 from autocoder.problems import InfillingProblem, Problem
 
@@ -161,7 +161,6 @@ def humaneval_scores(
     return scores, records
 
 
-PASS_AT_K_PLOT = Path("plots/humaneval_pass_at_k.csv")  # HumanEval pass@k against k
 PASS_AT_K_COLUMNS = ["k", "pass_at_k"]
 
 

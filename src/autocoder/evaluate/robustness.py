@@ -10,8 +10,6 @@ robust score (a problem counts when it passes nominally and under every kind).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from autocoder import problems as benchmark
@@ -19,6 +17,7 @@ from autocoder.evaluate.humaneval import humaneval_scores, limits
 from autocoder.evaluate.lines import draw_lines, line_examples
 from autocoder.evaluate.measure import STAGE, Inputs, Measure, Result, csv
 from autocoder.evaluate.perturb import KINDS, LINE_KINDS, perturb, perturb_line
+from autocoder.outputs import ROBUSTNESS_PLOT
 
 
 def robustness_scores(nominal: list[bool], perturbed: dict[str, list[bool]]) -> dict:
@@ -35,7 +34,6 @@ def robustness_scores(nominal: list[bool], perturbed: dict[str, list[bool]]) -> 
     return scores
 
 
-ROBUSTNESS_PLOT = Path("plots/robustness.csv")  # each measure's score, nominal and under each perturbation
 PLOT_COLUMNS = ["case", "score"]
 
 

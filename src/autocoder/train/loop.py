@@ -33,6 +33,7 @@ from autocoder.atomic import atomic_dir, write_json, write_text
 from autocoder.corpus import TOKENIZER_DIR
 from autocoder.errors import UserError, first_line
 from autocoder.examples import FimTransform, PackedWindows
+from autocoder.outputs import FINETUNE_METRICS, FINETUNE_PLOT
 from autocoder.params import Params
 from autocoder.runtime import ONNX_FILE, export_onnx
 from autocoder.scoring import DevScore, DevWindows, collate, summed_nll
@@ -43,8 +44,6 @@ from autocoder.train.inputs import Inputs, build_model
 from autocoder.train.launch import resolve_mixed_precision
 
 STAGE = "finetune"
-METRICS_FILE = Path("metrics/finetune.json")
-PLOTS_FILE = Path("plots/finetune.csv")
 PLOT_COLUMNS = [
     "step",
     "tokens",
@@ -360,8 +359,8 @@ def _write_outputs(params: Params, inputs: Inputs, progress: Progress, ckpt_dir:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
     mlflow.log_artifacts(str(Path(ft.out_dir) / "best"), "best")
     mlflow.log_artifacts(str(inputs.corpus.dir / TOKENIZER_DIR), "tokenizer")
-    write_json(METRICS_FILE, metrics)
-    _write_csv(PLOTS_FILE, progress.history)
+    write_json(FINETUNE_METRICS, metrics)
+    _write_csv(FINETUNE_PLOT, progress.history)
     log(
         f"best dev perplexity {metrics['best_dev_perplexity']:.4g} at step {progress.best_step}; "
         f"model in {Path(ft.out_dir) / 'best'}"
