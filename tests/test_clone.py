@@ -175,14 +175,16 @@ def test_directory_zip_and_tar_take_the_same_content(tmp_path):
         assert recs[name]["commit"] is None and recs[name]["rev"] is None
 
 
-def test_globs():
-    match = lambda pattern, path: bool(sources.glob_regex(pattern).fullmatch(path))  # noqa: E731
+def test_globs_are_gitignore_patterns():
+    match = lambda pattern, path: sources.globs([pattern]).match_file(path)  # noqa: E731
     assert match("**/test/**", "test/a.py") and match("**/test/**", "x/y/test/a.py")
     assert not match("**/test/**", "xtest/a.py") and not match("**/test/**", "test.py")
-    assert match("*.py", "a.py") and not match("*.py", "x/a.py") and match("**/*.py", "x/y/a.py")
+    assert match("*.py", "a.py") and match("*.py", "x/a.py") and match("**/*.py", "x/y/a.py")  # any depth
+    assert match("site-packages/**", "site-packages/a.py") and not match("site-packages/**", "x/site-packages/a.py")
     assert match("java.base/java/util/**", "java.base/java/util/concurrent/Lock.java")
     assert match("a?c/[!x]*.py", "abc/y.py") and not match("a?c/[!x]*.py", "a/c/y.py")
     assert not match("a?c/[!x]*.py", "abc/x.py") and match("f[0-9].py", "f7.py")
+    assert not sources.globs(["**/tests/**", "!**/tests/keep.py"]).match_file("x/tests/keep.py")  # re-taken
 
 
 def test_include_exclude(tmp_path):
@@ -349,8 +351,8 @@ def test_deterministic(tmp_path, repo):
 
 
 def test_seed_profile(tmp_path, repo):
-    raw = yaml.safe_load((ROOT / "profiles" / "seed.yaml").read_text())
     seed = profile("seed")
+    raw = seed.model_dump(mode="json")
     assert seed.finetune.model == "distilgpt2" and seed.segment.segment_len == 254 and seed.split.dev_ratio == 0.1
     by_lang = {}
     for src in raw["clone"]["sources"]:

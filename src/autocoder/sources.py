@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
 
+import pathspec
+
 from autocoder.atomic import atomic_dir, write_json
 from autocoder.errors import UserError
 from autocoder.params import Params, Source
@@ -68,30 +70,12 @@ def _about(source: Source) -> Iterator[None]:
 
 
 # ---- which files to take -------------------------------------------------------------------------
-# Include/exclude globs match the whole relative path ("/"-separated, no leading "./"):
-#   *       any characters within one file or folder name (never "/")
-#   ?       one character other than "/"
-#   [abc]   one character of the set; [!abc] negates (as in fnmatch)
-#   **      any characters across folders; "**/" also matches no folder at all, so
-#           "**/test/**" matches both "test/a.py" and "x/test/a.py"
+# Include/exclude patterns are .gitignore's (pathspec, the library DVC reads .dvcignore with), on the
+# relative path ("/"-separated): "*.py" matches at any depth, "a/b/**" only under a/b/ ("/" inside
+# anchors a pattern), "**/test/**" any folder named test, "!" re-takes what an earlier line left out.
 # An empty include takes every file of the source's languages; exclude wins over include.
-_GLOB_TOKEN = re.compile(r"\*\*/|\*\*|\*|\?|\[!?\]?[^\]]*\]")
-_GLOB_REGEX = {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}
-
-
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    parts, pos = [], 0
-    for m in _GLOB_TOKEN.finditer(pattern):
-        token = m.group()
-        if token not in _GLOB_REGEX:  # a character class
-            inner = token[1:-1].replace("\\", "\\\\")
-            token_regex = f"[^{inner[1:]}]" if inner.startswith("!") else f"[{inner}]"
-        else:
-            token_regex = _GLOB_REGEX[token]
-        parts += [re.escape(pattern[pos : m.start()]), token_regex]
-        pos = m.end()
-    parts.append(re.escape(pattern[pos:]))
-    return re.compile("".join(parts))
+def globs(patterns: list[str]) -> pathspec.GitIgnoreSpec:
+    return pathspec.GitIgnoreSpec.from_lines(patterns)
 
 
 @dataclass(frozen=True)
@@ -100,23 +84,23 @@ class Selector:
 
     params: Params
     languages: tuple[str, ...]  # the source's
-    include: tuple[re.Pattern[str], ...]
-    exclude: tuple[re.Pattern[str], ...]
+    include: pathspec.GitIgnoreSpec
+    exclude: pathspec.GitIgnoreSpec
 
     @classmethod
     def of(cls, source: Source, params: Params) -> Selector:
         return cls(
             params,
             tuple(source.languages),
-            tuple(map(glob_regex, source.include)),
-            tuple(map(glob_regex, source.exclude)),
+            globs(source.include),
+            globs(source.exclude),
         )
 
     def language(self, relpath: str) -> str | None:
         lang = self.params.language_of(relpath, among=self.languages)
-        if lang is None or any(p.fullmatch(relpath) for p in self.exclude):
+        if lang is None or self.exclude.match_file(relpath):
             return None
-        if self.include and not any(p.fullmatch(relpath) for p in self.include):
+        if self.include.patterns and not self.include.match_file(relpath):
             return None
         return lang
 
