@@ -8,8 +8,8 @@ Two rules find them, and the split keeps each group (their union, transitively) 
 - shared spans: two files sharing at least a fraction of the smaller one's distinct n-grams (the
   contamination n, boilerplate left out: autocoder.ngrams.shared_gram_pairs). Sibling classes that
   copy a few methods and their javadoc (the java.util.concurrent queues, the *SummaryStatistics) are
-  far apart as wholes, so MinHash misses them, yet they leaked most of what remained (README,
-  "Contamination").
+  far apart as wholes, so MinHash misses them, yet they leaked most of what remained
+  (docs/results.md, "Contamination").
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from collections.abc import Iterable
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from autocoder.corpus import Corpus
 from autocoder.ngrams import ngram_hashes
@@ -52,15 +54,8 @@ def similar_pairs(corpus: Corpus, threshold: float, shingle_tokens: int, seed: i
 
 
 def groups(n_rows: int, pairs: Iterable[tuple[int, int]]) -> np.ndarray:
-    """A group id for every row: rows joined by `pairs`, transitively (union-find), share one."""
-    parent = list(range(n_rows))
-
-    def root(row: int) -> int:
-        while parent[row] != row:
-            parent[row] = parent[parent[row]]
-            row = parent[row]
-        return row
-
-    for a, b in pairs:
-        parent[root(int(b))] = root(int(a))
-    return np.array([root(row) for row in range(n_rows)], dtype=np.int64)
+    """A group id for every row: rows joined by `pairs`, transitively, share one (the connected
+    components of the graph the pairs draw, by scipy)."""
+    edges = np.array(list(pairs), dtype=np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(n_rows, n_rows))
+    return connected_components(graph, directed=False)[1].astype(np.int64)

