@@ -10,8 +10,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from autocoder.complete import Completer
+from autocoder.complete.cache import common_prefix
 from autocoder.corpus import Corpus, split_rows
-from autocoder.evaluate.memorization import common_prefix, memorization
+from autocoder.evaluate.memorization import memorization
 from autocoder.params import MemorizationParams
 from autocoder.tokenizer import learn_bpe, with_control_tokens
 from helpers import CONTROL_TOKENS, STDLIB, record_prompt_format, write_corpus

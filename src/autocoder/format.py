@@ -25,6 +25,16 @@ and a model folder records it, as litgpt saves a checkpoint's prompt style with 
   most a quarter (its first tokens: the left context predicts the next tokens best, the right one
   mostly says where to stop), the prefix the rest (its last tokens). A server lets one request
   generate at most half the positions: the other half is the context's.
+- Anchored windows (a server's, for its prompt cache): an editor asks at every pause in typing,
+  and its client cuts the text before the cursor anew each time, so "the last N tokens" starts
+  somewhere else at every keystroke and no two prompts share a prefix. An anchored window starts at
+  a line start that stays put while the user types: the first line start of the context (its first
+  line may be cut), or, when the text from there does not fit, the earliest anchor line it fits from.
+  A context shorter than ANCHOR_MIN_CHARS that fits is kept whole: it is a file's start, not a
+  client's window (Continue sends 1,500 characters and more).
+  Anchors are chosen by content (a line whose text hashes to 0 mod ANCHOR_EVERY), so that the same
+  lines are anchors however the client cut the text before them; the window moves by about
+  ANCHOR_EVERY lines at a time (anchored_start).
 - Stop patterns: a completion ends at a blank line (the seed cut at "\\n\\n"), a line completion at
   the line's end.
 - Prompt formats, config.json's `prompt_format`: CONTROL_IDS (what our finetune trains) is a window's
@@ -37,6 +47,8 @@ No torch and no transformers here: completing from an exported model imports thi
 from __future__ import annotations
 
 import re
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -57,6 +69,8 @@ NEVER = re.compile(r"(?!)")  # never matches: generation runs to eos or max_new_
 PROMPT_FORMAT_KEY, CONTROL_TOKENS_KEY = "prompt_format", "control_tokens"
 CONTROL_IDS, SEED_TEXT = "control_ids", "seed_text"
 
+ANCHOR_MIN_CHARS = 1_000  # a shorter context that fits is kept whole (anchored_start)
+ANCHOR_EVERY = 16  # lines: an anchored window moves by about this many lines (anchored_start)
 SUFFIX_SHARE = 4  # by default a fill-in-the-middle suffix keeps at most 1/SUFFIX_SHARE of the room
 FIM_SPECIALS = 4  # control, <fim_prefix>, <fim_suffix>, <fim_middle>
 
@@ -153,6 +167,30 @@ def psm_prompt(
     the rest of the room, its last tokens."""
     suffix = suffix[: room // SUFFIX_SHARE if max_suffix_tokens is None else min(max_suffix_tokens, room)]
     return psm(control, fim, _last(prefix, room - len(suffix)), suffix)
+
+
+def anchored_start(text: str, fits: Callable[[int], bool]) -> int | None:
+    """Where an anchored window of `text` starts (the module docstring): the first line start, else
+    the earliest anchor from which `fits(start)` (the text from there fits the room), else None.
+    `fits` is monotone (a later start fits whenever an earlier one does): a binary search."""
+    if len(text) < ANCHOR_MIN_CHARS and fits(0):
+        return 0
+    first = text.find("\n") + 1
+    if fits(first):
+        return first
+    anchors, offset = [], 0
+    for line in text.split("\n"):  # an anchor is a line start chosen by the line's text
+        if offset > first and zlib.crc32(line.encode()) % ANCHOR_EVERY == 0:
+            anchors.append(offset)
+        offset += len(line) + 1
+    lo, hi = 0, len(anchors)  # the first anchor that fits is in anchors[lo:hi], or none is
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fits(anchors[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return anchors[lo] if lo < len(anchors) else None
 
 
 def _last(ids: list[int], n: int) -> list[int]:

@@ -74,6 +74,16 @@ class TorchRunner:
         cache.batch_select_indices(self.torch.tensor(rows, device=self.device))
         return cache
 
+    def length(self, cache) -> int:
+        """How many tokens the cache holds."""
+        return cache.get_seq_length()
+
+    def crop(self, cache, n: int):
+        """The cache of its first `n` tokens (in place)."""
+        if n < cache.get_seq_length():  # transformers' crop takes the tokens to remove, negated
+            cache.crop(n - cache.get_seq_length())
+        return cache
+
 
 class OnnxRunner:
     """An exported model.onnx run by ONNX Runtime on the CPU."""
@@ -121,6 +131,12 @@ class OnnxRunner:
     def select(self, cache, rows: list[int]):
         """The cache of the batch's `rows` only (the others are done)."""
         return cache[0][:, rows], cache[1][:, rows]
+
+    def length(self, cache) -> int:
+        return cache[0].shape[3]  # (layers, batch, heads, tokens, head_dim)
+
+    def crop(self, cache, n: int):
+        return cache[0][:, :, :, :n], cache[1][:, :, :, :n]
 
 
 class OnnxTokenizer:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from autocoder.complete.cache import PromptCache
 from autocoder.complete.decode import (
     DEFAULT_MAX_NEW_TOKENS,
     Completion,
@@ -99,18 +100,24 @@ class Completer(PromptBuilder):
         no_repeat_ngram_size: int = 0,
         heal: bool = True,
         on_step: Callable[[list[str]], bool] | None = None,
+        prompt_cache: PromptCache | None = None,
+        anchor: bool = False,
     ) -> list[Completion]:
         """`num` completions of `context`: greedy when temperature is 0, else sampled (top-p). With a
         `suffix`, the completion fills in between `context` and `suffix` (prompt.py).
         `heal`: token healing of the context's last token (prompt.py). `on_step`, when
         given, is called after every generated token with each completion's text so far (not yet cut
         at `stop`); when it returns False, generation ends there and the unfinished ones stop as
-        "cancelled" (a server whose client went away)."""
+        "cancelled" (a server whose client went away). `prompt_cache` (cache.py, one completion):
+        the prompt's prefix is taken from it where it holds one, and its cache kept there; `anchor`:
+        the context starts at an anchored line (prompt.py), so that successive prompts share a prefix."""
         check_generation_args(max_new_tokens, temperature, top_p, num)
         check_loop_guard(repetition_penalty, no_repeat_ngram_size)
-        prompt = self.prepare(lang, context, max_new_tokens, max_context_tokens, suffix, max_suffix_tokens, heal)
+        prompt = self.prepare(
+            lang, context, max_new_tokens, max_context_tokens, suffix, max_suffix_tokens, heal, anchor
+        )
         decoding = Decoding(max_new_tokens, temperature, top_p, repetition_penalty, no_repeat_ngram_size)
-        return self.generate([prompt] * num, [stop] * num, decoding, on_step)
+        return self.generate([prompt] * num, [stop] * num, decoding, on_step, prompt_cache)
 
     def complete_many(
         self, requests: list[dict], batch_size: int, decoding: Decoding, progress: Callable[[int], None] | None = None
@@ -146,6 +153,7 @@ class Completer(PromptBuilder):
         stops: list[re.Pattern],
         decoding: Decoding,
         on_step: Callable[[list[str]], bool] | None = None,
+        prompt_cache: PromptCache | None = None,
     ) -> list[Completion]:
         """Decode a batch of prompts, one row each (decode.generate)."""
-        return generate(self.runner, self.tokenizer, prompts, stops, decoding, self.rng, on_step)
+        return generate(self.runner, self.tokenizer, prompts, stops, decoding, self.rng, on_step, prompt_cache)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from autocoder.complete.cache import PromptCache
 from autocoder.complete.prompt import Prompt
 from autocoder.errors import UserError
 
@@ -85,12 +86,15 @@ def generate(
     decoding: Decoding,
     rng: np.random.Generator,
     on_step: Callable[[list[str]], bool] | None = None,
+    prompt_cache: PromptCache | None = None,
 ) -> list[Completion]:
     """Decode a batch of prompts with `runner` (autocoder.runtime), one row each; `rng` draws the
     samples (temperature > 0). Shorter prompts are left-padded
     with their own first token, which the attention mask hides and the repetition penalty already
     counts, so a padded row decodes as it would alone. Greedy rows that are done leave the batch
-    (and the cache), so that the longest completion does not keep the finished ones computing."""
+    (and the cache), so that the longest completion does not keep the finished ones computing.
+    `prompt_cache` (one prompt only): the prompt's prefix is taken from it when a slot shares one,
+    and its cache is kept there after (cache.py)."""
     width = max(len(p.ids) for p in prompts)
     pads = np.array([width - len(p.ids) for p in prompts])
     sequence = np.array([[p.ids[0]] * pad + p.ids for p, pad in zip(prompts, pads)], dtype=np.int64)
@@ -102,7 +106,12 @@ def generate(
     reasons: list[str | None] = [None] * num
     live = np.arange(num)  # the prompts still in the batch, in its row order
     d = decoding
-    inputs, cache = sequence, None
+    cache, cached = None, 0
+    if prompt_cache is not None:
+        if num != 1:
+            raise ValueError("generate: a prompt cache serves one prompt at a time")
+        cache, cached = prompt_cache.take(prompts[0].ids)
+    inputs = sequence[:, cached:]
     for step in range(d.max_new_tokens):
         logits, cache = runner.step(inputs, cache, mask)
         scores = logits.copy()  # logits stay the model's own: the confidence
@@ -140,6 +149,8 @@ def generate(
                 runner.select(cache, keep),
             )
             mask = mask[keep] if mask is not None else None
+    if prompt_cache is not None:
+        prompt_cache.keep(sequence[0].tolist(), cache)
     return [
         _completion(tokenizer, ids, row_logprobs, reason or "length", stop, p.healed)
         for ids, row_logprobs, reason, stop, p in zip(generated, logprobs, reasons, stops, prompts)

@@ -27,7 +27,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from autocoder.errors import UserError
-from autocoder.format import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, PromptFormat, context_room, prompt, psm_prompt
+from autocoder.format import (
+    FIM_MIDDLE,
+    FIM_PREFIX,
+    FIM_SUFFIX,
+    SUFFIX_SHARE,
+    PromptFormat,
+    anchored_start,
+    context_room,
+    prompt,
+    psm_prompt,
+)
 
 LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
@@ -95,9 +105,11 @@ class PromptBuilder:
         suffix: str | None = None,
         max_suffix_tokens: int | None = None,
         heal: bool = True,
+        anchor: bool = False,
     ) -> Prompt:
         """The prompt of one completion (complete's arguments): its ids, cut to the context room, and
-        what token healing took back."""
+        what token healing took back. `anchor`: the context starts at an anchored line
+        (format.anchored_start), so that the prompts of successive keystrokes share a prefix."""
         positions = self.config.max_position_embeddings
         room = context_room(positions, max_new_tokens, infill=suffix is not None)
         if room <= 0:
@@ -105,6 +117,8 @@ class PromptBuilder:
                 f"max_new_tokens {max_new_tokens} leaves no room for a context in the model's {positions} positions"
             )
         keep = min(room, max_context_tokens or room)
+        if anchor:
+            context = self._anchored(context, keep, suffix, max_suffix_tokens)
         healed, allowed = (self._healed_tail(context) if heal else ""), None
         if healed:  # the context's last token, taken back: the first generated token must re-spell it
             context, allowed = context[: -len(healed)], self._tokens_starting_with(healed)
@@ -113,6 +127,14 @@ class PromptBuilder:
         else:
             ids = self.fim_prompt_ids(lang, context, suffix, keep, max_suffix_tokens)
         return Prompt(ids, healed, allowed)
+
+    def _anchored(self, context: str, keep: int, suffix: str | None, max_suffix_tokens: int | None) -> str:
+        """The context from its anchored start: what fits in `keep` tokens less the suffix's share."""
+        if suffix is not None:
+            share = keep // SUFFIX_SHARE if max_suffix_tokens is None else min(max_suffix_tokens, keep)
+            keep -= min(share, len(self.encode(suffix)))
+        start = anchored_start(context, lambda at: len(self.encode(self.format.context_text(context[at:]))) <= keep)
+        return context if start is None else context[start:]
 
     def _healed_tail(self, context: str) -> str:
         """The text of the context's last token, when token healing can take it back."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from autocoder.complete import Completer, Decoding
+from autocoder.complete.cache import common_prefix
 from autocoder.corpus import Corpus
 from autocoder.evaluate.measure import STAGE, Inputs, Measure, Result
 from autocoder.format import NEVER
@@ -58,14 +59,6 @@ def memorization(
             "mean_prefix_tokens": float(np.mean(matched)) if matched else 0.0,
         }
     return scores
-
-
-def common_prefix(generated: list[int], truth: list[int]) -> int:
-    """How many leading tokens of `generated` equal `truth`'s."""
-    for i, (a, b) in enumerate(zip(generated, truth)):
-        if a != b:
-            return i
-    return min(len(generated), len(truth))
 
 
 def _run(inputs: Inputs) -> Result:
