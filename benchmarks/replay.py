@@ -12,9 +12,11 @@ latency, whether the completion is exactly the rest of the line the user goes on
 tokens and, where the server reports them (OpenAI's `usage.prompt_tokens_details.cached_tokens`), the
 tokens it did not prefill again. Reported per variant: p50 and p95 latency, exact match, the cache hit
 rate (cached / prompt tokens) and the tokens prefilled per request; with `--cold`, also the serve
-benchmark's single-line infill requests (benchmarks/serve.py), each on its own.
+benchmark's single-line infill requests (benchmarks/serve.py), each on its own. A variant is a
+runtime of benchmarks/serve.py (torch, onnx, onnx-int8), served with its prompt cache (the default,
+4 slots) or, with "+nocache", without (`--cache-slots 0`): the same greedy outputs either way.
 
-    python benchmarks/replay.py [--model models/finetune/best] [--variants torch,onnx] [--lines 10]
+    python benchmarks/replay.py [--model models/finetune/best] [--variants torch,torch+nocache] [--lines 10]
 """
 
 from __future__ import annotations
@@ -44,11 +46,12 @@ RESULTS = Path(__file__).parent / "results" / "replay.json"
 DEBOUNCE_MS, MEDIAN_GAP_MS, GAP_SIGMA = 350, 150, 0.8
 
 
-def typing_requests(n_lines: int, seed: int) -> list[dict]:
-    """The requests a client sends while the drawn lines are typed, each with the rest of its line."""
+def typing_requests(texts: list[tuple[str, str]], n_lines: int, seed: int) -> list[dict]:
+    """The requests a client sends while drawn lines of `texts` ((language, text) each) are typed,
+    each with the rest of its line."""
     rng = random.Random(seed)
     by_lang: dict[str, list[tuple[str, int]]] = {}
-    for lang, text in dev_texts():
+    for lang, text in texts:
         lines = text.split("\n")
         by_lang.setdefault(lang, []).extend((text, i) for i in range(1, len(lines)) if len(lines[i].strip()) >= 20)
     requests = []
@@ -85,6 +88,7 @@ def ask(url: str, request: dict) -> dict:
     return {
         "ms": elapsed,
         "exact": text.strip() == request["target"].strip(),
+        "text": text,
         "prompt": usage["prompt_tokens"],
         "cached": cached,
     }
@@ -112,17 +116,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    typing = typing_requests(args.lines, args.seed)
+    typing = typing_requests(dev_texts(), args.lines, args.seed)
     cold = [{**ex, "target": ex["target"].strip()} for ex in dev_examples(args.cold, args.seed)] if args.cold else []
-    variants = {}
+    variants, texts = {}, {}
     with tempfile.TemporaryDirectory() as scratch:
         for variant in args.variants.split(","):
-            if variant not in VARIANTS:
+            runtime, _, option = variant.partition("+")
+            if runtime not in VARIANTS or option not in ("", "nocache"):
                 parser.error(f"--variants: unknown {variant!r}")
-            server, url = start_server(variant_folder(Path(args.model), variant, Path(scratch)), queue_size=4)
+            folder = variant_folder(Path(args.model), runtime, Path(scratch) / variant)
+            extra = ("--cache-slots", "0") if option == "nocache" else ()
+            server, url = start_server(folder, queue_size=4, extra=extra)
             try:
                 ask(url, typing[0])  # warm-up
-                variants[variant] = {"typing": summary([ask(url, r) for r in typing])}
+                answers = [ask(url, r) for r in typing]
+                variants[variant] = {"typing": summary(answers)}
+                texts[variant] = [a["text"] for a in answers]
                 if cold:
                     variants[variant]["cold"] = summary([ask(url, r) for r in cold])
             finally:
@@ -134,8 +143,12 @@ def main() -> None:
                     f"{r['exact_match']:.1%}, cache hits {r['cache_hit_rate']:.0%}, "
                     f"{r['prefilled_tokens_per_request']} tokens prefilled per request ({r['requests']} requests)"
                 )
+    # every speed-up keeps the greedy outputs: the same texts in every variant
+    same = len({tuple(t) for t in texts.values()}) <= 1
+    print(f"the same completions in every variant: {same}")
     record = {
         "model": args.model,
+        "same_completions_in_every_variant": same,
         "lines": args.lines,
         "debounce_ms": DEBOUNCE_MS,
         "variants": variants,

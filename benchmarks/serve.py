@@ -94,7 +94,7 @@ def summary(latencies: list[float], texts: list[str], examples: list[dict]) -> d
     }
 
 
-def start_server(model: Path, queue_size: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: Path, queue_size: int, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     """A real `autocoder serve --model model --no-gate` (every completion's text, for its exact
     match), up once /health answers; its process (in its own session) and URL."""
     with socket.socket() as s:
@@ -102,7 +102,7 @@ def start_server(model: Path, queue_size: int) -> tuple[subprocess.Popen, str]:
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     cmd = [str(Path(sys.executable).parent / "autocoder"), "serve", "--model", str(model), "--port", str(port)]
-    cmd += ["--queue-size", str(queue_size), "--no-gate"]
+    cmd += ["--queue-size", str(queue_size), "--no-gate", *extra]
     server = subprocess.Popen(cmd, start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.monotonic() + 180
     while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -402,3 +403,32 @@ def test_a_client_that_goes_away_before_any_text_stops_its_generation(guarded, s
     while guarded.health().get("cancelled", 0) == before:
         assert time.monotonic() < deadline, guarded.health()
         time.sleep(0.1)
+
+
+def test_the_replay_benchmark_sends_what_an_editor_sends_and_the_cache_keeps_the_answers(server, completer):
+    """benchmarks/replay.py's requests, as the server receives them: each answer is the Completer's
+    own on that prompt and suffix (anchored, as the server's prompt cache prompts), and after the
+    first keystroke the server reuses what it prefilled for the one before."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import replay
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    text = (ROOT / "src/autocoder/complete/cache.py").read_text()
+    requests = replay.typing_requests([("python", text)], n_lines=1, seed=1)
+    assert len(requests) >= 3 and all(r["prompt"] and r["target"] for r in requests)
+    answers = [replay.ask(server.url, r) for r in requests]
+    for request, answer in zip(requests, answers):
+        [expected] = completer.complete(
+            "python",
+            request["prompt"],
+            suffix=request["suffix"],
+            stop=re.compile(re.escape("\n")),
+            max_new_tokens=32,
+            repetition_penalty=1.1,
+            anchor=True,
+        )
+        assert answer["text"] == expected.text
+        assert answer["prompt"] == len(completer.encode(request["prompt"])) + len(completer.encode(request["suffix"]))
+    later = answers[1:]  # (the window moves on when the client's cut crosses a line: one miss then)
+    assert sum(a["cached"] for a in later) > 0.5 * sum(a["prompt"] for a in later)

@@ -82,6 +82,13 @@ def _build_parser() -> argparse.ArgumentParser:
             "evaluate stage fitted for the registered model; none for a model folder)",
         )
         p.add_argument("--no-gate", action="store_true", help="show every completion: no confidence gate or filters")
+        p.add_argument(
+            "--cache-slots",
+            type=int,
+            default=4,
+            help="prompts whose key/value cache is kept (0: none): a request runs the model only after the "
+            "prefix it shares with one of them, its context window anchored on a line so that keystrokes share it",
+        )
 
     comp = sub.add_parser("complete", help="complete code from a prompt", formatter_class=_DefaultsFormatter)
     comp.add_argument("prompt", help="the code context to complete")

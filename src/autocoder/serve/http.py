@@ -138,13 +138,14 @@ class Server:
         gated: bool = True,
         min_confidence: float | None = None,
         api_key: str | None = None,
+        cache_slots: int = 0,
     ):
         self.completer, self.params, self.model_name = completer, params, model_name
         self.api_key = api_key
         self.gate = Gate(completer, gated, min_confidence)
         self.defaults = generation_settings(params.evaluate if params else None)
         self.queue_size = queue_size
-        self.worker = Worker(completer)
+        self.worker = Worker(completer, cache_slots)
         self.waiting = 0  # requests queued or generating (touched only on the event loop)
         self.counts: Counter = Counter()
         self.app = self._build_app()
@@ -473,6 +474,7 @@ class _LlamaCppShape:
             "stopping_word": "",
             "tokens_predicted": usage["completion_tokens"],
             "tokens_evaluated": usage["prompt_tokens"],
+            "tokens_cached": usage["prompt_tokens_details"]["cached_tokens"],
             "model": self.server.model_name,
         }
 
@@ -487,11 +489,17 @@ class _LlamaCppShape:
 
 
 def _usage(completer: Completer, job: Job, completions: list[Completion]) -> dict:
-    """Token counts as OpenAI reports them; the prompt's as tokenized, before the context is cut to fit."""
+    """Token counts as OpenAI reports them; the prompt's as tokenized, before the context is cut to fit,
+    and of those, the ones the prompt cache held (`prompt_tokens_details.cached_tokens`)."""
     encode = completer.encode
     prompt = len(encode(job.options["context"])) + len(encode(job.options["suffix"] or ""))
     generated = sum(c.n_tokens for c in completions)
-    return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": generated,
+        "total_tokens": prompt + generated,
+        "prompt_tokens_details": {"cached_tokens": job.cached_tokens},
+    }
 
 
 def _logprobs(completer: Completer, completion: Completion) -> dict:
@@ -527,6 +535,8 @@ def serve_command(args) -> None:
     quiet_model_loading()
     if args.queue_size < 1:
         raise UserError(f"--queue-size: {args.queue_size} must be at least 1")
+    if args.cache_slots < 0:
+        raise UserError(f"--cache-slots: {args.cache_slots} must be 0 (no prompt cache) or more")
     params = params_for(args)
     completer = load_completer(args.model, params)
     name = args.model or (f"models:/{params.evaluate.registered_model_name}@champion" if params else "autocoder")
@@ -539,7 +549,9 @@ def serve_command(args) -> None:
             file=sys.stderr,
             flush=True,
         )
-    server = Server(completer, params, name, args.queue_size, not args.no_gate, args.min_confidence, api_key)
+    server = Server(
+        completer, params, name, args.queue_size, not args.no_gate, args.min_confidence, api_key, args.cache_slots
+    )
     print(
         f"autocoder serve: {name} on http://{args.host}:{args.port} (OpenAI /v1/completions, llama.cpp "
         "/infill and /completion)",

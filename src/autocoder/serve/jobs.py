@@ -1,5 +1,6 @@
 """What both servers share: a request's language and its generation as a job that can be cancelled,
-the one worker thread that runs the jobs, and the confidence gate's decision on what they generated."""
+the one worker thread that runs the jobs (with the prompt cache, complete/cache.py), and the
+confidence gate's decision on what they generated."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 
 from autocoder import gate
 from autocoder.complete import Completer, Completion
+from autocoder.complete.cache import PromptCache
 from autocoder.params import Params
 
 
@@ -27,6 +29,7 @@ class Job:
     stops: list[str] = field(default_factory=list)
     on_texts: object = None  # callable(list[str]) or None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    cached_tokens: int = 0  # prompt tokens the prompt cache held (set when it has run)
 
     @classmethod
     def of(
@@ -58,10 +61,13 @@ def language(completer: Completer, params: Params | None, path: str | None) -> s
 
 class Worker:
     """The loaded Completer and its one generating thread: jobs run one at a time, in the order they
-    were started (on a CPU, two at once would each take about twice as long)."""
+    were started (on a CPU, two at once would each take about twice as long). With `cache_slots`, a
+    job of one completion reuses the prompt cache (complete/cache.py) and prompts with an anchored
+    window (format.anchored_start), so that successive keystrokes share a prefix."""
 
-    def __init__(self, completer: Completer):
+    def __init__(self, completer: Completer, cache_slots: int = 0):
         self.completer = completer
+        self.cache = PromptCache(completer.runner, cache_slots) if cache_slots > 0 else None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
         # The loaded model and libraries are objects that live as long as the server: out of the
         # cyclic collector's sight, its full collections no longer stop the event loop for 300 ms
@@ -76,7 +82,12 @@ class Worker:
     def _generate(self, job: Job) -> list[Completion]:
         if job.cancelled.is_set():  # cancelled while it waited: not even its prompt is run
             return [Completion("", math.nan, 0, "cancelled")] * job.options.get("num", 1)  # no token, no confidence
-        return self.completer.complete(**job.options, on_step=job.step)
+        if self.cache is None or job.options.get("num", 1) != 1:
+            return self.completer.complete(**job.options, on_step=job.step)
+        cached = self.cache.stats.cached_tokens
+        completions = self.completer.complete(**job.options, on_step=job.step, prompt_cache=self.cache, anchor=True)
+        job.cached_tokens = self.cache.stats.cached_tokens - cached
+        return completions
 
 
 class Gate:

@@ -78,9 +78,10 @@ class Completions:
         settings: dict,
         gated: bool = True,
         min_confidence: float | None = None,
+        cache_slots: int = 0,
     ):
         self.completer, self.params, self.settings = completer, params, settings
-        self.worker = Worker(completer)
+        self.worker = Worker(completer, cache_slots)
         self.gate = Gate(completer, gated, min_confidence)
         self.pending: dict[Job, str] = {}  # jobs queued or generating -> their document's URI
         self.server = self._build_server()
@@ -206,6 +207,8 @@ def lsp_command(args) -> None:
     rpc = _stdout_for_rpc()  # before anything loads that could write to stdout
     from autocoder.complete.load import load_completer, params_for, quiet_model_loading
 
+    if args.cache_slots < 0:
+        raise UserError(f"--cache-slots: {args.cache_slots} must be 0 (no prompt cache) or more")
     quiet_model_loading()  # no "Loading weights" bar in the editor's log
     params = params_for(args)
     completer = load_completer(args.model, params)
@@ -218,7 +221,7 @@ def lsp_command(args) -> None:
     limit = max_new_tokens_limit(completer.config.max_position_embeddings)
     if not 1 <= settings["max_new_tokens"] <= limit:
         raise UserError(f"--max-new-tokens: {settings['max_new_tokens']} must be in 1..{limit} for this model")
-    completions = Completions(completer, params, settings, not args.no_gate, args.min_confidence)
+    completions = Completions(completer, params, settings, not args.no_gate, args.min_confidence, args.cache_slots)
     _log_to_stderr()
     try:
         completions.server.start_io(sys.stdin.buffer, rpc)
