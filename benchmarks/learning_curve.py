@@ -22,9 +22,9 @@ benchmarks/evaluate_model.py's result for it, at its training minutes and tokens
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,11 +83,14 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or any("=" not in arg for arg in sys.argv[1:]):
-        sys.exit(__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", metavar="NAME=RUN_DIR[@TOKENS_PER_S]", help="(the module docstring)")
+    args = parser.parse_args()
+    if not all("=" in arg for arg in args.runs):
+        parser.error("each run is NAME=RUN_DIR[@TOKENS_PER_S] or NAME=EVALUATION.json@MINUTES:TOKENS")
     RESULTS.mkdir(parents=True, exist_ok=True)
     measured = []  # the rows of every run measured by the evaluate stage's code: line exact match
-    for arg in sys.argv[1:]:
+    for arg in args.runs:
         name, run_dir = arg.split("=", 1)
         run_dir, _, rate = run_dir.partition("@")
         if run_dir.endswith(".json"):
