@@ -183,7 +183,8 @@ TINY_JAVAC = {"methods": 2, "command": "javac", "max_new_tokens": 8}
 def tiny_params(project: Path, corpus: Path) -> dict:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["clone"]["sources"] = [{"name": "fixture", "path": str(corpus), "languages": ["python", "java"]}]
-    params["pretrained"] = {"kind": "none"}  # no download: the tiny scratch model needs no pretrained one
+    # no download: the tiny scratch model needs no pretrained one
+    params["pretrained"] = {"kind": "none", "out_dir": params["pretrained"]["out_dir"]}
     params["segment"].update(tokenizer="gpt2", segment_len=62, stride=16, workers=1)
     # near copies: the fixture's six Java files are near-copies of one another; kept together,
     # none of them could be dev

@@ -34,7 +34,7 @@ and a model folder records it, as litgpt saves a checkpoint's prompt style with 
   client's window (Continue sends 1,500 characters and more).
   Anchors are chosen by content (a line whose text hashes to 0 mod ANCHOR_EVERY), so that the same
   lines are anchors however the client cut the text before them; the window moves by about
-  ANCHOR_EVERY lines at a time (anchored_start).
+  ANCHOR_EVERY lines at a time (anchored_start), or by a line at a time in a room too small for that.
 - Stop patterns: a completion ends at a blank line (the seed cut at "\\n\\n"), a line completion at
   the line's end.
 - Prompt formats, config.json's `prompt_format`: CONTROL_IDS (what our finetune trains) is a window's
@@ -171,26 +171,35 @@ def psm_prompt(
 
 def anchored_start(text: str, fits: Callable[[int], bool]) -> int | None:
     """Where an anchored window of `text` starts (the module docstring): the first line start, else
-    the earliest anchor from which `fits(start)` (the text from there fits the room), else None.
+    the earliest anchor from which `fits(start)` (the text from there fits the room), else the
+    earliest line start that fits (a room smaller than the anchors' spacing), else None.
     `fits` is monotone (a later start fits whenever an earlier one does): a binary search."""
     if len(text) < ANCHOR_MIN_CHARS and fits(0):
         return 0
     first = text.find("\n") + 1
     if fits(first):
         return first
-    anchors, offset = [], 0
+    starts, anchors, offset = [], [], 0
     for line in text.split("\n"):  # an anchor is a line start chosen by the line's text
-        if offset > first and zlib.crc32(line.encode()) % ANCHOR_EVERY == 0:
-            anchors.append(offset)
+        if offset > first:
+            starts.append(offset)
+            if zlib.crc32(line.encode()) % ANCHOR_EVERY == 0:
+                anchors.append(offset)
         offset += len(line) + 1
-    lo, hi = 0, len(anchors)  # the first anchor that fits is in anchors[lo:hi], or none is
+    # a room too small for the anchors' spacing: the earliest line start that fits (a line at a time)
+    return _earliest(anchors, fits) or _earliest(starts, fits)
+
+
+def _earliest(starts: list[int], fits: Callable[[int], bool]) -> int | None:
+    """The first of `starts` that fits (fits is monotone: a binary search), or None."""
+    lo, hi = 0, len(starts)
     while lo < hi:
         mid = (lo + hi) // 2
-        if fits(anchors[mid]):
+        if fits(starts[mid]):
             hi = mid
         else:
             lo = mid + 1
-    return anchors[lo] if lo < len(anchors) else None
+    return starts[lo] if lo < len(starts) else None
 
 
 def _last(ids: list[int], n: int) -> list[int]:
