@@ -351,12 +351,14 @@ def _cli(*args, **kwargs) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_complete_command_in_a_subprocess(bigram_dir, tmp_path):
     done = _cli("complete", "--model", str(bigram_dir), "--lang", "python", "def f", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "(): return 1\n"
 
 
+@pytest.mark.slow
 def test_a_command_line_byte_that_is_not_utf8_is_completed_as_u_fffd(bigram_dir, tmp_path):
     """Python reads the byte as a lone surrogate ("\\udcff"): the Completer encodes it as U+FFFD."""
     args = [sys.executable, "-m", "autocoder.cli", "complete", "--model", str(bigram_dir), "--lang", "python"]
@@ -406,6 +408,7 @@ def test_complete_command_json_and_errors(bigram_dir, tmp_path, monkeypatch, cap
         assert exit_.value.code == 2 and "\n" not in err and what in err
 
 
+@pytest.mark.slow
 def test_interact_reads_stdin_and_keeps_history(bigram_dir, tmp_path):
     env = {**os.environ, "HOME": str(tmp_path)}
     done = _cli(
@@ -453,6 +456,7 @@ def _refused(folder, tmp_path, **kwargs) -> str:
     return line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("auto_map", [True, False], ids=["auto_map", "unknown-model-type"])
 def test_a_model_folder_with_code_of_its_own_is_refused_and_its_code_never_runs(tmp_path, gpt2_tokenizer, auto_map):
     """transformers asked on stdout whether to run such a folder's Python, and "y" ran it."""
@@ -469,6 +473,7 @@ def test_a_model_folder_with_code_of_its_own_is_refused_and_its_code_never_runs(
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_truncated_safetensors_file_is_one_line_naming_it(tmp_path, tiny_model_dir):
     weights = tiny_model_dir / "model.safetensors"
     os.truncate(weights, weights.stat().st_size // 2)
@@ -583,6 +588,7 @@ def _interact_at_a_terminal(model_dir, home, keys: bytes) -> tuple[int, str]:
     return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key, code", [(b"\x03", 130), (b"\x04", 0)], ids=["ctrl-c", "ctrl-d"])
 def test_interact_leaves_on_ctrl_c_and_ctrl_d_without_a_traceback(bigram_dir, tmp_path, key, code):
     exit_code, output = _interact_at_a_terminal(bigram_dir, tmp_path, key)

@@ -64,6 +64,7 @@ def test_ci_has_what_the_sandboxed_measures_need():
         pytest.skip(missing)
 
 
+@pytest.mark.slow
 def test_measures_that_cannot_run_here_say_why_in_the_metrics_and_at_the_end(finetuned, monkeypatch, capsys):
     """Without bubblewrap and a JDK on PATH, HumanEval, its infilling and robustness, and Java
     compilation cannot run: metrics.json's `skipped` says why, and so does the run's last lines."""
@@ -80,6 +81,7 @@ def test_measures_that_cannot_run_here_say_why_in_the_metrics_and_at_the_end(fin
     assert run.data.tags["skipped/javac"] == metrics["skipped"]["javac"]
 
 
+@pytest.mark.slow
 def test_evaluate_writes_metrics_samples_and_registers_the_champion(finetuned, capsys):
     evaluate.run(finetuned)
 
@@ -169,6 +171,7 @@ def fim_finetuned(tmp_path, tiny_corpus, mlflow_db, monkeypatch):
     return finetuned_project(tmp_path, *tiny_corpus, model_dir, repetition_penalty=1.2, no_repeat_ngram_size=3)
 
 
+@pytest.mark.slow
 def test_a_model_with_fim_tokens_is_measured_on_infilling(fim_finetuned):
     evaluate.run(fim_finetuned)
     metrics = json.loads(Path("metrics/metrics.json").read_text())

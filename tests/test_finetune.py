@@ -120,6 +120,7 @@ def run_info() -> dict:
     return json.loads((OUT / "mlflow_run.json").read_text())
 
 
+@pytest.mark.slow
 def test_short_run(project, monkeypatch, gpt2_tokenizer):
     subprocess.run(["git", "init", "-q"], check=True)
     subprocess.run(
@@ -198,6 +199,7 @@ def test_two_processes_match_one_with_grad_accum(project):
     assert_same_run(ddp_rows, ddp_metrics)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_ends_like_an_uninterrupted_run(project, capsys):
     params = project(max_steps=20, eval_every=8, scratch={**TINY["scratch"], "dropout": 0.1})  # dropout: RNG restored
     first = CKPT / "step-00000004"
@@ -378,6 +380,7 @@ def test_collate_pads_to_the_longest_and_ignores_padding():
     assert batch["attention_mask"][1].tolist() == [1, 1, 1, 0, 0]
 
 
+@pytest.mark.slow
 def test_learned_recipe_trains(tmp_path, monkeypatch, mlflow_db):
     """The default's recipe end to end in the stage: a learned code tokenizer with FIM tokens, the
     Llama scratch model, packed windows, fill-in-the-middle, bf16 autocast where the CPU has it and

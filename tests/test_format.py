@@ -170,6 +170,7 @@ def test_a_saved_model_folder_reproduces_its_prompt_format(tmp_path, tiny_corpus
     assert completer.prompt_ids("java", text) == trained[:-1].tolist()  # all but the eos
 
 
+@pytest.mark.slow
 def test_finetune_and_evaluate_score_dev_files_alike(tiny_corpus, fim_model_dir, gpt2_tokenizer):
     from autocoder.train.loop import evaluate as finetune_dev_score
 

@@ -46,6 +46,7 @@ def test_the_problems_and_their_programs():
     assert FUNCTION_END.search(body + "def other():\n").start() == len(body) - 1
 
 
+@pytest.mark.slow
 @needs_sandbox
 def test_canonical_solutions_pass_and_wrong_ones_fail():
     problems, limits = load_problems(), Limits(wall_s=10)
@@ -60,6 +61,7 @@ def test_canonical_solutions_pass_and_wrong_ones_fail():
     assert not passes(problems[0], "    return not", limits)  # a syntax error
 
 
+@pytest.mark.slow
 @needs_sandbox
 def test_a_tiny_models_completions_are_run_and_scored(tiny_model_dir):
     completer = Completer.from_pretrained(tiny_model_dir)
@@ -85,6 +87,7 @@ def test_the_infilling_tasks_are_a_seeded_draw_of_the_benchmark():
     assert text.startswith(task.prompt + task.canonical_solution + task.suffix)
 
 
+@pytest.mark.slow
 @needs_sandbox
 def test_canonical_middles_pass_and_wrong_ones_fail():
     limits = Limits(wall_s=10)

@@ -69,6 +69,7 @@ def test_a_file_compiles_as_it_is_and_not_with_a_wrong_body():
     assert not javac.compiles("javac", "demo/Shapes.java", outside)[0]  # an unreported IOException
 
 
+@pytest.mark.slow
 @needs_javac
 def test_the_shipped_bases_bodies_are_completed_and_compiled():
     completer = Completer.from_pretrained(ROOT / "models" / "autocoder-base")

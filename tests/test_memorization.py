@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -48,6 +49,7 @@ def overfitted_model(out: Path, tokenizer, ids: list[int], steps: int = 600) -> 
     return out
 
 
+@pytest.mark.slow
 def test_an_overfitted_file_is_reproduced_and_an_unseen_one_is_not(tmp_path):
     seen, unseen = (STDLIB / "colorsys.py").read_text()[:300], (STDLIB / "fnmatch.py").read_text()[:300]
     tokenizer = with_control_tokens(learn_bpe([seen, unseen], vocab_size=300), CONTROL_TOKENS)

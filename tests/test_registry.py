@@ -99,6 +99,7 @@ registry.register(sys.argv[1], sys.argv[2], registry.Measurement(float(sys.argv[
 """
 
 
+@pytest.mark.slow
 def test_concurrent_registrations_lose_no_version_and_crown_the_best(logged):
     _, uri = logged
     name = "race"
@@ -146,6 +147,7 @@ def test_champion_pyfunc_predicts_and_backs_complete(logged, capsys):
     assert capsys.readouterr().out.strip()
 
 
+@pytest.mark.slow
 def test_the_champion_is_found_without_importing_mlflow(logged, tmp_path):
     params, uri = logged
     name = params.evaluate.registered_model_name  # what `autocoder complete` loads by default
@@ -189,6 +191,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_served_champion_answers_http(logged):
     _, uri = logged
     registry.register(uri, "served", _measured(10.0))

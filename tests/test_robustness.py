@@ -28,6 +28,7 @@ def test_perturbations_are_deterministic_parse_and_change_the_prompt(kind):
     assert changed >= len(PROBLEMS) * 0.6, f"{kind} changed {changed} of {len(PROBLEMS)} prompts"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(WHY_NOT is not None, reason=f"no sandbox here: {WHY_NOT}")
 @pytest.mark.parametrize("kind", KINDS)
 def test_canonical_solutions_still_pass_under_every_perturbation(kind):

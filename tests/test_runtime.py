@@ -47,6 +47,7 @@ def exported(request, tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_an_exported_model_completes_as_pytorch_does(exported):
     fast = Completer.from_pretrained(exported)
     slow = Completer.from_pretrained(exported, onnx=False)
@@ -83,6 +84,7 @@ def test_the_onnx_tokenizer_answers_as_transformers_does(exported):
     assert set(ours.all_special_tokens) >= {theirs.eos_token, theirs.pad_token}
 
 
+@pytest.mark.slow
 def test_completing_from_an_export_imports_no_torch(exported):
     script = (
         "import sys\nfrom autocoder import cli\n"
@@ -94,6 +96,7 @@ def test_completing_from_an_export_imports_no_torch(exported):
     assert out.stdout.strip().endswith("imported: []"), out.stdout
 
 
+@pytest.mark.slow
 def test_a_stale_export_is_not_used(tmp_path, capfd):
     folder = _tiny_llama(tmp_path / "model")
     export_onnx(folder)

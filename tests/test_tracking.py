@@ -134,6 +134,7 @@ def test_read_run_info(project):
         tracking.read_run_info(project / "models/finetune")
 
 
+@pytest.mark.slow
 def test_a_store_creation_killed_half_way_leaves_no_broken_store(project):
     """MLflow creates a SQLite store's tables in many migration steps; a stage killed among them (as
     `dvc repro` can be at any moment) must not leave a database the next run cannot open."""
