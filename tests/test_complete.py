@@ -284,6 +284,7 @@ def test_a_suffix_makes_the_psm_prompt_of_fim_training(fim_model_dir, monkeypatc
     assert len(prompt_of(long_prefix * 3, long_suffix * 3)) == 256 - 4
 
 
+@pytest.mark.slow
 def test_batched_completions_are_the_one_by_one_completions(fim_model_dir):
     completer = Completer.from_pretrained(fim_model_dir)
     contexts = [
@@ -426,6 +427,7 @@ def test_interact_reads_stdin_and_keeps_history(bigram_dir, tmp_path):
     assert "def f" in (tmp_path / ".autocoder_history").read_text()
 
 
+@pytest.mark.slow
 def test_default_model_without_a_champion_is_one_clear_line(tmp_path, mlflow_db, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

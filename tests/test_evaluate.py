@@ -199,6 +199,7 @@ def test_repeats_and_exact_match(gpt2_tokenizer):
     assert not repeats(gpt2_tokenizer, "", "")
 
 
+@pytest.mark.slow
 def test_dev_perplexity_scores_every_token_once(tiny_corpus, fim_model_dir):
     segments, split = tiny_corpus
     corpus = Corpus(segments)
@@ -229,6 +230,7 @@ def test_dev_perplexity_scores_every_token_once(tiny_corpus, fim_model_dir):
     assert first["dev_files"] == 1
 
 
+@pytest.mark.slow
 def test_inputs_that_do_not_match_fail_before_any_work(finetuned):
     run_info = Path(finetuned.finetune.out_dir) / "mlflow_run.json"
     info = json.loads(run_info.read_text())

@@ -58,6 +58,7 @@ def test_methods_are_found_with_their_bodies_and_put_back_give_the_file():
     )
 
 
+@pytest.mark.slow
 @needs_javac
 def test_a_file_compiles_as_it_is_and_not_with_a_wrong_body():
     count = javac.methods("demo/Shapes.java", SOURCE)[1]

@@ -51,6 +51,7 @@ def _champion_version(name: str) -> str:
     return str(mlflow.MlflowClient().get_model_version_by_alias(name, CHAMPION).version)
 
 
+@pytest.mark.slow
 def test_champion_moves_only_to_a_better_comparable_model(logged):
     _, uri = logged
     name = "rules"
@@ -74,6 +75,7 @@ def test_champion_moves_only_to_a_better_comparable_model(logged):
         assert tags[registry.DECISION_TAG] == decision.reason
 
 
+@pytest.mark.slow
 def test_a_version_worse_than_the_champion_in_a_score_is_tagged_so(logged):
     _, uri = logged
     name, client = "regressions", mlflow.MlflowClient()

@@ -71,6 +71,7 @@ def test_an_exported_model_completes_as_pytorch_does(exported):
     assert len(sampled) == 3 and all(c.n_tokens >= 1 for c in sampled)
 
 
+@pytest.mark.slow
 def test_the_onnx_tokenizer_answers_as_transformers_does(exported):
     ours, theirs = OnnxTokenizer(exported), AutoTokenizer.from_pretrained(exported)
     text = PREFIX + "    <python> héllo\t\t  x = 1  # ünïcode\n"
@@ -112,6 +113,7 @@ def test_a_stale_export_is_not_used(tmp_path, capfd):
     assert "was exported from other weights" in err and f"autocoder export --model {folder}" in err
 
 
+@pytest.mark.slow
 def test_a_truncated_export_is_one_line_naming_it(exported, tmp_path):
     folder = tmp_path / "model"
     shutil.copytree(exported, folder)

@@ -21,7 +21,10 @@ from autocoder.evaluate.sandbox import OUTPUT_TAIL, Limits, run_python, unavaila
 from autocoder.problems import load_problems
 
 WHY_NOT = unavailable()
-pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"no sandbox here: {WHY_NOT}")
+pytestmark = [
+    pytest.mark.skipif(WHY_NOT is not None, reason=f"no sandbox here: {WHY_NOT}"),
+    pytest.mark.slow,  # each program starts a bubblewrap sandbox, several wait for a timeout
+]
 
 FAST = Limits(wall_s=3, cpu_s=3)
 DISK_MB = Limits().disk_mb
