@@ -61,9 +61,9 @@ def language(completer: Completer, params: Params | None, path: str | None) -> s
 
 class Worker:
     """The loaded Completer and its one generating thread: jobs run one at a time, in the order they
-    were started (on a CPU, two at once would each take about twice as long). With `cache_slots`, a
-    job of one completion reuses the prompt cache (complete/cache.py) and prompts with an anchored
-    window (format.anchored_start), so that successive keystrokes share a prefix."""
+    were started (on a CPU, two at once would each take about twice as long). A job of one
+    completion prompts with an anchored window (format.anchored_start), so that successive
+    keystrokes share a prefix, and with `cache_slots` reuses the prompt cache (complete/cache.py)."""
 
     def __init__(self, completer: Completer, cache_slots: int = 0):
         self.completer = completer
@@ -82,11 +82,12 @@ class Worker:
     def _generate(self, job: Job) -> list[Completion]:
         if job.cancelled.is_set():  # cancelled while it waited: not even its prompt is run
             return [Completion("", math.nan, 0, "cancelled")] * job.options.get("num", 1)  # no token, no confidence
-        if self.cache is None or job.options.get("num", 1) != 1:
+        if job.options.get("num", 1) != 1:
             return self.completer.complete(**job.options, on_step=job.step)
-        cached = self.cache.stats.cached_tokens
+        # anchored with or without the cache: the same prompts, so --cache-slots 0 gives the same answers
+        cached = self.cache.stats.cached_tokens if self.cache is not None else 0
         completions = self.completer.complete(**job.options, on_step=job.step, prompt_cache=self.cache, anchor=True)
-        job.cached_tokens = self.cache.stats.cached_tokens - cached
+        job.cached_tokens = self.cache.stats.cached_tokens - cached if self.cache is not None else 0
         return completions
 
 
