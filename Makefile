@@ -1,6 +1,6 @@
 # Entry points: `make repro` (the pipeline), `make test` (the whole suite, as CI runs it),
-# `make test-fast` (the edit loop: the tests not marked slow, that is no dvc repro, accelerate launch,
-# server, sandbox or subprocess of the CLI, and no training beyond a few steps) and `make lint`.
+# `make test-fast` (the edit loop: the unit tier, neither `slow` (integration: a server, the sandbox, the
+# CLI in a subprocess, training) nor `e2e` (dvc repro, accelerate launch, services)) and `make lint`.
 # Both run the tests on every core (pytest-xdist): most of a test's time is subprocesses and I/O.
 # Each creates .venv/ from requirements.lock when it is missing or out of date.
 VENV   := .venv
@@ -27,7 +27,7 @@ test: $(STAMP)
 	$(VENV)/bin/pytest -q -n auto $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(VENV)/bin/pytest -q -n auto -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -n auto -m "not slow and not e2e" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src stages tests benchmarks

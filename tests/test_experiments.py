@@ -17,7 +17,7 @@ import yaml
 
 from helpers import kill_processes_in, make_tiny_project, run
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 WORKSPACE_EXP = ("lr-workspace", 2e-3)
 QUEUED_EXPS = [("lr-queued-high", 5e-3), ("lr-queued-low", 2e-4)]

@@ -25,7 +25,7 @@ import yaml
 
 from helpers import VENV_BIN, kill_processes_in, make_tiny_project, run
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 STAGES = ["clone", "segment", "split", "finetune", "evaluate"]  # the stages killed
 PIPELINE = ["clone", "pretrained", "segment", "split", "finetune", "evaluate"]  # as dvc repro runs them

@@ -183,7 +183,7 @@ def test_short_run(project, monkeypatch, gpt2_tokenizer):
     assert (artifacts / "best/model.safetensors").exists() and (artifacts / "tokenizer/tokenizer.json").exists()
 
 
-@pytest.mark.slow  # accelerate launch
+@pytest.mark.e2e  # accelerate launch
 def test_two_processes_match_one_with_grad_accum(project):
     """DDP over gloo in 2 CPU processes sees the same global batches as 1 process accumulating 2."""
     project(num_processes=2, grad_accum=1, max_steps=6, eval_every=3)
@@ -277,7 +277,7 @@ def test_bad_input_fails_in_one_line_before_training(project, tiny_model_dir, mo
         assert not output.exists(), output
 
 
-@pytest.mark.slow  # accelerate launch
+@pytest.mark.e2e  # accelerate launch
 def test_stage_command_reports_bad_input_in_one_line(project):
     project(model="no-such-org/no-such-model")
     proc = launch(2, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -458,7 +458,7 @@ def machine(rank: int, folder: Path, **popen) -> subprocess.Popen:
     )
 
 
-@pytest.mark.slow  # accelerate launch, twice
+@pytest.mark.e2e  # accelerate launch, twice
 def test_two_machines_match_one_and_resume_after_one_is_killed(project, tmp_path):
     """Two machines (one process each, gloo over 127.0.0.1) train as one machine accumulating two
     micro-batches; killing machine 1 stops both with an error, and a rerun of both resumes."""
@@ -513,7 +513,7 @@ def test_two_machines_match_one_and_resume_after_one_is_killed(project, tmp_path
     assert_same_run(two_rows, two_metrics)
 
 
-@pytest.mark.slow  # accelerate launch
+@pytest.mark.e2e  # accelerate launch
 def test_a_machine_that_cannot_reach_the_main_one_stops_in_one_line(project, tmp_path):
     config = tmp_path / "configs/accelerate/two-machines.yaml"
     config.parent.mkdir(parents=True)

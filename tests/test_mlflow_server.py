@@ -16,7 +16,7 @@ import yaml
 from helpers import make_tiny_project, run
 from services import mlflow_server, postgres
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")

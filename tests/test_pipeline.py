@@ -16,7 +16,7 @@ import yaml
 
 from helpers import ROOT, VENV_BIN, make_tiny_project, run
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")

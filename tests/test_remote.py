@@ -13,7 +13,7 @@ import yaml
 from helpers import make_tiny_project, run, tiny_params
 from services import sshd
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 GIT_USER = ["-c", "user.name=t", "-c", "user.email=t@t"]
 DATA_STAGES = ["clone", "segment", "split"]
