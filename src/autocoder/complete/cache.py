@@ -53,9 +53,10 @@ class PromptCache:
         self.stats.prompt_tokens += len(ids)
         if shared[best] < MIN_SHARED or n <= 0:
             return None, 0
-        slot, self._last.kv = self._last.kv, None
+        # the slot holds nothing until keep(): a generation that fails leaves it empty, not stale
+        kv, self._last.ids, self._last.kv = self._last.kv, [], None
         self.stats.cached_tokens += n
-        return self.runner.crop(slot, n), n
+        return self.runner.crop(kv, n), n
 
     def keep(self, ids: list[int], kv) -> None:
         """The cache after a completion: `kv` holds the first runner.length(kv) tokens of `ids` (the
