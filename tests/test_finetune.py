@@ -612,3 +612,45 @@ def test_grow_layers_refuses_models_it_cannot_grow(project, tiny_model_dir, tmp_
         run(project(model="two-layers", grow_layers=1))
     with pytest.raises(ValueError, match="finetune.grow_layers: deepens a pretrained model"):
         project(grow_layers=3)
+
+
+def test_lora_trains_adapters_and_the_added_rows_and_saves_a_merged_model(project, tmp_path, gpt2_tokenizer):
+    """finetune.lora: the pretrained weights stay frozen but for the rows of the tokens the data adds;
+    best/ is the merged model, and best/adapter/ applied to the starting model computes the same."""
+    from peft import PeftModel
+
+    from autocoder.train.checkpoint import ADAPTER_DIR
+    from autocoder.train.inputs import build_model, check_inputs
+
+    folder = _tiny_llama(tmp_path, "plain-llama", 50257)  # GPT-2's vocabulary, without the data's 6 tokens
+    params = project(model="plain-llama", lora={"r": 4, "alpha": 8}, learning_rate=1e-2, max_steps=4, eval_every=4)
+    run(params)
+    merged = AutoModelForCausalLM.from_pretrained(OUT / "best", use_safetensors=True)
+    adapter = OUT / "best" / ADAPTER_DIR
+    assert (adapter / "adapter_model.safetensors").stat().st_size < (OUT / "best/model.safetensors").stat().st_size / 4
+
+    inputs = check_inputs(params)
+    start = build_model(
+        params.finetune.model_copy(update={"lora": None}),
+        inputs.model_config,
+        inputs.tokenizer,
+        inputs.corpus.meta.control_token_ids,
+    )
+    before = start.get_input_embeddings().weight.detach().clone()
+    after = merged.get_input_embeddings().weight.detach()
+    torch.testing.assert_close(after[:50257], before[:50257])  # the pretrained rows: frozen
+    assert not torch.allclose(after[50257:], before[50257:])  # the control, FIM and pad rows: trained
+    assert not torch.allclose(
+        merged.model.layers[0].mlp.down_proj.weight, start.model.layers[0].mlp.down_proj.weight
+    )  # the adapters, merged in
+
+    adapted = PeftModel.from_pretrained(start, adapter).eval()
+    ids = torch.tensor([gpt2_tokenizer.encode("<python>def f(x):\n    return x")])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, adapted(ids).logits, atol=1e-4, rtol=1e-4)
+    assert AutoModelForCausalLM.from_pretrained(folder).config.vocab_size == 50257  # the pretrained folder untouched
+
+
+def test_lora_needs_a_pretrained_model(project):
+    with pytest.raises(ValueError, match="finetune.lora: adapts a pretrained model"):
+        project(model="scratch", lora={"r": 4})

@@ -199,6 +199,17 @@ class ScratchModel(_Strict):
         return self
 
 
+class LoraParams(_Strict):
+    """LoRA (peft): low-rank adapters on the layers' linear maps, the pretrained weights frozen; the
+    rows of the tokens the data adds (control, FIM) train too. The best model is saved merged (a
+    plain model folder) with its adapter beside it in best/adapter/ (a few MB)."""
+
+    r: int = Field(16, gt=0)  # the adapters' rank
+    alpha: float = Field(32, gt=0)  # their scale is alpha / r
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"  # peft's names: every linear map of the layers
+
+
 class FinetuneParams(_Strict):
     model: str = Field(
         "models/pretrained", min_length=1
@@ -212,6 +223,8 @@ class FinetuneParams(_Strict):
     # FIM, pad): "spelling", the mean of the rows of the tokens that spell the token's text ("<python>"
     # as "<", "python", ">"); "mean", transformers' default (drawn around the mean of all rows).
     new_token_init: Literal["spelling", "mean"] = "spelling"
+    # LoRA instead of full finetuning (None: every weight trains); needs a pretrained model.
+    lora: LoraParams | None = None
     num_processes: int = Field(1, gt=0)  # accelerate processes: GPUs, or CPU processes (gloo); all machines'
     # An accelerate config file (`accelerate config --config_file F`) for the launch: several machines,
     # FSDP (configs/accelerate/). None: the one `accelerate config` wrote, if any, else this machine's
@@ -422,6 +435,8 @@ class Params(_Strict):
             )
         if self.finetune.model == "scratch" and self.finetune.grow_layers is not None:
             raise ValueError("finetune.grow_layers: deepens a pretrained model; set finetune.scratch.n_layer instead")
+        if self.finetune.model == "scratch" and self.finetune.lora is not None:
+            raise ValueError("finetune.lora: adapts a pretrained model; a scratch model trains every weight")
         if self.finetune.model == "scratch" and self.finetune.max_length > self.finetune.scratch.n_positions:
             raise ValueError(
                 f"finetune.max_length: {self.finetune.max_length} exceeds the model's context "

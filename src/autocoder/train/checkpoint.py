@@ -14,6 +14,7 @@ resumes from the newest step that every machine has.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -35,6 +36,7 @@ from autocoder.params import FinetuneParams
 logging.getLogger("accelerate.utils.other").addFilter(lambda record: "Removed shared tensor" not in record.getMessage())
 
 PROGRESS_FILE = "progress.json"
+ADAPTER_DIR = "adapter"  # a LoRA run's adapter, in its best model's folder
 # Knobs that change how a run is watched or where it writes, not what it computes.
 _NOT_FINGERPRINTED = {
     "checkpoint_every",
@@ -141,12 +143,19 @@ def save(accelerator: Accelerator, ckpt_dir: Path, progress: Progress, fp: str) 
 
 def save_best(accelerator: Accelerator, model, ckpt_dir: Path, step: int) -> None:
     """Save the model (weights and config, safetensors) as the best so far: a plain save_pretrained
-    folder. Every process takes part: under FSDP the full weights are gathered from all of them."""
+    folder. Every process takes part: under FSDP the full weights are gathered from all of them.
+    A LoRA model is saved merged into its base weights, its adapter alone in `adapter/` beside them."""
     raw = accelerator.unwrap_model(model, keep_torch_compile=False)  # no torch.compile "_orig_mod." names
-    state_dict = accelerator.get_state_dict(raw)
+    lora = hasattr(raw, "merge_and_unload")  # a peft model
+    state_dict = None if lora else accelerator.get_state_dict(raw)
     if accelerator.is_main_process:
         with atomic_dir(best_dir(ckpt_dir, step)) as tmp:
-            raw.save_pretrained(tmp, state_dict=state_dict)
+            if lora:
+                # the added rows are in the adapter (trainable tokens): not the whole resized embedding
+                raw.save_pretrained(tmp / ADAPTER_DIR, save_embedding_layers=False)
+                copy.deepcopy(raw).merge_and_unload().save_pretrained(tmp)  # the training model stays adapted
+            else:
+                raw.save_pretrained(tmp, state_dict=state_dict)
     accelerator.wait_for_everyone()
 
 

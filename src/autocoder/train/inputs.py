@@ -17,7 +17,7 @@ from autocoder.corpus import FILES_FILE, META_FILE, SPLIT_FILE, TOKENIZER_DIR, C
 from autocoder.errors import UserError, first_line
 from autocoder.format import FIM_TOKENS, PromptFormat
 from autocoder.hub import hub_offline
-from autocoder.params import FinetuneParams, Params, ScratchModel
+from autocoder.params import FinetuneParams, LoraParams, Params, ScratchModel
 from autocoder.scoring import dev_split_hash
 from autocoder.tokenizer import fingerprint, has_fim_tokens
 
@@ -193,10 +193,11 @@ def build_model(
             raise UserError(f"finetune.model: cannot load the weights of {ft.model!r}: {first_line(e)}") from None
     if ft.grow_layers is not None:
         model = grown(model, ft.grow_layers)
-    if (old := model.get_input_embeddings().num_embeddings) != len(tokenizer):
+    added = range(model.get_input_embeddings().num_embeddings, len(tokenizer))  # the data's new tokens
+    if len(added) or len(tokenizer) < added.start:
         model.resize_token_embeddings(len(tokenizer))
-        if ft.new_token_init == "spelling" and ft.model != "scratch" and len(tokenizer) > old:
-            _init_from_spelling(model, tokenizer, range(old, len(tokenizer)))
+        if ft.new_token_init == "spelling" and ft.model != "scratch" and len(added):
+            _init_from_spelling(model, tokenizer, added)
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.loss_type is None:
         # transformers picks a model's loss by its class name; GPT2LMHeadModel's names none, so the
@@ -206,7 +207,26 @@ def build_model(
     PromptFormat.trained(tokenizer, control_token_ids).save(model.config)
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model
+    return with_lora(model, ft.lora, added) if ft.lora is not None else model
+
+
+def with_lora(model: torch.nn.Module, lora: LoraParams, added: range) -> torch.nn.Module:
+    """The model wrapped in LoRA adapters (peft): only the adapters and the added tokens' rows train
+    (peft's trainable tokens: the rest of the embedding stays frozen, and a tied output layer follows)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        trainable_token_indices=list(added) or None,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:  # e.g. target_modules naming no module of this model
+        raise UserError(f"finetune.lora: {first_line(e)}") from None
 
 
 @torch.no_grad()

@@ -271,9 +271,10 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     embeddings (decaying those only pulls them to zero, as nanoGPT and run_clm_no_trainer note)."""
     decay, no_decay = [], []
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    for param in model.parameters():
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (decay if param.ndim >= 2 and id(param) not in embeddings else no_decay).append(param)
+            embedding = id(param) in embeddings or "trainable_tokens" in name  # LoRA's rows of the added tokens
+            (decay if param.ndim >= 2 and not embedding else no_decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
