@@ -193,8 +193,9 @@ def build_model(
             raise UserError(f"finetune.model: cannot load the weights of {ft.model!r}: {first_line(e)}") from None
     if ft.grow_layers is not None:
         model = grown(model, ft.grow_layers)
-    added = range(model.get_input_embeddings().num_embeddings, len(tokenizer))  # the data's new tokens
-    if len(added) or len(tokenizer) < added.start:
+    old = model.get_input_embeddings().num_embeddings
+    added = range(old, len(tokenizer))  # the data's new tokens (empty when it adds none)
+    if old != len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
         if ft.new_token_init == "spelling" and ft.model != "scratch" and len(added):
             _init_from_spelling(model, tokenizer, added)
